@@ -1,0 +1,88 @@
+//! The admin listener (plain HTTP): `/healthz` and `/ca.crt` (for client onboarding).
+//!
+//! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` are closed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::access::AccessList;
+
+/// What the admin pages show.
+pub struct Admin {
+    pub ca_pem: String,
+    pub access: AccessList,
+}
+
+/// Serves the admin pages until `shutdown`.
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        if !admin.access.allows(peer.ip()) {
+            warn!(%peer, "admin connection refused: client not in access.allow");
+            continue;
+        }
+        let admin = admin.clone();
+        let service = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(page(&admin, &req)) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+    info!("admin stopped");
+}
+
+fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/ca.crt" => text(
+            StatusCode::OK,
+            "application/x-pem-file",
+            admin.ca_pem.clone(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,257 @@
+//! The only module that knows every subsystem: build (bind every listener, load the CA, make the
+//! upstream client — failing fast with a message that says what to change), run, drain.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use rustls::crypto::CryptoProvider;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{self, Admin};
+use crate::ca::{Ca, CertResolver};
+use crate::config::Config;
+use crate::dns;
+use crate::proxy::{self, access_log::AccessLog, upstream, Proxy, Route};
+
+/// How long in-flight requests may run on after SIGINT/SIGTERM.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Everything bound and loaded, ready to [`run`].
+pub struct Bound {
+    dns_udp: Vec<UdpSocket>,
+    dns_tcp: Vec<TcpListener>,
+    https: Vec<TcpListener>,
+    admin_listener: TcpListener,
+    dns_handler: dns::Handler,
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
+    config: Config,
+    /// The bound addresses (port 0 resolved), DNS on UDP and TCP alike.
+    pub dns_addrs: Vec<SocketAddr>,
+    pub https_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+}
+
+/// The crypto provider for every rustls config in the process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads (or creates) the CA for `config`'s registry names.
+pub fn load_ca(config: &Config) -> anyhow::Result<Ca> {
+    Ok(Ca::load_or_create(
+        &config.state_dir.join("certs"),
+        &config.patterns(),
+    )?)
+}
+
+/// Binds every listener, loads the CA and builds the handlers. Logs each bound address.
+pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
+    let provider = provider();
+    let ca = Arc::new(load_ca(&config)?);
+    let (dns_udp, dns_tcp, dns_addrs) = bind_dns(&config.dns.listen).await?;
+    let https = bind_all("https", "tls.listen", &config.tls.listen).await?;
+    let admin_listener = bind_tcp("admin", "admin.listen", config.admin.listen).await?;
+
+    let ipv4 = answer_ipv4(&config, &dns_addrs)?;
+    let upstreams = dns_upstreams(&config, &dns_addrs, &ipv4)?;
+    info!(resolvers = ?upstreams, answer = ?ipv4, "dns upstream resolvers and answers");
+    let resolver = dns::resolver(&upstreams).context("cannot set up the upstream resolver")?;
+    let answers = dns::Answers {
+        intercept: config.patterns(),
+        ipv4,
+        ipv6: config.dns.answer_ipv6.clone(),
+        ttl: config.dns.ttl,
+    };
+    let dns_handler = dns::Handler::new(answers, resolver.clone());
+
+    let roots = upstream::roots(&config.upstream.extra_ca)?;
+    let client = upstream::client(roots, resolver, provider.clone())?;
+    let routes = config
+        .registries
+        .iter()
+        .map(|r| Route {
+            host: r.host.clone(),
+            names: r.patterns().collect(),
+            upstream: r.upstream.to_string().trim_end_matches('/').to_owned(),
+        })
+        .collect();
+    let certs = Arc::new(CertResolver::new(
+        ca.clone(),
+        config.patterns(),
+        provider.clone(),
+    ));
+    let proxy = Proxy::new(routes, client, certs, provider, config.access.clone(), log)?;
+    let admin = Admin {
+        ca_pem: ca.cert_pem().to_owned(),
+        access: config.access.clone(),
+    };
+
+    let https_addrs = local_addrs(&https)?;
+    let admin_addr = admin_listener.local_addr()?;
+    for addr in &dns_addrs {
+        info!("listening for dns on {addr}");
+    }
+    for addr in &https_addrs {
+        info!("listening for https on {addr}");
+    }
+    info!("listening for admin on {admin_addr}");
+    info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
+    Ok(Bound {
+        dns_udp,
+        dns_tcp,
+        https,
+        admin_listener,
+        dns_handler,
+        proxy: Arc::new(proxy),
+        admin: Arc::new(admin),
+        config,
+        dns_addrs,
+        https_addrs,
+        admin_addr,
+    })
+}
+
+/// Runs until `shutdown` is cancelled, then drains in-flight requests within [`GRACE`].
+pub async fn run(bound: Bound, shutdown: CancellationToken) {
+    let Bound {
+        dns_udp,
+        dns_tcp,
+        https,
+        admin_listener,
+        dns_handler,
+        proxy,
+        admin,
+        config,
+        ..
+    } = bound;
+    let dns = dns::serve(
+        dns_handler,
+        dns_udp,
+        dns_tcp,
+        &config.access,
+        shutdown.clone(),
+    );
+    let https = proxy::serve(proxy, https, shutdown.clone(), GRACE);
+    let admin = admin::serve(admin, admin_listener, shutdown.clone());
+    tokio::join!(dns, https, admin);
+}
+
+/// Binds UDP and TCP on each address, on the same port (also when the port is 0).
+async fn bind_dns(
+    addrs: &[SocketAddr],
+) -> anyhow::Result<(Vec<UdpSocket>, Vec<TcpListener>, Vec<SocketAddr>)> {
+    let (mut udp, mut tcp, mut bound) = (Vec::new(), Vec::new(), Vec::new());
+    for &addr in addrs {
+        let mut attempt = 0;
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|e| bind_error("dns", "dns.listen", addr, "UDP", &e))?;
+            let actual = socket.local_addr()?;
+            match TcpListener::bind(actual).await {
+                Ok(listener) => break (socket, listener),
+                // Port 0 picked a UDP port whose TCP twin is taken: try another, a few times.
+                Err(_) if addr.port() == 0 && attempt < 5 => attempt += 1,
+                Err(e) => return Err(bind_error("dns", "dns.listen", actual, "TCP", &e)),
+            }
+        };
+        bound.push(socket.local_addr()?);
+        udp.push(socket);
+        tcp.push(listener);
+    }
+    Ok((udp, tcp, bound))
+}
+
+async fn bind_all(what: &str, key: &str, addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        out.push(bind_tcp(what, key, addr).await?);
+    }
+    Ok(out)
+}
+
+async fn bind_tcp(what: &str, key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(what, key, addr, "TCP", &e))
+}
+
+fn bind_error(
+    what: &str,
+    key: &str,
+    addr: SocketAddr,
+    proto: &str,
+    e: &io::Error,
+) -> anyhow::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse if key == "dns.listen" => {
+            "another DNS server holds the port (systemd-resolved listens on 127.0.0.53:53, \
+             dnsmasq or a container runtime's resolver on others): stop it or listen on a \
+             specific address"
+        }
+        io::ErrorKind::AddrInUse => "another process holds the port",
+        io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability"
+        }
+        io::ErrorKind::AddrNotAvailable => "no interface of this host has that address",
+        _ => "the address cannot be used",
+    };
+    anyhow!("cannot listen for {what} on {addr} ({proto}): {e}: {hint}; change {key} in the config")
+}
+
+fn local_addrs(listeners: &[TcpListener]) -> io::Result<Vec<SocketAddr>> {
+    listeners.iter().map(TcpListener::local_addr).collect()
+}
+
+/// `dns.answer_ipv4`, else the host's primary IPv4, else the first specific IPv4 we listen on.
+fn answer_ipv4(config: &Config, dns_addrs: &[SocketAddr]) -> anyhow::Result<Vec<Ipv4Addr>> {
+    if !config.dns.answer_ipv4.is_empty() {
+        return Ok(config.dns.answer_ipv4.clone());
+    }
+    if let Some(ip) = dns::primary_ipv4() {
+        return Ok(vec![ip]);
+    }
+    let listened = dns_addrs.iter().chain(&config.tls.listen);
+    let specific = listened.filter_map(|a| match a.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    });
+    if let Some(ip) = specific.into_iter().next() {
+        warn!(%ip, "this host has no default route; intercepted names answer with {ip}");
+        return Ok(vec![ip]);
+    }
+    bail!("cannot tell this host's address for DNS answers (no default route): set dns.answer_ipv4")
+}
+
+/// `dns.upstream`, else /etc/resolv.conf's resolvers that are not this appliance.
+fn dns_upstreams(
+    config: &Config,
+    dns_addrs: &[SocketAddr],
+    answers: &[Ipv4Addr],
+) -> anyhow::Result<Vec<SocketAddr>> {
+    if !config.dns.upstream.is_empty() {
+        return Ok(config.dns.upstream.clone());
+    }
+    let wildcard = dns_addrs.iter().any(|a| a.ip().is_unspecified());
+    let is_ours = |ip: IpAddr| {
+        dns_addrs.iter().any(|a| a.ip() == ip)
+            || answers.iter().any(|a| IpAddr::V4(*a) == ip)
+            || (wildcard && ip.is_loopback())
+    };
+    let path = Path::new("/etc/resolv.conf");
+    let found = dns::resolv_conf_nameservers(path, is_ours);
+    if found.is_empty() {
+        bail!(
+            "dns.upstream is empty and /etc/resolv.conf names no resolver other than this \
+             appliance: set dns.upstream to the resolvers that answer other names"
+        );
+    }
+    Ok(found)
+}

@@ -1,0 +1,385 @@
+//! The local CA: load or create it, issue one leaf certificate per SNI name, and hand rustls the
+//! right leaf during the handshake. No networking.
+//!
+//! The CA's NameConstraints extension (critical) permits exactly the configured registry names, so
+//! a stolen CA key cannot vouch for any other site. rcgen does not enforce a CA's constraints when
+//! it signs, so [`CertResolver`] refuses every name the constraints would not permit.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::names::{normalize, NamePattern};
+
+/// How long the CA is valid from creation.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a leaf is valid; it is re-issued when less than [`LEAF_RENEW_BEFORE`] remains.
+const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
+/// Back-dating of `not_before`, for clients whose clocks run a little behind.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` \
+         — the CA key must be private"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{present} exists but {missing} does not: restore it, or delete {present} to create a new CA")]
+    Incomplete { present: PathBuf, missing: PathBuf },
+    #[error("{path}: not a usable CA ({why})")]
+    Unusable { path: PathBuf, why: String },
+    #[error(
+        "the CA in {dir} does not permit {names}: it was created for another registry list. \
+         Delete {dir}/ca.crt and {dir}/ca.key and start again to create a new CA (then \
+         re-install the new ca.crt on every client)",
+        dir = .dir.display(),
+        names = .names.join(", ")
+    )]
+    NamesNotPermitted { dir: PathBuf, names: Vec<String> },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("rustls refused the leaf certificate: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A loaded CA: certificate, key, and what its name constraints permit.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    /// DNS subtrees of the CA's NameConstraints (empty: the CA is unconstrained).
+    permitted: Vec<String>,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("permitted", &self.permitted)
+            .field("key", &"MASKED")
+            .finish()
+    }
+}
+
+impl Ca {
+    /// Loads `dir/ca.crt` and `dir/ca.key`, or creates them for `names` when both are missing.
+    /// Fails when the existing CA does not permit every name, or its key is not private.
+    pub fn load_or_create(dir: &Path, names: &[NamePattern]) -> Result<Self, Error> {
+        let crt = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        match (crt.exists(), key.exists()) {
+            (false, false) => create(dir, &crt, &key, names)?,
+            (true, false) => return Err(incomplete(crt, key)),
+            (false, true) => return Err(incomplete(key, crt)),
+            (true, true) => {}
+        }
+        let ca = Self::load(&crt, &key)?;
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !ca.permits_subtree(n.subtree()))
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::NamesNotPermitted {
+                dir: dir.to_owned(),
+                names: missing,
+            });
+        }
+        Ok(ca)
+    }
+
+    fn load(crt: &Path, key: &Path) -> Result<Self, Error> {
+        let mode = fs::metadata(key).map_err(io(key))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::KeyPermissions {
+                path: key.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
+        let cert_pem = fs::read_to_string(crt).map_err(io(crt))?;
+        let key_pem = fs::read_to_string(key).map_err(io(key))?;
+        let unusable = |why: String| Error::Unusable {
+            path: crt.to_owned(),
+            why,
+        };
+        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| Error::Unusable {
+            path: key.to_owned(),
+            why: e.to_string(),
+        })?;
+        let cert_der =
+            pem_to_der(&cert_pem).ok_or_else(|| unusable("no PEM certificate".into()))?;
+        let (permitted, not_after, public_key) =
+            inspect(&cert_der).map_err(|e| unusable(e.to_string()))?;
+        if public_key != key_pair.public_key_raw() {
+            return Err(unusable(format!(
+                "it does not match the key in {}",
+                key.display()
+            )));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key_pair)?;
+        Ok(Self {
+            cert_pem,
+            cert_der,
+            issuer,
+            permitted,
+            not_after,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// SHA-256 of the CA certificate (DER), as `AB:CD:…` like `openssl x509 -fingerprint -sha256`.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.cert_der.as_ref());
+        let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        hex.join(":")
+    }
+
+    /// When the CA expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Whether the CA's constraints permit the subtree `name` (the name and everything below it).
+    fn permits_subtree(&self, name: &str) -> bool {
+        self.permitted.is_empty() || self.permitted.iter().any(|p| within(name, p))
+    }
+
+    /// Issues a fresh leaf for `name`. Callers check that the name is one of ours first.
+    pub fn issue(&self, name: &str, provider: &CryptoProvider) -> Result<Leaf, Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let now = SystemTime::now();
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = OffsetDateTime::from(now - CLOCK_SKEW);
+        params.not_after = OffsetDateTime::from(now + LEAF_LIFETIME);
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let certified = CertifiedKey::from_der(vec![cert.der().clone()], key_der, provider)?;
+        Ok(Leaf {
+            key: Arc::new(certified),
+            renew_at: now + LEAF_LIFETIME - LEAF_RENEW_BEFORE,
+        })
+    }
+}
+
+/// An issued leaf and when to replace it.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    pub key: Arc<CertifiedKey>,
+    pub renew_at: SystemTime,
+}
+
+/// Hands rustls a leaf for each permitted SNI name, issuing on first use; refuses other names.
+pub struct CertResolver {
+    ca: Arc<Ca>,
+    names: Vec<NamePattern>,
+    provider: Arc<CryptoProvider>,
+    /// std Mutex, never held across .await (rustls calls `resolve` synchronously).
+    leaves: Mutex<HashMap<String, Leaf>>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertResolver")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertResolver {
+    pub fn new(ca: Arc<Ca>, names: Vec<NamePattern>, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            ca,
+            names,
+            provider,
+            leaves: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours.
+    pub fn leaf_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        let name = normalize(sni);
+        if !self.names.iter().any(|p| p.matches(&name)) {
+            tracing::warn!(sni = %name, "TLS handshake refused: not a registry name of this appliance");
+            return None;
+        }
+        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(leaf) = leaves.get(&name) {
+            if leaf.renew_at > SystemTime::now() {
+                return Some(leaf.key.clone());
+            }
+        }
+        match self.ca.issue(&name, &self.provider) {
+            Ok(leaf) => {
+                tracing::info!(sni = %name, "issued leaf certificate");
+                let key = leaf.key.clone();
+                leaves.insert(name, leaf);
+                Some(key)
+            }
+            Err(e) => {
+                tracing::error!(sni = %name, error = %e, "cannot issue leaf certificate");
+                None
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(sni) => self.leaf_for(sni),
+            None => {
+                tracing::warn!("TLS handshake refused: the client sent no SNI");
+                None
+            }
+        }
+    }
+}
+
+fn create(dir: &Path, crt: &Path, key_path: &Path, names: &[NamePattern]) -> Result<(), Error> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let now = SystemTime::now();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "regcache");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("regcache local CA {}", hostname()),
+    );
+    params.not_before = OffsetDateTime::from(now - CLOCK_SKEW);
+    params.not_after = OffsetDateTime::from(now + CA_LIFETIME);
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut subtrees: Vec<String> = names.iter().map(|n| n.subtree().to_owned()).collect();
+    subtrees.dedup();
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: subtrees.into_iter().map(GeneralSubtree::DnsName).collect(),
+        excluded_subtrees: vec![],
+    });
+    let cert = params.self_signed(&key)?;
+    write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(crt, cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(dir = %dir.display(), "created a new CA");
+    Ok(())
+}
+
+/// Writes `path` through a temp file and a rename, so a crash never leaves half a key.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The permitted DNS subtrees, expiry and public key of a CA certificate.
+fn inspect(der: &[u8]) -> Result<(Vec<String>, SystemTime, Vec<u8>), String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    if !cert.is_ca() {
+        return Err("basicConstraints does not say CA".into());
+    }
+    let mut permitted = Vec::new();
+    if let Some(nc) = cert.name_constraints().map_err(|e| e.to_string())? {
+        for subtree in nc.value.permitted_subtrees.iter().flatten() {
+            if let GeneralName::DNSName(name) = subtree.base {
+                permitted.push(normalize(name.trim_start_matches('.')));
+            }
+        }
+    }
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let public_key = cert.public_key().subject_public_key.data.to_vec();
+    Ok((permitted, not_after, public_key))
+}
+
+/// Whether `name` equals `subtree` or lies below it.
+fn within(name: &str, subtree: &str) -> bool {
+    name == subtree
+        || name
+            .strip_suffix(subtree)
+            .is_some_and(|head| head.ends_with('.'))
+}
+
+fn pem_to_der(pem: &str) -> Option<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    bytes[0] &= 0x7f; // a positive INTEGER
+    SerialNumber::from_slice(&bytes)
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn incomplete(present: PathBuf, missing: PathBuf) -> Error {
+    Error::Incomplete { present, missing }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,598 @@
+//! Configuration: raw TOML → validated [`Config`], and the embedded default (`default.toml`).
+//!
+//! Raw structs mirror the file with `deny_unknown_fields`; every value that needs checking is read as
+//! [`Spanned`] so an error can name its line. Nothing here touches the network or the CA.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::access::AccessList;
+use crate::names::NamePattern;
+
+/// The embedded default configuration, printed by `regcache config default`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The environment variable naming a config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "REGCACHE_CONFIG";
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the CA (`certs/`) and later the cache (`cache/`) live.
+    pub state_dir: PathBuf,
+    pub dns: DnsConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub access: AccessList,
+    /// Never empty; names and aliases are unique across the list.
+    pub registries: Vec<Registry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Empty: the app substitutes the host's primary IPv4.
+    pub answer_ipv4: Vec<Ipv4Addr>,
+    pub answer_ipv6: Vec<Ipv6Addr>,
+    /// Empty: the app substitutes /etc/resolv.conf minus our own addresses.
+    pub upstream: Vec<SocketAddr>,
+    pub ttl: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// PEM files (paths as written, relative to the working directory).
+    pub extra_ca: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// One intercepted registry.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    /// The canonical public name (an exact name), logged as the access log's host.
+    pub host: String,
+    /// More names answered for the same registry (exact names or `*.suffix`).
+    pub aliases: Vec<NamePattern>,
+    /// Base URL of the real registry: scheme https, an authority, no path.
+    pub upstream: Uri,
+}
+
+impl Registry {
+    /// The host followed by the aliases.
+    pub fn patterns(&self) -> impl Iterator<Item = NamePattern> + '_ {
+        std::iter::once(NamePattern::Exact(self.host.clone())).chain(self.aliases.iter().cloned())
+    }
+}
+
+impl Config {
+    /// Every intercepted name pattern, in registry order.
+    pub fn patterns(&self) -> Vec<NamePattern> {
+        self.registries
+            .iter()
+            .flat_map(Registry::patterns)
+            .collect()
+    }
+}
+
+/// Where a configuration came from, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Embedded => f.write_str("<embedded default>"),
+        }
+    }
+}
+
+/// One problem in a config file, located by line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; 0 when the problem has no single place (a missing file).
+    pub line: usize,
+    pub message: String,
+}
+
+/// Why a configuration could not be loaded. `Display` prints one `file:line: why` per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(.origin, .problems))]
+    Invalid {
+        origin: Source,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(source: &Source, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| match p.line {
+            0 => format!("{source}: {}", p.message),
+            line => format!("{source}:{line}: {}", p.message),
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// Picks the config file: `explicit`, else `$REGCACHE_CONFIG`, else `./regcache.toml` if present,
+/// else none (the embedded default).
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_owned());
+    }
+    if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let local = PathBuf::from("regcache.toml");
+    local.is_file().then_some(local)
+}
+
+/// Loads and validates the file `path`, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+    match path {
+        None => parse(DEFAULT_TOML, Source::Embedded),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            parse(&text, Source::File(path.to_owned()))
+        }
+    }
+}
+
+/// Parses and validates config text. All validation problems are reported together.
+pub fn parse(text: &str, source: Source) -> Result<Config, Error> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Invalid {
+        problems: vec![Problem {
+            line: e.span().map_or(0, |s| line_of(text, s.start)),
+            message: e.message().trim().to_owned(),
+        }],
+        origin: source.clone(),
+    })?;
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    let config = v.config(raw);
+    v.problems.sort_by_key(|p| p.line);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(Error::Invalid {
+            origin: source,
+            problems: v.problems,
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<String>,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    access: RawAccess,
+    registry: Option<Vec<RawRegistry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    answer_ipv4: Vec<Spanned<String>>,
+    #[serde(default)]
+    answer_ipv6: Vec<Spanned<String>>,
+    #[serde(default)]
+    upstream: Vec<Spanned<String>>,
+    ttl: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default)]
+    extra_ca: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: Spanned<String>,
+    #[serde(default)]
+    aliases: Vec<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem<T>(&mut self, at: &Spanned<T>, message: String) {
+        let line = line_of(self.text, at.span().start);
+        self.problems.push(Problem { line, message });
+    }
+
+    /// Parses each entry with `parse`, recording a problem per bad entry.
+    fn each<T, E: fmt::Display>(
+        &mut self,
+        key: &str,
+        items: &[Spanned<String>],
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for item in items {
+            match parse(item.get_ref()) {
+                Ok(value) => out.push(value),
+                Err(e) => self.problem(item, format!("{key}: {:?}: {e}", item.get_ref())),
+            }
+        }
+        out
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        // Destructured whole so that a new key is a compile error until it is validated here.
+        let RawConfig {
+            state_dir,
+            dns,
+            tls,
+            upstream,
+            admin,
+            access,
+            registry,
+        } = raw;
+        let registries = match registry {
+            Some(list) => self.registries(list),
+            None => default_registries(),
+        };
+        Config {
+            state_dir: PathBuf::from(state_dir.unwrap_or_else(|| ".".into())),
+            dns: self.dns(dns),
+            tls: TlsConfig {
+                listen: self.listen("tls.listen", tls.listen, "0.0.0.0:443"),
+            },
+            upstream: UpstreamConfig {
+                extra_ca: upstream.extra_ca.into_iter().map(PathBuf::from).collect(),
+            },
+            admin: AdminConfig {
+                listen: self.admin_listen(admin),
+            },
+            access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
+            registries,
+        }
+    }
+
+    fn listen(
+        &mut self,
+        key: &str,
+        items: Option<Vec<Spanned<String>>>,
+        default: &str,
+    ) -> Vec<SocketAddr> {
+        match items {
+            None => vec![default.parse().expect("default listen address")],
+            Some(items) => self.each(key, &items, |s| s.parse::<SocketAddr>().map_err(addr_hint)),
+        }
+    }
+
+    fn admin_listen(&mut self, admin: RawAdmin) -> SocketAddr {
+        let default: SocketAddr = "127.0.0.1:9090".parse().expect("default admin address");
+        let Some(item) = admin.listen else {
+            return default;
+        };
+        match item.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(e) => {
+                let msg = format!("admin.listen: {:?}: {}", item.get_ref(), addr_hint(e));
+                self.problem(&item, msg);
+                default
+            }
+        }
+    }
+
+    fn dns(&mut self, raw: RawDns) -> DnsConfig {
+        let RawDns {
+            listen,
+            answer_ipv4,
+            answer_ipv6,
+            upstream,
+            ttl,
+        } = raw;
+        let ttl = match ttl {
+            None => 60,
+            Some(t) => match u32::try_from(*t.get_ref()) {
+                Ok(v) if v <= 604_800 => v,
+                _ => {
+                    let msg = format!(
+                        "dns.ttl: {} is not between 0 and 604800 seconds",
+                        t.get_ref()
+                    );
+                    self.problem(&t, msg);
+                    60
+                }
+            },
+        };
+        DnsConfig {
+            listen: self.listen("dns.listen", listen, "0.0.0.0:53"),
+            answer_ipv4: self.each("dns.answer_ipv4", &answer_ipv4, |s| {
+                s.parse::<Ipv4Addr>().map_err(|_| "not an IPv4 address")
+            }),
+            answer_ipv6: self.each("dns.answer_ipv6", &answer_ipv6, |s| {
+                s.parse::<Ipv6Addr>().map_err(|_| "not an IPv6 address")
+            }),
+            upstream: self.each("dns.upstream", &upstream, parse_resolver),
+            ttl,
+        }
+    }
+
+    fn registries(&mut self, list: Vec<RawRegistry>) -> Vec<Registry> {
+        let mut seen: Vec<NamePattern> = Vec::new();
+        let mut out = Vec::new();
+        for raw in list {
+            let Some(registry) = self.registry(raw, &mut seen) else {
+                continue;
+            };
+            out.push(registry);
+        }
+        if out.is_empty() && self.problems.is_empty() {
+            self.problems.push(Problem {
+                line: 0,
+                message: "the [[registry]] list is empty: name at least one registry, or remove \
+                          the list to use the default one"
+                    .into(),
+            });
+        }
+        out
+    }
+
+    fn registry(&mut self, raw: RawRegistry, seen: &mut Vec<NamePattern>) -> Option<Registry> {
+        let RawRegistry {
+            host,
+            aliases,
+            upstream,
+        } = raw;
+        let host_name = match NamePattern::parse(host.get_ref()) {
+            Ok(NamePattern::Exact(name)) => name,
+            Ok(NamePattern::Suffix(_)) => {
+                let msg = "registry.host must be an exact name; put wildcards in aliases".into();
+                self.problem(&host, msg);
+                return None;
+            }
+            Err(e) => {
+                self.problem(&host, format!("registry.host: {e}"));
+                return None;
+            }
+        };
+        let mut names = vec![(NamePattern::Exact(host_name.clone()), &host)];
+        for alias in &aliases {
+            match NamePattern::parse(alias.get_ref()) {
+                Ok(p) => names.push((p, alias)),
+                Err(e) => self.problem(alias, format!("registry.aliases: {e}")),
+            }
+        }
+        for (pattern, at) in &names {
+            if seen.contains(pattern) {
+                self.problem(
+                    *at,
+                    format!("{pattern} is listed twice among the registries"),
+                );
+            }
+            seen.push(pattern.clone());
+        }
+        let upstream = match upstream {
+            None => format!("https://{host_name}")
+                .parse()
+                .expect("a valid host makes a valid URL"),
+            Some(u) => match parse_upstream(u.get_ref()) {
+                Ok(uri) => uri,
+                Err(why) => {
+                    self.problem(&u, format!("registry.upstream: {:?}: {why}", u.get_ref()));
+                    return None;
+                }
+            },
+        };
+        Some(Registry {
+            host: host_name,
+            aliases: names.into_iter().skip(1).map(|(p, _)| p).collect(),
+            upstream,
+        })
+    }
+}
+
+fn default_registries() -> Vec<Registry> {
+    let raw: RawConfig = toml::from_str(DEFAULT_TOML).expect("embedded default config parses");
+    let mut v = Validator {
+        text: DEFAULT_TOML,
+        problems: Vec::new(),
+    };
+    let list = v.registries(raw.registry.expect("embedded default lists registries"));
+    assert!(
+        v.problems.is_empty(),
+        "embedded default registries are valid"
+    );
+    list
+}
+
+fn addr_hint(e: std::net::AddrParseError) -> String {
+    format!("{e} (write IP:port, e.g. \"0.0.0.0:443\" or \"[::]:443\")")
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| "not a CIDR such as \"10.0.0.0/8\" or an IP address".into())
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| "not \"IP:port\" or an IP address".into())
+}
+
+fn parse_upstream(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("the upstream must be an https:// URL".into());
+    }
+    if uri.host().is_none() {
+        return Err("the URL has no host".into());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("give only scheme and host (and port), no path".into());
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, Source::Embedded) {
+            Err(Error::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_lists_the_registries() {
+        let c = parse(DEFAULT_TOML, Source::Embedded).unwrap();
+        let hosts: Vec<_> = c.registries.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "registry-1.docker.io",
+                "nvcr.io",
+                "ghcr.io",
+                "gcr.io",
+                "quay.io",
+                "registry.k8s.io",
+                "mcr.microsoft.com",
+                "public.ecr.aws"
+            ]
+        );
+        assert_eq!(c.registries[0].aliases.len(), 2);
+        assert_eq!(c.registries[1].upstream, "https://nvcr.io/");
+        assert_eq!(c.dns.listen, ["0.0.0.0:53".parse().unwrap()]);
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn empty_file_means_all_defaults() {
+        let c = parse("", Source::Embedded).unwrap();
+        assert_eq!(c.registries.len(), 8);
+        assert_eq!(c.dns.ttl, 60);
+        assert_eq!(c.tls.listen, ["0.0.0.0:443".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_registry_list_replaces_the_default() {
+        let c = parse("[[registry]]\nhost = \"example.com\"\n", Source::Embedded).unwrap();
+        assert_eq!(c.registries.len(), 1);
+        assert_eq!(c.registries[0].upstream, "https://example.com/");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_line() {
+        let p = problems("state_dir = \"x\"\n[dns]\nlisten = []\nbogus = 1\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 4);
+        assert!(p[0].message.contains("bogus"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_line() {
+        let text = "[dns]\nlisten = [\"0.0.0.0:53\", \"nonsense\"]\nttl = -1\n\
+                    [access]\nallow = [\"10.0.0.0/33\"]\n\
+                    [[registry]]\nhost = \"ok.io\"\nupstream = \"http://ok.io\"\n\
+                    [[registry]]\nhost = \"ok.io\"\naliases = [\"bad name\"]\n";
+        let p = problems(text);
+        let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 5, 8, 10, 11], "{p:?}");
+        assert!(p[0].message.contains("dns.listen") && p[0].message.contains("nonsense"));
+        assert!(p[3].message.contains("https"));
+        assert!(p[4].message.contains("listed twice"), "{}", p[4].message);
+        assert!(p[5].message.contains("bad name"), "{}", p[5].message);
+    }
+
+    #[test]
+    fn rendered_errors_say_file_and_line() {
+        let err = parse(
+            "[tls]\nlisten = [\"x\"]\n",
+            Source::File("site.toml".into()),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("site.toml:2: tls.listen: \"x\""), "{text}");
+    }
+
+    #[test]
+    fn syntax_errors_name_their_line() {
+        let p = problems("[dns]\nttl = = 3\n");
+        assert_eq!(p[0].line, 2);
+    }
+}

@@ -1,0 +1,244 @@
+//! The DNS side: registry names answer with the appliance's own address, every other name is
+//! forwarded to the upstream resolvers through hickory-resolver.
+//!
+//! Owns the hickory [`RequestHandler`] and the resolver that the proxy also uses for its own upstream
+//! lookups. Does not bind sockets: [`serve`] takes bound ones.
+
+mod system;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::net::{DnsError, NetError};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::rdata::{A, AAAA};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::resolver::config::{
+    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_server::resolver::TokioResolver;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::access::AccessList;
+use crate::names::{normalize, NamePattern};
+
+pub use system::{primary_ipv4, resolv_conf_nameservers};
+
+/// How long a TCP client may stay idle between queries.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the DNS handler needs to answer.
+#[derive(Clone, Debug)]
+pub struct Answers {
+    /// Names answered locally.
+    pub intercept: Vec<NamePattern>,
+    /// Never empty: the A records for intercepted names.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// May be empty: AAAA for intercepted names is then NOERROR with no records.
+    pub ipv6: Vec<Ipv6Addr>,
+    pub ttl: u32,
+}
+
+/// Answers intercepted names locally and forwards the rest.
+pub struct Handler {
+    answers: Answers,
+    resolver: TokioResolver,
+}
+
+impl Handler {
+    pub fn new(answers: Answers, resolver: TokioResolver) -> Self {
+        Self { answers, resolver }
+    }
+
+    fn intercepts(&self, name: &str) -> bool {
+        let name = normalize(name);
+        self.answers.intercept.iter().any(|p| p.matches(&name))
+    }
+
+    /// The records for an intercepted name; other types get an empty NOERROR (their data, e.g.
+    /// HTTPS/SVCB address hints, would leak the real addresses).
+    fn local_records(&self, name: &Name, qtype: RecordType) -> Vec<Record> {
+        let ttl = self.answers.ttl;
+        match qtype {
+            RecordType::A => (self.answers.ipv4.iter())
+                .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
+                .collect(),
+            RecordType::AAAA => (self.answers.ipv6.iter())
+                .map(|ip| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*ip))))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The outcome of a query, before encoding.
+struct Reply {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    soa: Vec<Record>,
+}
+
+impl Reply {
+    fn error(code: ResponseCode) -> Self {
+        Self {
+            code,
+            authoritative: false,
+            answers: Vec::new(),
+            soa: Vec::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let reply = self.reply(request).await;
+        let mut edns = None;
+        if let Some(req_edns) = &request.edns {
+            let mut resp = Edns::new();
+            resp.set_max_payload(req_edns.max_payload().max(512));
+            resp.set_version(0);
+            edns = Some(resp);
+        }
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.response_code = reply.code;
+        meta.authoritative = reply.authoritative;
+        meta.recursion_available = true;
+        let response = builder.build(meta, &reply.answers, &[], &reply.soa, &[]);
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(error = %e, peer = %request.src(), "cannot send DNS response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+impl Handler {
+    async fn reply(&self, request: &Request) -> Reply {
+        if request.metadata.message_type != MessageType::Query {
+            return Reply::error(ResponseCode::FormErr);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Reply::error(ResponseCode::NotImp);
+        }
+        let Ok(info) = request.request_info() else {
+            // Not exactly one question.
+            return Reply::error(ResponseCode::FormErr);
+        };
+        let query = info.query;
+        let name = Name::from(query.name().clone());
+        let qtype = query.query_type();
+        if query.query_class() != DNSClass::IN {
+            return Reply::error(ResponseCode::Refused);
+        }
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR | RecordType::ANY) {
+            return Reply::error(ResponseCode::Refused);
+        }
+        if self.intercepts(&name.to_ascii()) {
+            debug!(%name, %qtype, peer = %request.src(), "intercepted");
+            return Reply {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                answers: self.local_records(&name, qtype),
+                soa: Vec::new(),
+            };
+        }
+        self.forward(name, qtype).await
+    }
+
+    async fn forward(&self, name: Name, qtype: RecordType) -> Reply {
+        let started = Instant::now();
+        match self.resolver.lookup(name.clone(), qtype).await {
+            Ok(lookup) => Reply {
+                code: ResponseCode::NoError,
+                authoritative: false,
+                answers: lookup.answers().to_vec(),
+                soa: Vec::new(),
+            },
+            Err(NetError::Dns(DnsError::NoRecordsFound(no))) => Reply {
+                code: no.response_code,
+                authoritative: false,
+                answers: Vec::new(),
+                soa: no
+                    .soa
+                    .map(|s| (*s).into_record_of_rdata())
+                    .into_iter()
+                    .collect(),
+            },
+            Err(NetError::Dns(DnsError::ResponseCode(code))) => Reply::error(code),
+            Err(e) => {
+                warn!(%name, %qtype, error = %e, elapsed = ?started.elapsed(), "forwarding failed");
+                Reply::error(ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+/// A resolver that asks exactly `upstreams` (UDP, and TCP on truncation), never /etc/hosts.
+pub fn resolver(upstreams: &[SocketAddr]) -> Result<TokioResolver, NetError> {
+    let servers = upstreams
+        .iter()
+        .map(|addr| {
+            let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+            for conn in &mut server.connections {
+                conn.port = addr.port();
+            }
+            server
+        })
+        .collect();
+    let config = ResolverConfig::from_parts(None, vec![], servers);
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.preserve_intermediates = true;
+    opts.ndots = 0;
+    opts.timeout = Duration::from_secs(3);
+    opts.attempts = 2;
+    builder.build()
+}
+
+/// Serves DNS on the bound sockets until `shutdown` is cancelled, refusing clients outside `access`.
+pub async fn serve(
+    handler: Handler,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    access: &AccessList,
+    shutdown: CancellationToken,
+) {
+    let mut server = Server::with_access(handler, [], access.nets().iter().copied());
+    for socket in udp {
+        server.register_socket(socket);
+    }
+    for listener in tcp {
+        server.register_listener(listener, TCP_TIMEOUT, 64 * 1024);
+    }
+    shutdown.cancelled().await;
+    if let Err(e) = server.shutdown_gracefully().await {
+        warn!(error = %e, "DNS server stopped with an error");
+    }
+    info!("dns stopped");
+}

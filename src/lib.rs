@@ -1,0 +1,27 @@
+//! regcache: a site appliance that makes container image pulls go through one place.
+//!
+//! Clients keep their image names (`nvcr.io/nvidia/x:tag`); they point DNS at the appliance and
+//! trust its CA. The appliance answers registry names with its own address, terminates TLS with a
+//! leaf issued on the fly by a name-constrained local CA, and forwards to the real registry.
+//!
+//! # Layout
+//! - [`config`]: raw TOML → validated [`config::Config`]; the embedded default registry list.
+//! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
+//! - [`dns`]: the hickory request handler: intercept table and forwarding.
+//! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
+//! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
+//! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
+//! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
+//!   ours), so that those three cannot disagree.
+//! - [`cli`]: clap definitions only.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod admin;
+pub mod app;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod names;
+pub mod proxy;

@@ -1,0 +1,114 @@
+//! The `regcache` binary: tracing, CLI, runtime, exit codes (64 on a config error).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use regcache::cli::{CaCommand, Cli, Command, ConfigArg, ConfigCommand};
+use regcache::config::{self, Config};
+use regcache::{app, proxy::access_log::AccessLog};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits.h EX_USAGE: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+const DEFAULT_FILTER: &str =
+    "info,hickory_server=warn,hickory_net=warn,hickory_resolver=warn,hickory_proto=warn";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+        )
+        .init();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check(arg),
+        } => check(&arg),
+        Command::Ca {
+            command: CaCommand::Cert(arg),
+        } => with_config(&arg, |config| {
+            let ca = app::load_ca(&config)?;
+            print!("{}", ca.cert_pem());
+            Ok(())
+        }),
+        Command::Serve(arg) => with_config(&arg, serve),
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    let path = config::locate(arg.config.as_deref());
+    config::load(path.as_deref()).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    let path = config::locate(arg.config.as_deref());
+    let source = path
+        .as_ref()
+        .map_or("<embedded default>".to_owned(), |p| p.display().to_string());
+    match load(arg) {
+        Ok(config) => {
+            println!(
+                "{source}: OK ({} registries, {} names)",
+                config.registries.len(),
+                config.patterns().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
+    let config = match load(arg) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match f(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let bound = app::build(config, AccessLog::stdout()).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        app::run(bound, shutdown).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!(
+        "shutting down; draining in-flight requests for up to {:?}",
+        app::GRACE
+    );
+    shutdown.cancel();
+}

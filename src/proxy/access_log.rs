@@ -1,0 +1,253 @@
+//! The access log: one line per request in nginx's `main` format with the registry host last,
+//! written when the response body ends (or is abandoned), so `$body_bytes_sent` is what was sent.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, REFERER, USER_AGENT};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use time::OffsetDateTime;
+
+use super::{Body, BoxError};
+
+/// Where access-log lines go. Cloning shares the sink.
+#[derive(Clone)]
+pub struct AccessLog {
+    /// std Mutex, never held across .await: one whole line is written under the lock.
+    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl AccessLog {
+    pub fn stdout() -> Self {
+        Self::to_writer(Box::new(std::io::stdout()))
+    }
+
+    pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
+        Self {
+            sink: Arc::new(Mutex::new(writer)),
+        }
+    }
+
+    fn write(&self, line: &str) {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = writeln!(sink, "{line}").and_then(|()| sink.flush()) {
+            tracing::warn!(error = %e, "cannot write the access log");
+        }
+    }
+}
+
+/// The request half of a log line, captured before the request is forwarded.
+pub struct Entry {
+    remote: IpAddr,
+    user: String,
+    time: OffsetDateTime,
+    request: String,
+    referer: String,
+    user_agent: String,
+    host: String,
+}
+
+impl Entry {
+    pub fn new(
+        remote: IpAddr,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        host: &str,
+    ) -> Self {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let header = |name| {
+            headers
+                .get(name)
+                .map(|v: &http::HeaderValue| escape(&String::from_utf8_lossy(v.as_bytes())))
+                .unwrap_or_else(|| "-".into())
+        };
+        Self {
+            remote: remote.to_canonical(),
+            user: basic_user(headers).map_or_else(|| "-".into(), |u| escape(&u)),
+            time: OffsetDateTime::now_utc(),
+            request: escape(&format!("{method} {path} {version:?}")),
+            referer: header(REFERER),
+            user_agent: header(USER_AGENT),
+            host: escape(host),
+        }
+    }
+
+    /// The full `main`-format line.
+    pub fn line(&self, status: StatusCode, bytes: u64) -> String {
+        const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+            "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+        );
+        let time = self.time.format(FORMAT).unwrap_or_default();
+        format!(
+            "{} - {} [{time}] \"{}\" {} {bytes} \"{}\" \"{}\" \"{}\"",
+            self.remote,
+            self.user,
+            self.request,
+            status.as_u16(),
+            self.referer,
+            self.user_agent,
+            self.host
+        )
+    }
+}
+
+/// A response body that counts the bytes it yields and writes the log line when dropped.
+pub struct Logged {
+    inner: Body,
+    entry: Option<Entry>,
+    status: StatusCode,
+    bytes: u64,
+    log: AccessLog,
+}
+
+impl Logged {
+    pub fn wrap(inner: Body, entry: Entry, status: StatusCode, log: AccessLog) -> Body {
+        http_body_util::BodyExt::boxed(Self {
+            inner,
+            entry: Some(entry),
+            status,
+            bytes: 0,
+            log,
+        })
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.log.write(&entry.line(self.status, self.bytes));
+        }
+    }
+}
+
+/// The user name of a Basic Authorization header (nginx's `$remote_user`).
+fn basic_user(headers: &HeaderMap) -> Option<String> {
+    use base64_lite::decode;
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = decode(encoded.trim())?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next()?;
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// nginx-style escaping: `"`, `\`, control and non-ASCII bytes become `\xHH`.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.push_str(&format!("\\x{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// Just enough base64 to read a Basic credential.
+mod base64_lite {
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        let mut acc = 0u32;
+        let mut bits = 0;
+        for c in s.bytes().filter(|&c| c != b'=') {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' | b'-' => 62,
+                b'/' | b'_' => 63,
+                _ => return None,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_matches_the_seed_format() {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, "docker/25.0.3 go/go1.21.0".parse().unwrap());
+        let mut entry = Entry::new(
+            "172.17.0.1".parse().unwrap(),
+            &Method::GET,
+            &"/v2/library/ubuntu/manifests/22.04".parse().unwrap(),
+            Version::HTTP_11,
+            &headers,
+            "registry-1.docker.io",
+        );
+        entry.time = time::macros::datetime!(2025-09-02 15:00:21 UTC);
+        assert_eq!(
+            entry.line(StatusCode::OK, 546),
+            "172.17.0.1 - - [02/Sep/2025:15:00:21 +0000] \"GET /v2/library/ubuntu/manifests/22.04 \
+             HTTP/1.1\" 200 546 \"-\" \"docker/25.0.3 go/go1.21.0\" \"registry-1.docker.io\""
+        );
+    }
+
+    #[test]
+    fn basic_user_and_escaping() {
+        let mut headers = HeaderMap::new();
+        // "alice:secret"
+        headers.insert(AUTHORIZATION, "Basic YWxpY2U6c2VjcmV0".parse().unwrap());
+        headers.insert(USER_AGENT, "evil\"agent".parse().unwrap());
+        let entry = Entry::new(
+            "::ffff:10.0.0.2".parse().unwrap(),
+            &Method::HEAD,
+            &"/v2/".parse().unwrap(),
+            Version::HTTP_2,
+            &headers,
+            "ghcr.io",
+        );
+        let line = entry.line(StatusCode::UNAUTHORIZED, 0);
+        assert!(line.starts_with("10.0.0.2 - alice ["), "{line}");
+        assert!(line.contains("\"HEAD /v2/ HTTP/2.0\" 401 0"), "{line}");
+        assert!(line.contains("evil\\x22agent"), "{line}");
+        assert!(!line.contains("secret"));
+    }
+}

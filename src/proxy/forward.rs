@@ -1,0 +1,350 @@
+//! One request: pick the route, forward it upstream with the headers registries need, follow blob
+//! redirects on the appliance's side, and relay the answer (or a 502 in the OCI error format).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tracing::{debug, warn};
+
+use super::access_log::{Entry, Logged};
+use super::{Body, BoxError, Proxy, Route};
+
+/// How many redirects a GET/HEAD follows before giving up.
+const MAX_REDIRECTS: usize = 5;
+/// How long to wait for an upstream's response headers to a GET or HEAD.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Per-connection facts.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    /// The TLS server name, normalised; it is always one of our names (others fail the handshake).
+    pub sni: String,
+}
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus `Host`.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} does not name a registry of this appliance")]
+    UnknownHost(String),
+    #[error("cannot reach {url}: {}", chain(.source))]
+    Upstream {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("no response from {url} within {secs}s")]
+    Timeout { url: String, secs: u64 },
+    #[error("more than {MAX_REDIRECTS} redirects from {url}")]
+    TooManyRedirects { url: String },
+    #[error("bad redirect Location {location:?} from {url}")]
+    BadRedirect { url: String, location: String },
+    #[error("cannot build the upstream request: {0}")]
+    Build(#[from] http::Error),
+}
+
+impl Proxy {
+    /// Serves one request; never fails (errors become OCI error responses).
+    pub(super) async fn handle(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+        let host = request_host(&req).unwrap_or_else(|| ctx.sni.clone());
+        let route = self.route(&host).or_else(|| self.route(&ctx.sni));
+        let log_host = route.map_or(host.as_str(), |r| r.host.as_str()).to_owned();
+        let entry = Entry::new(
+            ctx.peer.ip(),
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            &log_host,
+        );
+        let response = match route {
+            Some(route) => match self.forward(route, &host, req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    warn!(error = %e, "upstream request failed");
+                    error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
+                }
+            },
+            None => {
+                let e = Error::UnknownHost(host);
+                error_response(StatusCode::MISDIRECTED_REQUEST, "DENIED", &e.to_string())
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = Logged::wrap(body, entry, parts.status, self.log.clone());
+        Response::from_parts(parts, body)
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        client_host: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut url = format!("{}{}", route.upstream, path);
+        let mut headers = forwardable(&parts.headers);
+        let method = parts.method;
+        if method != Method::GET && method != Method::HEAD {
+            // Pushes and deletes: stream the body through, no redirect following, no timeout
+            // (a large blob upload gets its response only after the last byte).
+            let body: Body = body.map_err(BoxError::from).boxed();
+            let resp = self.send(&method, &url, &headers, body).await?;
+            return Ok(relay(resp, route, client_host));
+        }
+        drop(body);
+        for _ in 0..=MAX_REDIRECTS {
+            let send = self.send(&method, &url, &headers, empty());
+            let resp = tokio::time::timeout(RESPONSE_TIMEOUT, send)
+                .await
+                .map_err(|_| Error::Timeout {
+                    url: url.clone(),
+                    secs: RESPONSE_TIMEOUT.as_secs(),
+                })??;
+            let Some(next) = redirect_target(&resp, &url)? else {
+                return Ok(relay(resp, route, client_host));
+            };
+            debug!(from = %url, to = %next, status = %resp.status(), "following redirect");
+            if authority(&next) != authority(&url) {
+                // Credentials for the registry must not leak to a CDN or object store.
+                headers.remove(header::AUTHORIZATION);
+            }
+            url = next;
+        }
+        Err(Error::TooManyRedirects { url })
+    }
+
+    async fn send(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, Error> {
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let req = builder.body(body)?;
+        self.client
+            .request(req)
+            .await
+            .map_err(|source| Error::Upstream {
+                url: url.to_owned(),
+                source,
+            })
+    }
+}
+
+/// The Host the client asked for: the `Host` header (HTTP/1) or the URI authority (HTTP/2).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .map(|h| super::strip_port(&h).to_ascii_lowercase())
+}
+
+/// The request headers minus hop-by-hop ones (and those the `Connection` header names).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Where a GET/HEAD redirect points, resolved against `url`; `None` when it is not a redirect.
+fn redirect_target(resp: &Response<Incoming>, url: &str) -> Result<Option<String>, Error> {
+    let status = resp.status();
+    let followed = [301, 302, 303, 307, 308];
+    if !followed.contains(&status.as_u16()) {
+        return Ok(None);
+    }
+    let Some(location) = resp.headers().get(header::LOCATION) else {
+        return Ok(None);
+    };
+    let bad = || Error::BadRedirect {
+        url: url.to_owned(),
+        location: String::from_utf8_lossy(location.as_bytes()).into_owned(),
+    };
+    let location = location.to_str().map_err(|_| bad())?;
+    resolve(url, location).map(Some).ok_or_else(bad)
+}
+
+/// Resolves a Location header against the URL it came from (absolute, `//host/…`, `/path`, `rel`).
+fn resolve(base: &str, location: &str) -> Option<String> {
+    if location.starts_with("https://") || location.starts_with("http://") {
+        return location.parse::<Uri>().ok().map(|_| location.to_owned());
+    }
+    let base: Uri = base.parse().ok()?;
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    let target = if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{scheme}://{authority}{dir}/{location}")
+    };
+    target.parse::<Uri>().ok().map(|_| target)
+}
+
+fn authority(url: &str) -> Option<String> {
+    url.parse::<Uri>()
+        .ok()?
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+}
+
+/// The upstream response for the client: hop-by-hop headers removed, a `Location` that points at
+/// the upstream's own address rewritten to the name the client used.
+fn relay(resp: Response<Incoming>, route: &Route, client_host: &str) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers = forwardable(&parts.headers);
+    if let Some(location) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(rest) = location.strip_prefix(route.upstream.as_str()) {
+            let rewritten = format!("https://{client_host}{rest}");
+            if let Ok(value) = HeaderValue::try_from(rewritten) {
+                parts.headers.insert(header::LOCATION, value);
+            }
+        }
+    }
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// An error and its sources, joined: "client error (Connect): dns error: no record found".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response in the OCI distribution error format.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = format!(
+        "{{\"errors\":[{{\"code\":{},\"message\":{},\"detail\":null}}]}}\n",
+        json_string(code),
+        json_string(message)
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_every_location_form() {
+        let base = "https://reg.example/v2/a/blobs/sha256:abc";
+        assert_eq!(
+            resolve(base, "https://cdn.example/x?sig=1").unwrap(),
+            "https://cdn.example/x?sig=1"
+        );
+        assert_eq!(
+            resolve(base, "//cdn.example/y").unwrap(),
+            "https://cdn.example/y"
+        );
+        assert_eq!(
+            resolve(base, "/other/path").unwrap(),
+            "https://reg.example/other/path"
+        );
+        assert_eq!(
+            resolve(base, "rel").unwrap(),
+            "https://reg.example/v2/a/blobs/rel"
+        );
+        assert!(resolve(base, "https://bad host/").is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("host", "ghcr.io".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("authorization", "Bearer t".parse().unwrap());
+        h.insert("range", "bytes=0-1".parse().unwrap());
+        let out = forwardable(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["authorization", "range"]);
+    }
+
+    #[test]
+    fn error_body_is_oci_json() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
