@@ -1,0 +1,188 @@
+//! The real `regcache` binary: config checking and exit codes, `ca cert`, and `serve` on port 0
+//! announcing its listeners and stopping on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_server::proto::rr::RecordType;
+
+const BIN: &str = env!("CARGO_BIN_EXE_regcache");
+
+fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("REGCACHE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_check_reports_each_bad_line_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("site.toml");
+    std::fs::write(
+        &bad,
+        "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n",
+    )
+    .unwrap();
+    let out = regcache(
+        &["config", "check", "--config", bad.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("site.toml:3: dns.answer_ipv4: \"::1\": not an IPv4 address"),
+        "{err}"
+    );
+    assert!(err.contains("site.toml:5: access.allow: \"nope\""), "{err}");
+
+    std::fs::write(&bad, "[tls]\nlisten = []\ncolour = \"blue\"\n").unwrap();
+    let out = regcache(&["serve", "--config", bad.to_str().unwrap()], dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "serve refuses a bad config too"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("site.toml:3: unknown field `colour`"), "{err}");
+
+    let missing = regcache(&["config", "check", "--config", "absent.toml"], dir.path());
+    assert_eq!(missing.status.code(), Some(64));
+}
+
+#[test]
+fn config_lookup_order_and_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = regcache(&["config", "check"], dir.path());
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("<embedded default>: OK (8 registries")
+    );
+
+    let default = regcache(&["config", "default"], dir.path());
+    let text = String::from_utf8_lossy(&default.stdout).into_owned();
+    assert!(text.contains("# ") && text.contains("host = \"nvcr.io\""));
+    // The printed default is itself a valid config file.
+    std::fs::write(dir.path().join("regcache.toml"), &text).unwrap();
+    let out = regcache(&["config", "check"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("regcache.toml: OK"));
+
+    // $REGCACHE_CONFIG wins over ./regcache.toml.
+    std::fs::write(
+        dir.path().join("env.toml"),
+        "[[registry]]\nhost = \"only.example\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .current_dir(dir.path())
+        .env("REGCACHE_CONFIG", "env.toml")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("env.toml: OK (1 registries"));
+}
+
+#[test]
+fn ca_cert_creates_the_ca_once_and_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "state_dir = \"state\"\n").unwrap();
+    let first = regcache(&["ca", "cert", "--config", "c.toml"], dir.path());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let pem = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let second = regcache(&["ca", "cert", "--config", "c.toml"], dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        pem,
+        "the same CA is reused"
+    );
+    assert!(dir.path().join("state/certs/ca.key").exists());
+
+    // A registry the CA was not made for: a clear error naming it.
+    std::fs::write(
+        &cfg,
+        "state_dir = \"state\"\n[[registry]]\nhost = \"new.example\"\n",
+    )
+    .unwrap();
+    let out = regcache(&["ca", "cert", "--config", "c.toml"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not permit new.example") && err.contains("Delete"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn serve_announces_its_listeners_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = crate::support::dns::Upstream::start().await;
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"state\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\nanswer_ipv4 = [\"10.1.1.1\"]\n\
+             upstream = [\"{}\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while addrs.len() < 3 && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        for what in ["dns", "https", "admin"] {
+            if let Some(rest) = line.split(&format!("listening for {what} on ")).nth(1) {
+                addrs.insert(what, rest.trim().parse::<std::net::SocketAddr>().unwrap());
+            }
+        }
+    }
+    assert_eq!(addrs.len(), 3, "all three listeners announced: {addrs:?}");
+    let reply = crate::support::dns::udp(addrs["dns"], "nvcr.io.", RecordType::A).await;
+    assert_eq!(
+        crate::support::dns::ipv4s(&reply),
+        ["10.1.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}

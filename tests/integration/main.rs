@@ -1,0 +1,9 @@
+//! The integration tests: one binary. Each module starts the appliance in-process on port 0 with a
+//! temp state dir, against an in-process fake upstream registry (TLS, CA minted at test time) and a
+//! fake upstream resolver.
+
+mod support;
+
+mod binary;
+mod dns;
+mod proxy;

@@ -1,0 +1,257 @@
+//! Test fixtures: a "public" PKI, a fake upstream registry with a CDN host, a fake upstream
+//! resolver, the appliance itself, and clients for DNS and HTTPS.
+
+pub mod dns;
+pub mod registry;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use regcache::proxy::access_log::AccessLog;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A throwaway "public" CA and one server certificate for the fake upstream's names.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    pub fn new(names: &[&str]) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test public CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+}
+
+/// A `Write` whose bytes the test can read back (the access log).
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SharedBuf {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The appliance, running in-process.
+pub struct Appliance {
+    pub dns: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca_pem: String,
+    pub log: SharedBuf,
+    pub state: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Appliance {
+    /// Starts the appliance on loopback port 0: `dns_keys` go into the `[dns]` table, `toml` after.
+    pub async fn start(dns_keys: &str, toml: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = {:?}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n{dns_keys}\n\
+             [tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}",
+            state.path().display().to_string()
+        );
+        let config = regcache::config::parse(&text, regcache::config::Source::Embedded)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let log = SharedBuf::default();
+        let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
+            .await
+            .expect("appliance starts");
+        let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
+        let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(regcache::app::run(bound, shutdown.clone()));
+        Self {
+            dns,
+            https,
+            admin,
+            ca_pem,
+            log,
+            state,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the appliance and waits (bounded) for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("appliance stops within the grace period")
+                .unwrap();
+        }
+    }
+
+    /// A TLS connection to the appliance's HTTPS listener with SNI `name`, trusting its CA.
+    pub async fn tls(
+        &self,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        tls_connect(self.https, &self.ca_pem, name, alpn).await
+    }
+
+    /// One HTTP/1.1 request through the appliance to registry `name`.
+    pub async fn request(&self, name: &str, req: Request<Full<Bytes>>) -> Response<Bytes> {
+        let tls = self
+            .tls(name, &[b"http/1.1"])
+            .await
+            .expect("TLS to appliance");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        Response::from_parts(parts, body)
+    }
+
+    /// GET `path` from registry `name` with extra headers.
+    pub async fn get(&self, name: &str, path: &str, headers: &[(&str, &str)]) -> Response<Bytes> {
+        self.request(name, build("GET", name, path, headers, Bytes::new()))
+            .await
+    }
+
+    #[allow(dead_code)]
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().to_owned()
+    }
+}
+
+pub fn build(
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("user-agent", "regcache-test/1");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(body)).unwrap()
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let server_name = ServerName::try_from(name.to_owned()).unwrap();
+    connector.connect(server_name, tcp).await
+}
+
+/// Hex of SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The appliance between a fake upstream registry (`registry-1.docker.io` → registry.test, with a
+/// `docker.io` alias; `ghcr.io` → a closed port) and a fake upstream resolver.
+pub struct World {
+    pub app: Appliance,
+    pub registry: registry::Registry,
+    pub resolver: dns::Upstream,
+    _extra_ca: tempfile::NamedTempFile,
+}
+
+impl World {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// `extra` is appended to the config (e.g. an `[access]` table).
+    pub async fn start_with(extra: &str) -> Self {
+        let pki = Pki::new(&["registry.test", "cdn.test"]);
+        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+        ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+        let registry = registry::Registry::start(&pki).await;
+        let resolver = dns::Upstream::start().await;
+        let dns_keys = format!(
+            "answer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"{}\"]",
+            resolver.addr
+        );
+        let toml = format!(
+            "[upstream]\nextra_ca = [{ca:?}]\n{extra}\n\
+             [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\", \"*.mirror.test\"]\n\
+             upstream = \"https://registry.test:{port}\"\n\
+             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n",
+            ca = ca_file.path().display().to_string(),
+            port = registry.addr.port(),
+        );
+        let app = Appliance::start(&dns_keys, &toml).await;
+        Self {
+            app,
+            registry,
+            resolver,
+            _extra_ca: ca_file,
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! A fake upstream registry over TLS that behaves like Docker Hub where it matters: Bearer
+//! challenges naming a token service on another host, blob GETs redirected to a CDN host (absolute
+//! and relative Locations), pushes through the upload API. It records every request it sees.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use super::{sha256_hex, Pki};
+
+pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const TOKEN: &str = "Bearer good-token";
+pub const CHALLENGE: &str =
+    "Bearer realm=\"https://auth.test/token\",service=\"registry.test\",scope=\"repository:private/app:pull\"";
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub host: String,
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The fake upstream; its content is fixed, derived from `blob()` and `manifest()`.
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub fn blob() -> Bytes {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    Bytes::from(data)
+}
+
+pub fn blob_digest() -> String {
+    format!("sha256:{}", sha256_hex(&blob()))
+}
+
+pub fn manifest() -> Bytes {
+    Bytes::from(format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{MANIFEST_TYPE}\",\"layers\":[{{\"digest\":\"{}\"}}]}}",
+        blob_digest()
+    ))
+}
+
+pub fn manifest_digest() -> String {
+    format!("sha256:{}", sha256_hex(&manifest()))
+}
+
+impl Registry {
+    pub async fn start(pki: &Pki) -> Self {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| {
+                        let log = log.clone();
+                        async move { Ok::<_, Infallible>(handle(req, addr, &log).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// The requests seen so far whose path starts with `prefix`.
+    pub fn seen(&self, prefix: &str) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    log: &Mutex<Vec<Seen>>,
+) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    log.lock().unwrap().push(Seen {
+        host: host.clone(),
+        method: method.clone(),
+        path: path.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+    let authorized = headers.get("authorization").is_some_and(|v| v == TOKEN);
+    let port = addr.port();
+    let blob_path = format!("/v2/library/small/blobs/{}", blob_digest());
+    let rel_blob_path = format!("/v2/library/rel/blobs/{}", blob_digest());
+    match (host.as_str(), &method, path.as_str()) {
+        ("cdn.test", &Method::GET | &Method::HEAD, p) if p.starts_with("/blobs/") => {
+            ok(blob(), "application/octet-stream", &[])
+        }
+        ("registry.test", _, "/v2/") if !authorized => unauthorized(),
+        ("registry.test", _, "/v2/") => ok(Bytes::from_static(b"{}"), "application/json", &[]),
+        ("registry.test", &Method::GET | &Method::HEAD, "/v2/library/small/manifests/1") => ok(
+            manifest(),
+            MANIFEST_TYPE,
+            &[
+                ("docker-content-digest", &manifest_digest()),
+                ("ratelimit-remaining", "99;w=21600"),
+                ("connection", "x-hop"),
+                ("x-hop", "must not pass"),
+            ],
+        ),
+        ("registry.test", &Method::GET, p) if p.starts_with("/v2/private/") && !authorized => {
+            unauthorized()
+        }
+        ("registry.test", &Method::GET | &Method::HEAD, p) if p == blob_path => redirect(&format!(
+            "https://cdn.test:{port}/blobs/{}?sig=abc",
+            blob_digest()
+        )),
+        ("registry.test", &Method::GET | &Method::HEAD, p) if p == rel_blob_path => {
+            redirect("/redirected/blob")
+        }
+        ("registry.test", &Method::GET | &Method::HEAD, "/redirected/blob") => {
+            ok(blob(), "application/octet-stream", &[])
+        }
+        ("registry.test", &Method::GET, "/v2/loop/blobs/x") => redirect("/v2/loop/blobs/x"),
+        ("registry.test", &Method::GET, "/v2/slow/blobs/x") => {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            ok(Bytes::from_static(b"done"), "application/octet-stream", &[])
+        }
+        ("registry.test", &Method::POST, "/v2/acme/pushed/blobs/uploads/") => status(
+            StatusCode::ACCEPTED,
+            &[
+                ("location", "/v2/acme/pushed/blobs/uploads/u1?_state=s"),
+                ("docker-upload-uuid", "u1"),
+                ("range", "0-0"),
+            ],
+        ),
+        ("registry.test", &Method::PUT, p) if p.starts_with("/v2/acme/pushed/blobs/uploads/u1") => {
+            let digest = format!("sha256:{}", sha256_hex(&body));
+            status(
+                StatusCode::CREATED,
+                &[
+                    ("docker-content-digest", digest.as_str()),
+                    (
+                        "location",
+                        &format!("https://registry.test:{port}/v2/acme/pushed/blobs/{digest}"),
+                    ),
+                ],
+            )
+        }
+        _ => status(StatusCode::NOT_FOUND, &[]),
+    }
+}
+
+fn ok(body: Bytes, content_type: &str, extra: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder()
+        .header("content-type", content_type)
+        .header("content-length", body.len());
+    for (k, v) in extra {
+        resp = resp.header(*k, *v);
+    }
+    resp.body(Full::new(body)).unwrap()
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("www-authenticate", CHALLENGE)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            b"{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}",
+        )))
+        .unwrap()
+}
+
+fn redirect(location: &str) -> Response<Full<Bytes>> {
+    status(StatusCode::TEMPORARY_REDIRECT, &[("location", location)])
+}
+
+fn status(code: StatusCode, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder().status(code);
+    for (k, v) in headers {
+        resp = resp.header(*k, *v);
+    }
+    resp.body(Full::new(Bytes::new())).unwrap()
+}
