@@ -526,6 +526,7 @@ mod tests {
             hosts,
             [
                 "registry-1.docker.io",
+                "auth.docker.io",
                 "nvcr.io",
                 "ghcr.io",
                 "gcr.io",
@@ -536,7 +537,7 @@ mod tests {
             ]
         );
         assert_eq!(c.registries[0].aliases.len(), 2);
-        assert_eq!(c.registries[1].upstream, "https://nvcr.io/");
+        assert_eq!(c.registries[2].upstream, "https://nvcr.io/");
         assert_eq!(c.dns.listen, ["0.0.0.0:53".parse().unwrap()]);
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
     }
@@ -544,7 +545,7 @@ mod tests {
     #[test]
     fn empty_file_means_all_defaults() {
         let c = parse("", Source::Embedded).unwrap();
-        assert_eq!(c.registries.len(), 8);
+        assert_eq!(c.registries.len(), 9);
         assert_eq!(c.dns.ttl, 60);
         assert_eq!(c.tls.listen, ["0.0.0.0:443".parse().unwrap()]);
     }

@@ -59,7 +59,7 @@ fn config_lookup_order_and_the_embedded_default() {
     let out = regcache(&["config", "check"], dir.path());
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("<embedded default>: OK (8 registries")
+        String::from_utf8_lossy(&out.stdout).starts_with("<embedded default>: OK (9 registries")
     );
 
     let default = regcache(&["config", "default"], dir.path());
