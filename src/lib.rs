@@ -9,6 +9,7 @@
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
 //! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
+//! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
 //! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
@@ -20,6 +21,7 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod ca;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;

@@ -1,0 +1,732 @@
+//! The store: the object index, claims (hit, join a fill, lead a fill), LRU eviction, tag
+//! mappings, and the maintenance operations behind `regcache cache …`.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::fill::{Fill, FillWriter};
+use super::{Digest, Error, Hasher, CHUNK};
+
+/// After a write error, caching pauses this long before it is tried again.
+const WRITE_PAUSE: Duration = Duration::from_secs(30);
+/// A hit refreshes the file's mtime (the persisted LRU clock) at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// The outcome of asking for an object.
+pub enum Claim {
+    /// Stored: read it.
+    Hit(Reader),
+    /// Being fetched by someone else: read along as it grows.
+    Join(Arc<Fill>),
+    /// Not stored: the caller fetches it and writes it through this writer.
+    Lead(FillWriter),
+    /// Caching is paused (a write failed recently): pass the request through.
+    Bypass,
+}
+
+pub(super) struct Entry {
+    size: u64,
+    media_type: String,
+    /// (registry, repository) pairs that fetched this object.
+    refs: Vec<(String, String)>,
+    last_used: SystemTime,
+    /// Readers and fills holding it: never evicted while > 0.
+    pins: usize,
+    /// Hashed since this process started (written by it, or read through once).
+    verified: bool,
+}
+
+/// Which tag mapping: a tag of a repository, as asked for with a given (normalised) Accept.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    pub registry: String,
+    pub repo: String,
+    pub tag: String,
+    pub accept: String,
+}
+
+impl TagKey {
+    fn file_name(&self) -> String {
+        let key = format!(
+            "{}\n{}\n{}\n{}",
+            self.registry, self.repo, self.tag, self.accept
+        );
+        Digest::of(key.as_bytes()).hex().to_owned()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TagEntry {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Fresh (served without asking upstream) until then; entries loaded at start are stale.
+    pub fresh_until: tokio::time::Instant,
+}
+
+struct State {
+    objects: HashMap<Digest, Entry>,
+    total: u64,
+    fills: HashMap<Digest, Arc<Fill>>,
+    tags: HashMap<TagKey, TagEntry>,
+}
+
+/// The content store. Share it as `Arc<Store>`.
+pub struct Store {
+    dir: PathBuf,
+    max_size: u64,
+    /// std Mutex, never held across .await or file I/O of object contents.
+    state: Mutex<State>,
+    /// Set while caching is paused after a write error; logged once per episode.
+    paused_until: Mutex<Option<std::time::Instant>>,
+    write_failing: AtomicBool,
+    /// Test hook: fail the next writes with this error kind.
+    fault: Mutex<Option<io::ErrorKind>>,
+}
+
+/// One stored object, as listed by `regcache cache ls`.
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub refs: Vec<(String, String)>,
+    pub last_used: SystemTime,
+}
+
+/// What `regcache cache verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub bytes: u64,
+    pub dropped: Vec<(Digest, String)>,
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`: removes crash leftovers in `tmp/`, indexes `objects/`,
+    /// loads tag mappings (stale until revalidated), and evicts down to `max_size`.
+    pub fn open(dir: &Path, max_size: u64) -> Result<Arc<Self>, Error> {
+        for sub in ["objects/sha256", "tags", "tmp"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        let removed = clear_dir(&dir.join("tmp"))?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed unfinished downloads left by an earlier run"
+            );
+        }
+        let (objects, total) = scan_objects(&dir.join("objects/sha256"))?;
+        let tags = load_tags(&dir.join("tags"), &objects);
+        let store = Arc::new(Self {
+            dir: dir.to_owned(),
+            max_size,
+            state: Mutex::new(State {
+                objects,
+                total,
+                fills: HashMap::new(),
+                tags,
+            }),
+            paused_until: Mutex::new(None),
+            write_failing: AtomicBool::new(false),
+            fault: Mutex::new(None),
+        });
+        store.evict(&mut store.lock());
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// (objects, bytes) stored now.
+    pub fn usage(&self) -> (usize, u64) {
+        let state = self.lock();
+        (state.objects.len(), state.total)
+    }
+
+    pub(super) fn object_path(&self, d: &Digest) -> PathBuf {
+        self.dir
+            .join("objects/sha256")
+            .join(&d.hex()[..2])
+            .join(d.hex())
+    }
+
+    pub(super) fn tmp_path(&self, d: &Digest) -> PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        self.dir.join("tmp").join(format!("{}.{nanos:x}", d.hex()))
+    }
+
+    /// Whether `digest` is stored (without pinning it).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.lock().objects.contains_key(digest)
+    }
+
+    /// Hit, join, lead or bypass, decided atomically so that one fetch serves every asker.
+    pub fn claim(self: &Arc<Self>, digest: &Digest) -> Result<Claim, Error> {
+        let mut state = self.lock();
+        if let Some(fill) = state.fills.get(digest) {
+            return Ok(Claim::Join(fill.clone()));
+        }
+        if state.objects.contains_key(digest) {
+            match self.open_reader(&mut state, digest) {
+                Ok(reader) => return Ok(Claim::Hit(reader)),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
+                    self.remove(&mut state, digest);
+                }
+            }
+        }
+        if self.paused() {
+            return Ok(Claim::Bypass);
+        }
+        let writer = match FillWriter::create(self.clone(), digest) {
+            Ok(writer) => writer,
+            Err(e) => {
+                self.write_failed(&e);
+                return Ok(Claim::Bypass);
+            }
+        };
+        state.fills.insert(digest.clone(), writer.fill().clone());
+        Ok(Claim::Lead(writer))
+    }
+
+    /// A reader for a stored object, or `None`.
+    pub fn get(self: &Arc<Self>, digest: &Digest) -> Option<Reader> {
+        let mut state = self.lock();
+        state.objects.get(digest)?;
+        match self.open_reader(&mut state, digest) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
+                self.remove(&mut state, digest);
+                None
+            }
+        }
+    }
+
+    fn open_reader(self: &Arc<Self>, state: &mut State, digest: &Digest) -> Result<Reader, Error> {
+        let path = self.object_path(digest);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let actual = file.metadata().map_err(io_err(&path))?.len();
+        let entry = state.objects.get_mut(digest).expect("caller checked");
+        if actual != entry.size {
+            return Err(Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: entry.size,
+                actual,
+            });
+        }
+        let now = SystemTime::now();
+        if now.duration_since(entry.last_used).unwrap_or_default() > TOUCH_EVERY {
+            let _ = file.set_modified(now);
+        }
+        entry.last_used = now;
+        entry.pins += 1;
+        Ok(Reader {
+            file: Arc::new(file),
+            size: entry.size,
+            media_type: entry.media_type.clone(),
+            digest: digest.clone(),
+            verify: !entry.verified,
+            store: self.clone(),
+        })
+    }
+
+    /// Records that `registry`/`repo` referenced `digest` (for `cache ls` and `purge --repo`).
+    pub fn add_ref(&self, digest: &Digest, registry: &str, repo: &str) {
+        let mut state = self.lock();
+        let Some(entry) = state.objects.get_mut(digest) else {
+            return;
+        };
+        if entry.refs.iter().any(|(r, p)| r == registry && p == repo) {
+            return;
+        }
+        entry.refs.push((registry.to_owned(), repo.to_owned()));
+        let meta = meta_text(&entry.media_type, &entry.refs);
+        drop(state);
+        let path = meta_path(&self.object_path(digest));
+        if let Err(e) = write_atomic(&path, meta.as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record a reference");
+        }
+    }
+
+    /// Called by a fill that verified its content: index it and evict down to the size cap.
+    pub(super) fn committed(
+        &self,
+        digest: &Digest,
+        size: u64,
+        media_type: &str,
+        refs: Vec<(String, String)>,
+    ) {
+        let mut state = self.lock();
+        state.fills.remove(digest);
+        let old = state.objects.insert(
+            digest.clone(),
+            Entry {
+                size,
+                media_type: media_type.to_owned(),
+                refs,
+                last_used: SystemTime::now(),
+                pins: 0,
+                verified: true,
+            },
+        );
+        state.total = state.total + size - old.map_or(0, |e| e.size);
+        self.evict(&mut state);
+        if self.write_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("cache writes work again; caching resumed");
+        }
+    }
+
+    /// Called by a fill that did not commit.
+    pub(super) fn fill_ended(&self, digest: &Digest) {
+        self.lock().fills.remove(digest);
+    }
+
+    fn unpin(&self, digest: &Digest) {
+        if let Some(entry) = self.lock().objects.get_mut(digest) {
+            entry.pins = entry.pins.saturating_sub(1);
+        }
+    }
+
+    fn mark_verified(&self, digest: &Digest) {
+        if let Some(entry) = self.lock().objects.get_mut(digest) {
+            entry.verified = true;
+        }
+    }
+
+    /// Drops a stored object whose content turned out wrong.
+    pub(super) fn discard(&self, digest: &Digest, why: &str) {
+        tracing::error!(%digest, why, "stored object is corrupt; dropped, it will be fetched again");
+        let mut state = self.lock();
+        self.remove(&mut state, digest);
+    }
+
+    fn remove(&self, state: &mut State, digest: &Digest) {
+        if let Some(entry) = state.objects.remove(digest) {
+            state.total -= entry.size;
+        }
+        let path = self.object_path(digest);
+        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(meta_path(&path));
+        let dropped: Vec<TagKey> = (state.tags.iter())
+            .filter(|(_, t)| &t.digest == digest)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dropped {
+            state.tags.remove(&key);
+            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
+        }
+    }
+
+    /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
+    fn evict(&self, state: &mut State) {
+        if state.total <= self.max_size {
+            return;
+        }
+        let mut candidates: Vec<(SystemTime, Digest)> = (state.objects.iter())
+            .filter(|(_, e)| e.pins == 0)
+            .map(|(d, e)| (e.last_used, d.clone()))
+            .collect();
+        candidates.sort();
+        for (_, digest) in candidates {
+            if state.total <= self.max_size {
+                break;
+            }
+            tracing::info!(%digest, "evicted (cache.max_size)");
+            self.remove(state, &digest);
+        }
+    }
+
+    // ---- write health ------------------------------------------------------------------------
+
+    fn paused(&self) -> bool {
+        let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(t) if t > std::time::Instant::now() => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Pauses caching after a write error; logs once per episode.
+    pub(super) fn write_failed(&self, error: &Error) {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now() + WRITE_PAUSE);
+        if !self.write_failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, pause = ?WRITE_PAUSE, "cache write failed; serving without the cache until writes work again");
+        }
+    }
+
+    /// Whether a write error paused caching.
+    pub fn writes_failing(&self) -> bool {
+        self.write_failing.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: make cache writes fail with `kind` (e.g. `StorageFull`) until cleared with
+    /// `None`; also ends a pause so the next claim tries again.
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self, kind: Option<io::ErrorKind>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub(super) fn check_fault(&self) -> io::Result<()> {
+        match *self.fault.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(kind) => Err(io::Error::new(kind, "injected write fault")),
+            None => Ok(()),
+        }
+    }
+
+    // ---- tags ----------------------------------------------------------------------------------
+
+    pub fn tag(&self, key: &TagKey) -> Option<TagEntry> {
+        self.lock().tags.get(key).cloned()
+    }
+
+    /// Maps `key` to `digest`, fresh for `ttl`, and persists the mapping.
+    pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
+        let text = format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
+            key.registry, key.repo, key.tag, key.accept, digest, media_type
+        );
+        let path = self.dir.join("tags").join(key.file_name());
+        let entry = TagEntry {
+            digest,
+            media_type: media_type.to_owned(),
+            fresh_until: tokio::time::Instant::now() + ttl,
+        };
+        self.lock().tags.insert(key, entry);
+        if let Err(e) = write_atomic(&path, text.as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot persist a tag mapping");
+        }
+    }
+
+    /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).
+    pub fn refresh_tag(&self, key: &TagKey, ttl: Duration) {
+        if let Some(t) = self.lock().tags.get_mut(key) {
+            t.fresh_until = tokio::time::Instant::now() + ttl;
+        }
+    }
+
+    // ---- maintenance (regcache cache …) -------------------------------------------------------
+
+    pub fn list(&self) -> Vec<ObjectInfo> {
+        let state = self.lock();
+        let mut out: Vec<ObjectInfo> = (state.objects.iter())
+            .map(|(d, e)| ObjectInfo {
+                digest: d.clone(),
+                size: e.size,
+                media_type: e.media_type.clone(),
+                refs: e.refs.clone(),
+                last_used: e.last_used,
+            })
+            .collect();
+        out.sort_by_key(|o| std::cmp::Reverse(o.last_used));
+        out
+    }
+
+    /// Removes the objects `select` picks; returns (objects, bytes) removed.
+    pub fn purge(&self, select: impl Fn(&ObjectInfo) -> bool) -> (usize, u64) {
+        let chosen: Vec<ObjectInfo> = self.list().into_iter().filter(|o| select(o)).collect();
+        let mut state = self.lock();
+        let mut bytes = 0;
+        for o in &chosen {
+            bytes += o.size;
+            self.remove(&mut state, &o.digest);
+        }
+        (chosen.len(), bytes)
+    }
+
+    /// Re-hashes every object; drops those whose size or hash is wrong.
+    pub fn verify(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        for o in self.list() {
+            let path = self.object_path(&o.digest);
+            let problem = match hash_file(&path) {
+                Ok((d, n)) if d == o.digest && n == o.size => None,
+                Ok((d, n)) => Some(format!("content is {d}, {n} bytes")),
+                Err(e) => Some(e.to_string()),
+            };
+            report.checked += 1;
+            report.bytes += o.size;
+            if let Some(why) = problem {
+                let mut state = self.lock();
+                self.remove(&mut state, &o.digest);
+                report.dropped.push((o.digest, why));
+            }
+        }
+        report
+    }
+}
+
+/// A pinned, open stored object. Dropping it unpins.
+pub struct Reader {
+    file: Arc<File>,
+    pub size: u64,
+    pub media_type: String,
+    pub digest: Digest,
+    /// Not yet hashed in this process: hash while streaming the whole object.
+    verify: bool,
+    store: Arc<Store>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.store.unpin(&self.digest);
+    }
+}
+
+impl Reader {
+    /// The whole object into memory (for manifests, which are small).
+    pub async fn read_all(self) -> Result<Bytes, Error> {
+        use futures_util::TryStreamExt;
+        let chunks: Vec<Bytes> = self.stream(None).try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+
+    /// Streams `range` (inclusive first..=last) or the whole object. A whole-object stream of
+    /// an unverified object is hashed on the way and its last chunk held back until the hash
+    /// matches; on a mismatch the object is dropped and the stream ends with an error.
+    pub fn stream(
+        self,
+        range: Option<(u64, u64)>,
+    ) -> impl Stream<Item = Result<Bytes, Error>> + Send {
+        let (start, end) = range.map_or((0, self.size), |(a, b)| (a, b + 1));
+        let hasher = (self.verify && range.is_none()).then(Hasher::new);
+        let state = (self, start, end, hasher, None::<Bytes>);
+        futures_util::stream::unfold(Some(state), |state| async move {
+            let (reader, offset, end, mut hasher, held) = state?;
+            if offset >= end {
+                // Everything read: release the held-back chunk only if the hash matches.
+                if let Some(h) = hasher.take() {
+                    let actual = h.finish();
+                    if actual != reader.digest {
+                        reader
+                            .store
+                            .discard(&reader.digest, "hash mismatch on read");
+                        let e = Error::DigestMismatch {
+                            expected: reader.digest.clone(),
+                            actual,
+                        };
+                        return Some((Err(e), None));
+                    }
+                    reader.store.mark_verified(&reader.digest);
+                }
+                return held.map(|chunk| (Ok(chunk), None));
+            }
+            let len = (end - offset).min(CHUNK as u64) as usize;
+            let file = reader.file.clone();
+            let read = tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len)).await;
+            let chunk = match read {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => {
+                    let e = Error::Io {
+                        path: reader.store.object_path(&reader.digest),
+                        source: e,
+                    };
+                    return Some((Err(e), None));
+                }
+                Err(e) => return Some((Err(Error::Upstream(e.to_string())), None)),
+            };
+            let next = offset + chunk.len() as u64;
+            match hasher.as_mut() {
+                Some(h) => {
+                    h.update(&chunk);
+                    // Emit the previous chunk; hold this one.
+                    let out = held.unwrap_or_default();
+                    Some((Ok(out), Some((reader, next, end, hasher, Some(chunk)))))
+                }
+                None => Some((Ok(chunk), Some((reader, next, end, None, None)))),
+            }
+        })
+    }
+}
+
+pub(super) fn read_exact_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "object shorter than indexed",
+            ));
+        }
+        done += n;
+    }
+    Ok(buf.into())
+}
+
+fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
+    let file = File::open(path)?;
+    let mut hasher = Hasher::new();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok((hasher.finish(), offset))
+}
+
+pub(super) fn meta_path(object: &Path) -> PathBuf {
+    let mut name = object.file_name().unwrap_or_default().to_owned();
+    name.push(".meta");
+    object.with_file_name(name)
+}
+
+pub(super) fn meta_text(media_type: &str, refs: &[(String, String)]) -> String {
+    let mut text = format!("{media_type}\n");
+    for (registry, repo) in refs {
+        text.push_str(&format!("{registry} {repo}\n"));
+    }
+    text
+}
+
+/// Writes `path` through a temp file and rename.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("partial");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&tmp, path)
+}
+
+fn clear_dir(dir: &Path) -> Result<usize, Error> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        if fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn scan_objects(root: &Path) -> Result<(HashMap<Digest, Entry>, u64), Error> {
+    let mut objects = HashMap::new();
+    let mut total = 0;
+    for shard in fs::read_dir(root).map_err(io_err(root))?.flatten() {
+        let Ok(files) = fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".partial") {
+                // A metadata write cut short by a crash.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let Some(digest) = Digest::parse(&format!("sha256:{name}")) else {
+                if !name.ends_with(".meta") {
+                    tracing::warn!(path = %path.display(), "unexpected file in the cache; ignored");
+                }
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            let (media_type, refs) = read_meta(&meta_path(&path));
+            total += meta.len();
+            objects.insert(
+                digest,
+                Entry {
+                    size: meta.len(),
+                    media_type,
+                    refs,
+                    last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    pins: 0,
+                    verified: false,
+                },
+            );
+        }
+    }
+    Ok((objects, total))
+}
+
+fn read_meta(path: &Path) -> (String, Vec<(String, String)>) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let media_type = lines
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let refs = lines
+        .filter_map(|l| l.split_once(' '))
+        .map(|(r, p)| (r.to_owned(), p.to_owned()))
+        .collect();
+    (media_type, refs)
+}
+
+fn load_tags(dir: &Path, objects: &HashMap<Digest, Entry>) -> HashMap<TagKey, TagEntry> {
+    let mut tags = HashMap::new();
+    let now = tokio::time::Instant::now();
+    for file in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = fs::read_to_string(file.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let parsed = match lines.as_slice() {
+            [registry, repo, tag, accept, digest, media_type] => Digest::parse(digest).map(|d| {
+                let key = TagKey {
+                    registry: registry.to_string(),
+                    repo: repo.to_string(),
+                    tag: tag.to_string(),
+                    accept: accept.to_string(),
+                };
+                (
+                    key,
+                    TagEntry {
+                        digest: d,
+                        media_type: media_type.to_string(),
+                        fresh_until: now,
+                    },
+                )
+            }),
+            _ => None,
+        };
+        match parsed {
+            Some((key, entry)) if objects.contains_key(&entry.digest) => {
+                tags.insert(key, entry);
+            }
+            _ => {
+                let _ = fs::remove_file(file.path());
+            }
+        }
+    }
+    tags
+}
+
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

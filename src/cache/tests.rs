@@ -1,0 +1,320 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::*;
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn lead(store: &Arc<Store>, d: &Digest) -> FillWriter {
+    match store.claim(d).unwrap() {
+        Claim::Lead(w) => w,
+        _ => panic!("expected to lead the fill of {d}"),
+    }
+}
+
+async fn fill(store: &Arc<Store>, content: &[u8]) -> Digest {
+    let d = Digest::of(content);
+    let mut w = lead(store, &d);
+    w.start(
+        Some(content.len() as u64),
+        "application/octet-stream",
+        "reg",
+        "lib/a",
+    );
+    for chunk in content.chunks(1000) {
+        w.write(chunk).unwrap();
+    }
+    w.finish().unwrap();
+    d
+}
+
+async fn read(store: &Arc<Store>, d: &Digest) -> Result<Vec<u8>, Error> {
+    let Claim::Hit(reader) = store.claim(d).unwrap() else {
+        panic!("expected a hit for {d}")
+    };
+    let chunks: Vec<bytes::Bytes> = reader.stream(None).try_collect().await?;
+    Ok(chunks.concat())
+}
+
+fn tmp_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("tmp")).unwrap().count()
+}
+
+#[test]
+fn digests_parse_strictly() {
+    let hex = "a".repeat(64);
+    assert!(Digest::parse(&format!("sha256:{hex}")).is_some());
+    assert!(Digest::parse(&format!("sha512:{hex}")).is_none());
+    assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_none());
+    assert!(Digest::parse("sha256:../../etc/passwd").is_none());
+    assert_eq!(
+        Digest::of(b"").to_string(),
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+}
+
+#[tokio::test]
+async fn a_miss_is_filled_verified_and_then_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let content = data(3_000_000, 1);
+    let d = fill(&store, &content).await;
+    assert_eq!(read(&store, &d).await.unwrap(), content);
+    assert_eq!(store.usage(), (1, content.len() as u64));
+    assert_eq!(tmp_files(dir.path()), 0);
+
+    // Ranges come from the same file.
+    let Claim::Hit(reader) = store.claim(&d).unwrap() else {
+        panic!()
+    };
+    let part: Vec<bytes::Bytes> = reader.stream(Some((10, 19))).try_collect().await.unwrap();
+    assert_eq!(part.concat(), &content[10..20]);
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_is_never_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let d = Digest::of(b"the real thing");
+    let mut w = lead(&store, &d);
+    w.start(None, "x", "reg", "lib/a");
+    w.write(b"something else").unwrap();
+    let err = w.finish().unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(!store.contains(&d));
+    assert_eq!(tmp_files(dir.path()), 0, "the temp file is gone");
+    assert!(
+        matches!(store.claim(&d).unwrap(), Claim::Lead(_)),
+        "the next asker fetches again"
+    );
+
+    // A short body (size mismatch) likewise.
+    let content = b"0123456789";
+    let d = Digest::of(content);
+    let mut w = lead(&store, &d);
+    w.start(Some(20), "x", "reg", "lib/a");
+    w.write(content).unwrap();
+    assert!(matches!(w.finish(), Err(Error::SizeMismatch { .. })));
+    assert!(!store.contains(&d));
+}
+
+#[tokio::test]
+async fn concurrent_askers_join_one_fill_and_never_see_the_last_byte_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let content = data(2_500_000, 2);
+    let d = Digest::of(&content);
+    let mut w = lead(&store, &d);
+    let joiners: Vec<Arc<Fill>> = (0..7)
+        .map(|_| match store.claim(&d).unwrap() {
+            Claim::Join(f) => f,
+            _ => panic!("expected to join"),
+        })
+        .collect();
+    w.start(Some(content.len() as u64), "t", "reg", "lib/a");
+    let readers: Vec<_> = joiners
+        .iter()
+        .map(|f| tokio::spawn(f.clone().stream().try_collect::<Vec<bytes::Bytes>>()))
+        .collect();
+    w.write(&content).unwrap();
+    // Everything is written but not committed: a reader gets all but the last byte.
+    let mut early = Box::pin(joiners[0].clone().stream());
+    let mut got = 0;
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(200), early.next()).await
+    {
+        got += chunk.unwrap().len();
+    }
+    assert_eq!(got, content.len() - 1);
+    w.finish().unwrap();
+    for r in readers {
+        assert_eq!(r.await.unwrap().unwrap().concat(), content);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_fill_ends_its_readers_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let d = Digest::of(b"abc");
+    let mut w = lead(&store, &d);
+    let Claim::Join(f) = store.claim(&d).unwrap() else {
+        panic!()
+    };
+    w.start(Some(3), "t", "reg", "lib/a");
+    w.write(b"ab").unwrap();
+    let reader = tokio::spawn(f.clone().stream().try_collect::<Vec<bytes::Bytes>>());
+    w.fail("connection reset".into());
+    assert!(reader.await.unwrap().is_err());
+    assert!(!store.contains(&d));
+    assert_eq!(tmp_files(dir.path()), 0);
+    // An abandoned (dropped) writer too.
+    let w = lead(&store, &d);
+    let Claim::Join(f) = store.claim(&d).unwrap() else {
+        panic!()
+    };
+    drop(w);
+    assert!(matches!(f.head().await, FillState::Failed(_)));
+}
+
+#[tokio::test]
+async fn eviction_is_lru_and_spares_objects_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 2_500).unwrap();
+    let a = fill(&store, &data(1000, 1)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = fill(&store, &data(1000, 2)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Reading `a` makes `b` the least recently used; holding the reader pins `a`.
+    let pinned = store.get(&a).unwrap();
+    let c = fill(&store, &data(1000, 3)).await;
+    assert!(store.contains(&a) && !store.contains(&b) && store.contains(&c));
+    let d = fill(&store, &data(1000, 4)).await;
+    assert!(store.contains(&a), "a pinned object is never evicted");
+    assert!(!store.contains(&c) && store.contains(&d));
+    drop(pinned);
+    let _e = fill(&store, &data(1000, 5)).await;
+    assert!(!store.contains(&a), "unpinned, it goes");
+    assert!(store.usage().1 <= 2_500);
+}
+
+#[tokio::test]
+async fn restart_finds_the_cache_as_it_was_and_cleans_crash_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(5000, 9);
+    let d = {
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let d = fill(&store, &content).await;
+        let key = TagKey {
+            registry: "reg".into(),
+            repo: "lib/a".into(),
+            tag: "1".into(),
+            accept: "x".into(),
+        };
+        store.put_tag(
+            key,
+            d.clone(),
+            "application/vnd.oci.image.manifest.v1+json",
+            Duration::from_secs(60),
+        );
+        d
+    };
+    std::fs::write(dir.path().join("tmp/deadbeef.123"), b"half a download").unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(tmp_files(dir.path()), 0, "leftovers removed at start");
+    assert_eq!(read(&store, &d).await.unwrap(), content);
+    let key = TagKey {
+        registry: "reg".into(),
+        repo: "lib/a".into(),
+        tag: "1".into(),
+        accept: "x".into(),
+    };
+    let tag = store.tag(&key).expect("the tag mapping survived");
+    assert_eq!(tag.digest, d);
+    assert!(
+        tag.fresh_until <= tokio::time::Instant::now(),
+        "loaded tags are stale"
+    );
+    assert_eq!(
+        store.list()[0].refs,
+        [("reg".to_string(), "lib/a".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_dropped_when_detected_and_never_served_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(3_000_000, 4);
+    let d = fill(&Store::open(dir.path(), 1 << 30).unwrap(), &content).await;
+    let path = dir
+        .path()
+        .join("objects/sha256")
+        .join(&d.hex()[..2])
+        .join(d.hex());
+    let mut bad = content.clone();
+    bad[1_000_000] ^= 0xff;
+    std::fs::write(&path, &bad).unwrap();
+
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let Claim::Hit(reader) = store.claim(&d).unwrap() else {
+        panic!()
+    };
+    let mut stream = Box::pin(reader.stream(None));
+    let mut served = 0;
+    let mut failed = false;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => served += chunk.len(),
+            Err(e) => {
+                assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+                failed = true;
+            }
+        }
+    }
+    assert!(
+        failed && served < content.len(),
+        "served {served} of {}",
+        content.len()
+    );
+    assert!(!store.contains(&d), "dropped");
+    assert!(!path.exists());
+
+    // A truncated file is caught by its size before anything is served.
+    let d2 = fill(&store, &data(1000, 5)).await;
+    let p2 = dir
+        .path()
+        .join("objects/sha256")
+        .join(&d2.hex()[..2])
+        .join(d2.hex());
+    std::fs::write(&p2, b"short").unwrap();
+    assert!(matches!(store.claim(&d2).unwrap(), Claim::Lead(_)));
+}
+
+#[tokio::test]
+async fn a_write_error_pauses_caching_until_writes_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let content = data(10_000, 6);
+    let d = Digest::of(&content);
+    let mut w = lead(&store, &d);
+    w.start(Some(10_000), "t", "reg", "lib/a");
+    store.inject_write_fault(Some(std::io::ErrorKind::StorageFull));
+    assert!(w.write(&content).is_err());
+    w.fail("disk full".into());
+    assert!(store.writes_failing());
+    assert!(
+        matches!(store.claim(&d).unwrap(), Claim::Bypass),
+        "paused: pass through"
+    );
+    store.inject_write_fault(None);
+    let d = fill(&store, &content).await;
+    assert!(store.contains(&d));
+    assert!(!store.writes_failing(), "recovered");
+}
+
+#[tokio::test]
+async fn verify_rehashes_and_purge_selects_by_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let a = fill(&store, &data(2000, 1)).await;
+    let b = fill(&store, &data(2000, 2)).await;
+    store.add_ref(&b, "ghcr.io", "acme/tool");
+    let path = dir
+        .path()
+        .join("objects/sha256")
+        .join(&a.hex()[..2])
+        .join(a.hex());
+    std::fs::write(&path, data(2000, 3)).unwrap();
+    let report = store.verify();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.dropped.len(), 1);
+    assert_eq!(report.dropped[0].0, a);
+    let (n, bytes) = store.purge(|o| o.refs.iter().any(|(_, repo)| repo == "acme/tool"));
+    assert_eq!((n, bytes), (1, 2000));
+    assert_eq!(store.usage(), (0, 0));
+}
