@@ -1,0 +1,861 @@
+#!/usr/bin/env bash
+# End-to-end test of regcache with real clients (dig, dockerd, skopeo, podman) in network namespaces.
+#
+#   sudo bash scripts/e2e.sh            # builds target/debug/regcache unless REGCACHE_BIN is set
+#   REGCACHE_BIN=path E2E_KEEP=1 bash scripts/e2e.sh
+#
+# World (everything is minted and generated at run time; no internet is used):
+#   namespace APP  10.77.0.1/24  regcache (dns :53, https :443, admin 127.0.0.1:9090), and the "internet"
+#                  as /32s on its loopback: dnsmasq 127.0.0.1:5353 (the upstream resolver),
+#                  CNCF distribution for registry-1.docker.io (token auth + 307 to the CDN), ghcr.io and
+#                  nvcr.io, a token service for auth.docker.io and a static CDN server.
+#   namespace CLI  10.77.0.2/24  dockerd, skopeo, podman, dig; resolver 10.77.0.1; trusts regcache's CA (in
+#                  its system store and in certs.d/<host> for every intercepted host, as the README's
+#                  client setup does) but not the world's public CA, and has no route to the upstream
+#                  addresses (ip_forward=0 in APP as well).
+# regcache intercepts registry-1.docker.io (aliases docker.io, index.docker.io), auth.docker.io (Docker
+# Hub's token realm), ghcr.io and nvcr.io, like its embedded default list.
+#
+# Prints PASS/FAIL/SKIP/INFO/FINDING lines and ends with "e2e: N passed, M failed"; exit 1 on any FAIL.
+# FINDING lines state observed client behaviour (dockerd's trust for Docker Hub names); each is also a
+# PASS/FAIL check that asserts the behaviour found, so a change in it fails the run.
+# Logs of every service and check go to a work dir, kept (and printed) on failure or with E2E_KEEP=1.
+#
+# Environment: REGCACHE_BIN (skip cargo build), E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default
+# /tmp), PYTHON (default /usr/bin/python3), RUST_LOG (passed to regcache when set; unset by default, so
+# regcache's own default filter applies).
+set -Eeuo pipefail
+shopt -u patsub_replacement 2>/dev/null || true
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+ASSETS=$HERE/e2e
+PY=${PYTHON:-/usr/bin/python3}
+
+# Fixed names so a crashed run's leftovers are found and removed by the next run (see remove_stale).
+APP_NS=rce2e-app
+CLI_NS=rce2e-cli
+APP_IP=10.77.0.1
+CLI_IP=10.77.0.2
+DNSMASQ_PORT=5353
+ADMIN_PORT=9090
+
+# The "internet", as seen from APP (addresses on APP's loopback).
+HUB_HOST=registry-1.docker.io HUB_IP=198.51.100.10
+AUTH_HOST=auth.docker.io      AUTH_IP=198.51.100.11
+CDN_HOST=production.cloudflare.docker.com CDN_IP=198.51.100.12
+GHCR_HOST=ghcr.io             GHCR_IP=198.51.100.20
+NVCR_HOST=nvcr.io             NVCR_IP=198.51.100.30
+NVCR_EDGE=nvcr-edge.example.net   # nvcr.io is a CNAME to this name, to exercise CNAME chains upstream
+OTHER_HOST=example.org        OTHER_IP=198.51.100.99
+UPSTREAMS=("$HUB_HOST:$HUB_IP" "$AUTH_HOST:$AUTH_IP" "$CDN_HOST:$CDN_IP" "$GHCR_HOST:$GHCR_IP" "$NVCR_HOST:$NVCR_IP")
+INTERCEPTED=(registry-1.docker.io docker.io index.docker.io auth.docker.io ghcr.io nvcr.io)
+TOKEN_ISSUER=e2e-token-issuer
+SEED_USER=seed
+
+# Proxy and trust settings of the caller must not leak into the clients.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
+    SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE REGISTRY_AUTH_FILE DOCKER_HOST || true
+
+# ---------------------------------------------------------------------------------------------------
+# bookkeeping
+
+PASSED=0 FAILED=0 NCHECK=0
+PIDS=()                 # every background process this script started (ip netns exec execs in place)
+declare -A PIDNAME=()
+W='' LOGS='' NETNS_DIR_CREATED=0 RUN_NETNS_CREATED=0
+
+say() { printf '%s\n' "$*"; }
+info() { say "INFO: $*"; }
+die() { say "e2e: setup failed: $*" >&2; exit 1; }
+
+check_log() { # NAME: the log file of check number NCHECK
+    printf '%s/checks/%03d-%s.log' "$W" "$NCHECK" "$(printf '%s' "$1" | tr -c 'a-zA-Z0-9._-' '_' | cut -c1-60)"
+}
+# run_check NAME FUNC ARGS...: runs FUNC in a subshell with errexit, output to its own log.
+run_check() {
+    local name=$1 log rc; shift
+    NCHECK=$((NCHECK + 1))
+    log=$(check_log "$name")
+    set +e
+    ( set -e; "$@" ) >"$log" 2>&1
+    rc=$?
+    set -e
+    report "$name" "$rc" "$log"
+}
+# run_check_here NAME FUNC ARGS...: the same in the current shell, for FUNCs that change its state
+# (they must handle their own errors: errexit does not apply).
+run_check_here() {
+    local name=$1 log rc=0; shift
+    NCHECK=$((NCHECK + 1))
+    log=$(check_log "$name")
+    "$@" >"$log" 2>&1 || rc=$?
+    report "$name" "$rc" "$log"
+}
+report() { # NAME RC LOG
+    local name=$1 rc=$2 log=$3
+    if [[ $rc == 0 ]]; then
+        PASSED=$((PASSED + 1)); say "PASS: $name"
+    else
+        FAILED=$((FAILED + 1)); say "FAIL: $name   [${log#"$W"/}]"
+        tail -n 8 "$log" | sed 's/^/    | /'
+    fi
+    return 0
+}
+skip() { say "SKIP: $*"; }
+
+expect_eq() { # GOT WANT WHAT
+    if [[ $1 == "$2" ]]; then echo "ok: $3 = $1"; else echo "mismatch: $3: got '$1', want '$2'"; return 1; fi
+}
+
+app() { ip netns exec "$APP_NS" "$@"; }
+cli() { ip netns exec "$CLI_NS" "$@"; }
+
+# Clients write state outside their --root flags (containers/image's blob-info cache in /var/lib/containers,
+# podman's /run/containers, dockerd's /run/docker/plugins): they get private tmpfs mounts on /run and
+# /var/lib inside the mount namespace that `ip netns exec` creates, so nothing is left on the host.
+# (This also hides a system containerd socket from dockerd, which then starts its own.)
+HERMETIC_MOUNTS='mount -n -t tmpfs -o size=64m,mode=755 rce2e-run /run && mount -n -t tmpfs -o size=64m,mode=755 rce2e-varlib /var/lib'
+isolated() { # NS CMD...
+    local ns=$1; shift
+    ip netns exec "$ns" sh -c "$HERMETIC_MOUNTS"' && exec "$@"' sh "$@"
+}
+
+RESOLVE=()
+for hp in "${UPSTREAMS[@]}"; do RESOLVE+=(--resolve "${hp%%:*}:443:${hp#*:}"); done
+# curl inside APP straight to the upstreams, trusting the public CA.
+app_curl() { app curl -sS --max-time 60 --cacert "$PKI/ca.crt" "${RESOLVE[@]}" "$@"; }
+# curl inside CLI, resolving through the appliance and trusting only its CA.
+cli_curl() { cli curl -sS --max-time 60 --cacert "$W/regcache-ca.crt" "$@"; }
+
+bg() { # NAME NS CMD...: start in the background, output to logs/NAME.log
+    local name=$1 ns=$2; shift 2
+    ip netns exec "$ns" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9<&- &
+    PIDS+=("$!"); PIDNAME[$!]=$name
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# wait_for DESC PID TRIES DELAY CMD...: bounded retry; fails early when PID (if not "-") died.
+wait_for() {
+    local desc=$1 pid=$2 tries=$3 delay=$4 i; shift 4
+    for ((i = 0; i < tries; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        if [[ $pid != - ]] && ! alive "$pid"; then
+            say "e2e: $desc: process ${PIDNAME[$pid]:-$pid} exited" >&2
+            [[ -f $LOGS/${PIDNAME[$pid]:-none}.log ]] && tail -n 20 "$LOGS/${PIDNAME[$pid]}.log" >&2
+            return 1
+        fi
+        sleep "$delay"
+    done
+    say "e2e: timed out waiting for $desc" >&2
+    return 1
+}
+
+stop_pid() { # PID: TERM, up to 10 s, then KILL; reap
+    local pid=$1 i
+    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.2; done
+    if alive "$pid"; then
+        say "e2e: ${PIDNAME[$pid]:-$pid} ignored SIGTERM for 10 s, killing" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+forget_pid() { # PID: drop from PIDS after it was stopped
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# Kill whatever still runs inside one of our namespaces (children such as dockerd's containerd),
+# by PID, then delete the namespace and its /etc/netns folder.
+remove_ns() {
+    local ns=$1 pid
+    if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null; then
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        sleep 0.2
+        ip netns del "$ns" 2>/dev/null || true
+    fi
+    rm -rf "/etc/netns/$ns"
+}
+
+remove_stale() {
+    local ns
+    for ns in "$APP_NS" "$CLI_NS"; do
+        if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null || [[ -e /etc/netns/$ns ]]; then
+            info "removing stale namespace $ns from an earlier run"
+            remove_ns "$ns"
+        fi
+    done
+}
+
+cleanup() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    remove_ns "$CLI_NS"
+    remove_ns "$APP_NS"
+    if [[ $NETNS_DIR_CREATED == 1 ]]; then rmdir /etc/netns 2>/dev/null; fi
+    # ip netns add made /run/netns (a shared bind mount of itself); undo that when it was ours and is empty
+    if [[ $RUN_NETNS_CREATED == 1 && -z $(ip netns list) ]]; then
+        umount -n /run/netns 2>/dev/null
+        rmdir /run/netns 2>/dev/null
+    fi
+    if [[ -n $W && -d $W ]]; then
+        if [[ ${E2E_KEEP:-0} == 1 || $FAILED != 0 || $rc != 0 ]]; then
+            say "e2e: work dir kept: $W"
+        else
+            rm -rf "$W"
+        fi
+    fi
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# preflight
+
+[[ $(id -u) == 0 ]] || die "must run as root (network namespaces, dockerd)"
+for tool in ip dig curl openssl jq skopeo podman dockerd docker docker-registry dnsmasq flock timeout "$PY"; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+exec 9<"${BASH_SOURCE[0]}"
+flock -n 9 || die "another scripts/e2e.sh run holds the lock"
+
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# report setup errors of the main shell (checks run in subshells and report for themselves)
+trap '[[ $- == *e* && $BASHPID == "$$" ]] && say "e2e: error at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+remove_stale
+W=$(mktemp -d "${E2E_WORKDIR:-/tmp}/rce2e.XXXXXX")
+chmod 755 "$W"
+LOGS=$W/logs
+PKI=$W/pki
+mkdir -p "$LOGS" "$PKI" "$W/checks" "$W/home/.docker" "$W/xdg-run" "$W/images"
+echo '{}' >"$W/home/.docker/config.json"    # podman insists on it once DOCKER_CONFIG is set
+info "work dir $W"
+T0=$SECONDS
+
+# ---------------------------------------------------------------------------------------------------
+# regcache binary
+
+BIN_OK=0
+if [[ -n ${REGCACHE_BIN:-} ]]; then
+    BIN=$REGCACHE_BIN
+else
+    BIN=$REPO/target/debug/regcache
+    info "cargo build (log: logs/cargo-build.log)"
+    if ! (cd "$REPO" && timeout 900 cargo build) >"$LOGS/cargo-build.log" 2>&1; then
+        tail -n 15 "$LOGS/cargo-build.log" | sed 's/^/    | /'
+        BIN=''
+    fi
+fi
+binary_works() {
+    [[ -n $BIN && -x $BIN ]] || { echo "no executable at '${BIN}'"; return 1; }
+    "$BIN" --help >"$W/help.txt"
+    cat "$W/help.txt"
+    grep -qw serve "$W/help.txt" || { echo "--help does not list 'serve'"; return 1; }
+    "$BIN" ca --help
+}
+run_check "regcache binary builds and answers --help" binary_works
+[[ $FAILED == 0 ]] && BIN_OK=1
+# From here on the clients get a private HOME (no credentials or config of the caller); after the
+# build, since cargo and rustup find their homes through HOME.
+export HOME=$W/home XDG_RUNTIME_DIR=$W/xdg-run DOCKER_CONFIG=$W/home/.docker
+
+# ---------------------------------------------------------------------------------------------------
+# public PKI (the "internet" CA), minted per run
+
+mint_pki() {
+    cd "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout ca.key -out ca.crt -subj "/CN=regcache e2e public root $$" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    local name
+    for name in "$HUB_HOST" "$AUTH_HOST" "$CDN_HOST" "$GHCR_HOST" "$NVCR_HOST"; do
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
+        printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+            "$name" >"$name.ext"
+        openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$name.ext" -out "$name.crt"
+    done
+    # token signing certificate (RS256); distribution checks its x5c chain against ca.crt
+    openssl req -newkey rsa:2048 -nodes -keyout token-signing.key -out token-signing.csr -subj "/CN=$TOKEN_ISSUER"
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n' >token-signing.ext
+    openssl x509 -req -in token-signing.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile token-signing.ext -out token-signing.crt
+    mkdir -p certdir && cp ca.crt certdir/ca.crt     # for skopeo --cert-dir straight to the upstreams
+}
+info "minting the public PKI (logs/pki.log)"
+mint_pki >"$LOGS/pki.log" 2>&1
+SEED_PASS=$(openssl rand -hex 12)
+
+# ---------------------------------------------------------------------------------------------------
+# namespaces and the link between them
+
+[[ -d /etc/netns ]] || { mkdir /etc/netns; NETNS_DIR_CREATED=1; }
+[[ -d /run/netns ]] || RUN_NETNS_CREATED=1      # ip netns add creates it
+# ip netns exec binds /etc/netns/NS/docker and /etc/netns/NS/containers only over folders that exist.
+mkdir -p /etc/docker /etc/containers
+[[ -d /etc/ssl ]] || die "/etc/ssl missing"
+
+ip netns add "$APP_NS"
+ip netns add "$CLI_NS"
+ip link add rce2e-app netns "$APP_NS" type veth peer name rce2e-cli netns "$CLI_NS"
+ip -n "$APP_NS" addr add "$APP_IP/24" dev rce2e-app
+ip -n "$CLI_NS" addr add "$CLI_IP/24" dev rce2e-cli
+for ns in "$APP_NS" "$CLI_NS"; do
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=0
+done
+ip -n "$APP_NS" link set rce2e-app up
+ip -n "$CLI_NS" link set rce2e-cli up
+for hp in "${UPSTREAMS[@]}" "$OTHER_HOST:$OTHER_IP"; do ip -n "$APP_NS" addr add "${hp#*:}/32" dev lo; done
+
+# APP has no system resolver (anything that bypasses the configured dns.upstream fails fast); the
+# upstream names are only in a hosts file while the world is checked directly, before regcache starts.
+mkdir -p "/etc/netns/$APP_NS" "/etc/netns/$CLI_NS"
+echo "nameserver 127.0.0.9" >"/etc/netns/$APP_NS/resolv.conf"
+{
+    echo "127.0.0.1 localhost"
+    for hp in "${UPSTREAMS[@]}"; do echo "${hp#*:} ${hp%%:*}"; done
+} >"/etc/netns/$APP_NS/hosts"
+echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
+
+# ---------------------------------------------------------------------------------------------------
+# upstream resolver
+
+bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --log-queries --user=root \
+    --pid-file="$W/dnsmasq.pid" --port "$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces \
+    --no-resolv --no-hosts --local-ttl=300 \
+    --host-record="$HUB_HOST,$HUB_IP" --host-record="$AUTH_HOST,$AUTH_IP" --host-record="$CDN_HOST,$CDN_IP" \
+    --host-record="$GHCR_HOST,$GHCR_IP" --host-record="$NVCR_EDGE,$NVCR_IP" --cname="$NVCR_HOST,$NVCR_EDGE" \
+    --host-record="$OTHER_HOST,$OTHER_IP" --cname="www.$OTHER_HOST,$OTHER_HOST" \
+    --address=/#/
+DNSMASQ_PID=$!
+wait_for dnsmasq "$DNSMASQ_PID" 50 0.1 app dig +time=1 +tries=1 +short -p "$DNSMASQ_PORT" @127.0.0.1 "$OTHER_HOST" \
+    || die "dnsmasq did not start (logs/dnsmasq.log)"
+
+# ---------------------------------------------------------------------------------------------------
+# upstream registries, token service, CDN
+
+UP=$W/upstream
+mkdir -p "$UP/hub" "$UP/ghcr" "$UP/nvcr"
+
+render() { # TEMPLATE OUT KEY=VALUE...
+    local tmpl=$1 out=$2 kv text; shift 2
+    text=$(<"$tmpl")
+    for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
+    [[ $text != *@[A-Z_]*@* ]] || { say "unfilled placeholder in $out" >&2; return 1; }
+    printf '%s\n' "$text" >"$out"
+}
+
+render "$ASSETS/registry-hub.yml.in" "$UP/hub/config.yml" ROOT="$UP/hub/storage" ADDR="$HUB_IP:443" \
+    SECRET="$(openssl rand -hex 16)" CERT="$PKI/$HUB_HOST.crt" KEY="$PKI/$HUB_HOST.key" \
+    CDN_HOST="$CDN_HOST" AUTH_HOST="$AUTH_HOST" ISSUER="$TOKEN_ISSUER" TOKEN_ROOTS="$PKI/ca.crt"
+render "$ASSETS/registry-plain.yml.in" "$UP/ghcr/config.yml" ROOT="$UP/ghcr/storage" ADDR="$GHCR_IP:443" \
+    SECRET="$(openssl rand -hex 16)" CERT="$PKI/$GHCR_HOST.crt" KEY="$PKI/$GHCR_HOST.key"
+render "$ASSETS/registry-plain.yml.in" "$UP/nvcr/config.yml" ROOT="$UP/nvcr/storage" ADDR="$NVCR_IP:443" \
+    SECRET="$(openssl rand -hex 16)" CERT="$PKI/$NVCR_HOST.crt" KEY="$PKI/$NVCR_HOST.key"
+mkdir -p "$UP/hub/storage" "$UP/ghcr/storage" "$UP/nvcr/storage"
+
+bg upstream-hub "$APP_NS" docker-registry serve "$UP/hub/config.yml"
+HUB_PID=$!
+bg upstream-ghcr "$APP_NS" docker-registry serve "$UP/ghcr/config.yml"
+GHCR_PID=$!
+bg upstream-nvcr "$APP_NS" docker-registry serve "$UP/nvcr/config.yml"
+NVCR_PID=$!
+bg upstream-auth "$APP_NS" "$PY" "$ASSETS/token_server.py" --listen "$AUTH_IP:443" \
+    --tls-cert "$PKI/$AUTH_HOST.crt" --tls-key "$PKI/$AUTH_HOST.key" \
+    --sign-cert "$PKI/token-signing.crt" --sign-key "$PKI/token-signing.key" \
+    --issuer "$TOKEN_ISSUER" --user "$SEED_USER:$SEED_PASS" --private-prefix e2eprivate/
+AUTH_PID=$!
+bg upstream-cdn "$APP_NS" "$PY" "$ASSETS/static_server.py" --listen "$CDN_IP:443" --root "$UP/hub/storage" \
+    --tls-cert "$PKI/$CDN_HOST.crt" --tls-key "$PKI/$CDN_HOST.key"
+CDN_PID=$!
+
+http_code_in() { # WANTED-CODES CURL-ARGS...: curl answers one of the codes (space separated)
+    local want=$1 code; shift
+    code=$("$@" -o /dev/null -w '%{http_code}') || return 1
+    [[ " $want " == *" $code "* ]]
+}
+wait_for "$HUB_HOST" "$HUB_PID" 100 0.1 http_code_in 401 app_curl --max-time 2 "https://$HUB_HOST/v2/" || die "hub upstream"
+wait_for "$GHCR_HOST" "$GHCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$GHCR_HOST/v2/" || die "ghcr upstream"
+wait_for "$NVCR_HOST" "$NVCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$NVCR_HOST/v2/" || die "nvcr upstream"
+wait_for "$AUTH_HOST" "$AUTH_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$AUTH_HOST/token?service=x" || die "token server"
+wait_for "$CDN_HOST" "$CDN_PID" 100 0.1 http_code_in 404 app_curl --max-time 2 "https://$CDN_HOST/nothing" || die "cdn server"
+info "upstreams up after $((SECONDS - T0)) s"
+
+# ---------------------------------------------------------------------------------------------------
+# test images: generated locally, pushed through the registry HTTP API
+
+hub_token() { # REPO ACTIONS [anonymous]
+    local creds=(-u "$SEED_USER:$SEED_PASS")
+    [[ ${3:-} == anonymous ]] && creds=()
+    app_curl -f "${creds[@]}" "https://$AUTH_HOST/token?service=registry.docker.io&scope=repository:$1:$2" | jq -er .token
+}
+
+# push_layout HOST REPO DIR [TOKEN]: uploads DIR/push-plan (from gen_image.py) with curl
+push_layout() {
+    local host=$1 repo=$2 dir=$3 auth=() kind a b c loc sep got
+    [[ -n ${4:-} ]] && auth=(-H "Authorization: Bearer $4")
+    while read -r kind a b c; do
+        case $kind in
+        blob)
+            loc=$(app_curl -f "${auth[@]}" -X POST -o /dev/null -w '%header{location}' "https://$host/v2/$repo/blobs/uploads/")
+            [[ $loc == /* ]] && loc=https://$host$loc
+            [[ $loc == *\?* ]] && sep='&' || sep='?'
+            app_curl -f "${auth[@]}" -o /dev/null -H 'Content-Type: application/octet-stream' \
+                -T "$dir/blobs/sha256/${a#sha256:}" "$loc${sep}digest=$a"
+            ;;
+        manifest | tag)
+            local ref=$a digest=$b mt=$c
+            [[ $kind == manifest ]] && ref=$a digest=$a mt=$b
+            got=$(app_curl -f "${auth[@]}" -o /dev/null -w '%header{docker-content-digest}' -H "Content-Type: $mt" \
+                -T "$dir/blobs/sha256/${digest#sha256:}" "https://$host/v2/$repo/manifests/$ref")
+            [[ $got == "$digest" ]] || { say "push $host/$repo:$ref: registry says digest $got, want $digest" >&2; return 1; }
+            ;;
+        esac
+    done <"$dir/push-plan"
+}
+
+declare -A DIGEST=()       # image key -> top-level digest as pushed
+declare -A PLAT_DIGEST=()  # image key -> linux/amd64 manifest digest (differs from DIGEST for an index)
+
+# seed KEY HOST REPO TAG GEN-ARGS...
+seed() {
+    local key=$1 host=$2 repo=$3 tag=$4 dir=$W/images/$1 token=''; shift 4
+    DIGEST[$key]=$("$PY" "$ASSETS/gen_image.py" "$dir" --name "$host/$repo" --tag "$tag" "$@")
+    PLAT_DIGEST[$key]=$(awk '$1 == "manifest" {print $2; exit} $1 == "tag" {print $3}' "$dir/push-plan")
+    if [[ $host == "$HUB_HOST" ]]; then token=$(hub_token "$repo" pull,push); fi
+    push_layout "$host" "$repo" "$dir" "$token"
+    say "seeded $host/$repo:$tag ${DIGEST[$key]} (linux/amd64 ${PLAT_DIGEST[$key]})"
+}
+seed_all() {
+    seed small "$HUB_HOST" library/small 1 --format docker --layer-mib 1 --layer-mib 4
+    seed alpine "$HUB_HOST" library/alpine-ish latest --format oci --layer-mib 30 \
+        --platform linux/amd64 --platform linux/arm64/v8
+    seed private "$HUB_HOST" e2eprivate/secret 1 --format docker --layer-mib 1
+    seed tool "$GHCR_HOST" acme/tool v1 --format docker --layer-mib 2 --layer-mib 3
+    seed tiny "$NVCR_HOST" nvidia/tiny 25.03 --format docker --layer-mib 1
+    # not pushed: the client pushes it through the appliance (check 5)
+    DIGEST[pushed]=$("$PY" "$ASSETS/gen_image.py" "$W/images/pushed" --name pushed --tag 1 --format oci --layer-mib 1)
+}
+info "generating and pushing test images (logs/seed.log)"
+seed_all >"$LOGS/seed.log" 2>&1
+sed 's/^/INFO: /' "$LOGS/seed.log"
+info "images seeded after $((SECONDS - T0)) s"
+
+# ---------------------------------------------------------------------------------------------------
+# world checks: the upstreams work on their own (straight from APP, trusting the public CA)
+
+world_hub_redirect() {
+    local token out
+    token=$(hub_token library/small pull anonymous)
+    out=$(app_curl -o /dev/null -w '%{http_code} %{redirect_url}' -H "Authorization: Bearer $token" \
+        "https://$HUB_HOST/v2/library/small/blobs/$(awk '$1 == "blob" {print $2; exit}' "$W/images/small/push-plan")")
+    echo "$out"
+    [[ $out == "307 https://$CDN_HOST/docker/registry/v2/blobs/"* ]]
+}
+world_hub_401() {
+    local hdr
+    hdr=$(app_curl -o /dev/null -w '%{http_code} %header{www-authenticate}' "https://$HUB_HOST/v2/")
+    echo "$hdr"
+    [[ $hdr == "401 Bearer realm=\"https://$AUTH_HOST/token\",service=\"registry.docker.io\""* ]]
+}
+world_anonymous_private() {
+    local token
+    token=$(hub_token e2eprivate/secret pull anonymous)
+    http_code_in 401 app_curl -H "Authorization: Bearer $token" "https://$HUB_HOST/v2/e2eprivate/secret/manifests/1"
+}
+world_skopeo() { # REF KEY [copy]
+    local got
+    got=$(isolated "$APP_NS" skopeo inspect --cert-dir "$PKI/certdir" --format '{{.Digest}}' "docker://$1")
+    expect_eq "$got" "${DIGEST[$2]}" "digest of $1"
+    if [[ ${3:-} == copy ]]; then
+        isolated "$APP_NS" timeout 300 skopeo copy --src-cert-dir "$PKI/certdir" "docker://$1" "oci:$W/world-copy-$2:x"
+    fi
+}
+run_check "world: $HUB_HOST /v2/ is 401 with the auth.docker.io Bearer realm" world_hub_401
+run_check "world: $HUB_HOST blob GET is a 307 to $CDN_HOST" world_hub_redirect
+run_check "world: anonymous token cannot read e2eprivate/secret" world_anonymous_private
+run_check "world: skopeo (direct) library/small:1" world_skopeo "$HUB_HOST/library/small:1" small copy
+run_check "world: skopeo (direct) library/alpine-ish:latest (OCI index)" world_skopeo "$HUB_HOST/library/alpine-ish:latest" alpine copy
+run_check "world: skopeo (direct) ghcr.io/acme/tool:v1" world_skopeo "$GHCR_HOST/acme/tool:v1" tool
+run_check "world: skopeo (direct) nvcr.io/nvidia/tiny:25.03" world_skopeo "$NVCR_HOST/nvidia/tiny:25.03" tiny
+rm -f "/etc/netns/$APP_NS/hosts"
+
+if [[ $BIN_OK != 1 ]]; then
+    skip "every appliance check: the regcache binary is not usable (logs/cargo-build.log)"
+    say "e2e: $PASSED passed, $FAILED failed"
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# the appliance
+
+RC=$W/regcache
+mkdir -p "$RC/state"
+render "$ASSETS/regcache.toml.in" "$RC/config.toml" STATE_DIR="$RC/state" APP_IP="$APP_IP" \
+    DNSMASQ_PORT="$DNSMASQ_PORT" PUBLIC_CA="$PKI/ca.crt" ADMIN_PORT="$ADMIN_PORT"
+
+config_rejects_unknown_key() {
+    { cat "$RC/config.toml"; printf '\n[bogus]\nkey = 1\n'; } >"$RC/bad.toml"
+    local rc=0
+    app timeout 10 "$BIN" serve --config "$RC/bad.toml" 2>"$RC/bad.err" || rc=$?
+    cat "$RC/bad.err"
+    echo "exit code $rc"
+    [[ $rc != 0 && $rc != 124 ]] || return 1
+    grep -q bogus "$RC/bad.err" || { echo "the error does not name the unknown key 'bogus'"; return 1; }
+}
+run_check "config with an unknown table is rejected, naming it" config_rejects_unknown_key
+
+ca_cert() {
+    app "$BIN" ca cert --config "$RC/config.toml" >"$W/regcache-ca.crt"
+    openssl x509 -in "$W/regcache-ca.crt" -noout -subject -fingerprint -sha256 -ext basicConstraints
+    app "$BIN" ca cert --config "$RC/config.toml" | cmp - "$W/regcache-ca.crt"
+}
+run_check "regcache ca cert prints a CA certificate (stable across calls)" ca_cert
+[[ -s $W/regcache-ca.crt ]] || die "no CA certificate from regcache ca cert"
+
+REGCACHE_PID=''
+start_regcache() { # CONFIG LOGNAME
+    local name=$2
+    ip netns exec "$APP_NS" "$BIN" serve --config "$1" >"$LOGS/$name.access.log" 2>"$LOGS/$name.log" </dev/null 9<&- &
+    REGCACHE_PID=$!
+    PIDS+=("$REGCACHE_PID"); PIDNAME[$REGCACHE_PID]=$name
+    ACCESS_LOG=$LOGS/$name.access.log
+    wait_for "regcache 'listening for https'" "$REGCACHE_PID" 150 0.2 grep -q 'listening for https on' "$LOGS/$name.log"
+}
+stop_regcache() { # run with run_check_here: it reaps the process
+    local t=$SECONDS rc=0 i
+    kill -TERM "$REGCACHE_PID" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do alive "$REGCACHE_PID" || break; sleep 0.2; done
+    if alive "$REGCACHE_PID"; then
+        echo "regcache still running 10 s after SIGTERM"
+        stop_pid "$REGCACHE_PID"; forget_pid "$REGCACHE_PID"; return 1
+    fi
+    wait "$REGCACHE_PID" || rc=$?
+    forget_pid "$REGCACHE_PID"
+    echo "exited with $rc after $((SECONDS - t)) s"
+    [[ $rc == 0 ]]
+}
+
+start_regcache "$RC/config.toml" regcache || die "regcache did not start (logs/regcache.log)"
+grep -E 'listening for (dns|https|admin) on' "$LOGS/regcache.log" | sed 's/^/INFO: /' | cut -c1-200
+info "regcache up after $((SECONDS - T0)) s"
+
+listening_lines() {
+    local what
+    for what in dns https admin; do grep -q "listening for $what on" "$LOGS/regcache.log" || { echo "no 'listening for $what on'"; return 1; }; done
+}
+admin_checks() {
+    http_code_in 200 app curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/healthz"
+    app curl -sSf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/ca.crt" >"$W/admin-ca.crt"
+    diff <(openssl x509 -in "$W/admin-ca.crt" -noout -fingerprint -sha256) \
+        <(openssl x509 -in "$W/regcache-ca.crt" -noout -fingerprint -sha256)
+}
+run_check "logs 'listening for dns|https|admin on ADDR'" listening_lines
+run_check "admin /healthz is 200 and /ca.crt is the CA from 'ca cert'" admin_checks
+
+# ---------------------------------------------------------------------------------------------------
+# the client namespace: trust the appliance CA only
+
+setup_client_trust() {
+    local d=/etc/netns/$CLI_NS host
+    mkdir -p "$d/docker/certs.d"
+    cp -a /etc/containers "$d/containers"
+    mkdir -p "$d/containers/certs.d"
+    for host in "${INTERCEPTED[@]}"; do
+        mkdir -p "$d/docker/certs.d/$host" "$d/containers/certs.d/$host"
+        cp "$W/regcache-ca.crt" "$d/docker/certs.d/$host/ca.crt"
+        cp "$W/regcache-ca.crt" "$d/containers/certs.d/$host/ca.crt"
+    done
+    cp -a /etc/ssl "$d/ssl"
+    cat "$W/regcache-ca.crt" >>"$d/ssl/certs/ca-certificates.crt"
+}
+setup_client_trust
+
+# ---------------------------------------------------------------------------------------------------
+# 1. DNS
+
+dig_cli() { cli dig +time=2 +tries=1 -p 53 "@$APP_IP" "$@"; }
+# dns_expect NAME TYPE STATUS ANSWERS [DIG-OPTS...]: status and the sorted data of TYPE records
+dns_expect() {
+    local name=$1 type=$2 want_status=$3 want=$4 out status got; shift 4
+    out=$(dig_cli "$@" "$name" "$type")
+    echo "$out"
+    status=$(sed -n 's/.*status: \([A-Z]*\),.*/\1/p' <<<"$out")
+    got=$(awk -v t="$type" '$0 !~ /^;/ && $4 == t {print $5}' <<<"$out" | sort | paste -sd' ')
+    expect_eq "$status" "$want_status" "status of $name $type"
+    expect_eq "$got" "$want" "$type records of $name"
+    if [[ -z $want ]]; then grep -q 'ANSWER: 0,' <<<"$out" || { echo "answer section not empty"; return 1; }; fi
+}
+dns_ttl() {
+    local out
+    out=$(dig_cli +noall +answer ghcr.io A)
+    echo "$out"
+    expect_eq "$(awk '{print $2; exit}' <<<"$out")" 60 "ttl of ghcr.io A"
+}
+aaaa_queries_upstream() { grep -cE "query\[AAAA\] ($(IFS='|'; echo "${INTERCEPTED[*]//./\\.}")) " "$LOGS/dnsmasq.log" || true; }
+
+aaaa_before=$(aaaa_queries_upstream)
+for host in "${INTERCEPTED[@]}"; do
+    run_check "dns: $host A -> $APP_IP" dns_expect "$host" A NOERROR "$APP_IP"
+    run_check "dns: $host AAAA -> NOERROR, no records" dns_expect "$host" AAAA NOERROR ""
+done
+run_check "dns: GHCR.IO (upper case) A -> $APP_IP" dns_expect GHCR.IO A NOERROR "$APP_IP"
+run_check "dns: intercepted answer carries ttl 60" dns_ttl
+run_check "dns: $OTHER_HOST forwarded -> $OTHER_IP" dns_expect "$OTHER_HOST" A NOERROR "$OTHER_IP"
+run_check "dns: www.$OTHER_HOST CNAME chain forwarded -> $OTHER_IP" dns_expect "www.$OTHER_HOST" A NOERROR "$OTHER_IP"
+run_check "dns: unknown name nothing.nx.test -> NXDOMAIN" dns_expect nothing.nx.test A NXDOMAIN ""
+run_check "dns: ghcr.io A over TCP -> $APP_IP" dns_expect ghcr.io A NOERROR "$APP_IP" +tcp
+run_check "dns: $OTHER_HOST over TCP forwarded -> $OTHER_IP" dns_expect "$OTHER_HOST" A NOERROR "$OTHER_IP" +tcp
+sleep 0.5
+aaaa_not_leaked() {
+    local after
+    after=$(aaaa_queries_upstream)
+    echo "AAAA queries for intercepted names seen by the upstream resolver: before $aaaa_before, after $after"
+    [[ $after == "$aaaa_before" ]]
+}
+run_check "dns: AAAA for intercepted names is not forwarded upstream" aaaa_not_leaked
+info "dns: sub.ghcr.io A -> $(dig_cli +short sub.ghcr.io A | paste -sd' ') (status $(dig_cli sub.ghcr.io A | sed -n 's/.*status: \([A-Z]*\),.*/\1/p'))"
+
+# ---------------------------------------------------------------------------------------------------
+# TLS and isolation
+
+tls_ok() { # HOST: the appliance serves a certificate for HOST that chains to its CA
+    local code
+    code=$(cli_curl -o /dev/null -w '%{http_code}' "https://$1/v2/")
+    echo "HTTP $code from https://$1/v2/"
+}
+for host in "${INTERCEPTED[@]}"; do run_check "tls: $host certificate verifies against the appliance CA" tls_ok "$host"; done
+no_tls_for_other_names() {
+    if cli_curl --max-time 10 -o /dev/null --resolve "$OTHER_HOST:443:$APP_IP" "https://$OTHER_HOST/"; then
+        echo "the appliance served a trusted certificate for $OTHER_HOST"; return 1
+    fi
+}
+run_check "tls: no trusted certificate for a non-registry name ($OTHER_HOST)" no_tls_for_other_names
+client_isolated() {
+    if cli curl -sS --max-time 3 -k -o /dev/null --resolve "$GHCR_HOST:443:$GHCR_IP" "https://$GHCR_HOST/v2/"; then
+        echo "client reached $GHCR_IP directly"; return 1
+    fi
+}
+run_check "isolation: the client cannot reach upstream addresses" client_isolated
+info "client sees on https://$HUB_HOST/v2/: $(cli_curl -o /dev/null -w '%{http_code} www-authenticate=%header{www-authenticate}' "https://$HUB_HOST/v2/" 2>&1)"
+
+# ---------------------------------------------------------------------------------------------------
+# 2. dockerd
+
+D=$W/docker
+mkdir -p "$D/data" "$D/exec"
+echo '{"max-concurrent-downloads": 3, "log-level": "info"}' >"$D/daemon.json"
+# `ip netns exec` remounts /sys without the cgroup mounts; re-create the root namespace's set.
+awk '$2 ~ "^/sys/fs/cgroup" && ($3 == "tmpfs" || $3 == "cgroup" || $3 == "cgroup2") {
+        printf "mkdir -p %s && mount -n -t %s -o %s %s %s\n", $2, $3, $4, $1, $2 }' /proc/self/mounts >"$D/cgroups.sh"
+export DOCKER_HOST=unix://$D/docker.sock
+DOCKERD_PID='' DOCKER_OK=0
+start_dockerd() { # LOGNAME: dockerd reads the system trust store (/etc/ssl) once, at start
+    bg "$1" "$CLI_NS" sh -c ". '$D/cgroups.sh' && $HERMETIC_MOUNTS && exec dockerd --data-root '$D/data' \
+        --exec-root '$D/exec' --pidfile '$D/docker.pid' -H 'unix://$D/docker.sock' --config-file '$D/daemon.json' \
+        --iptables=false --ip-forward=false --bridge=none --storage-driver=vfs"
+    DOCKERD_PID=$!
+    DOCKER_OK=0
+    if wait_for "dockerd" "$DOCKERD_PID" 120 0.5 docker info; then DOCKER_OK=1; fi
+    info "dockerd $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?') up after $((SECONDS - T0)) s"
+}
+stop_dockerd() {
+    [[ -n $DOCKERD_PID ]] || return 0
+    stop_pid "$DOCKERD_PID"; forget_pid "$DOCKERD_PID"
+    DOCKERD_PID='' DOCKER_OK=0
+}
+start_dockerd dockerd
+
+docker_pull() { # REF KEY
+    docker rmi -f "$1" >/dev/null 2>&1 || true
+    timeout 180 docker pull "$1" || return 1
+    local repodigests
+    repodigests=$(docker image inspect --format '{{join .RepoDigests " "}}' "$1") || return 1
+    echo "RepoDigests: $repodigests"
+    [[ " $repodigests " == *"@${DIGEST[$2]} "* ]] || { echo "pushed digest ${DIGEST[$2]} not in RepoDigests"; return 1; }
+}
+docker_pull_fresh() { # REF KEY: pull with nothing cached locally
+    docker_pull "$@" || return 1
+    docker rmi -f "$1" >/dev/null
+}
+# a token GET answered 200 by the realm host, from dockerd (its user agent starts with docker/)
+DOCKER_TOKEN_RE="\"GET /token\\?[^\"]*\" 200 [0-9]+ \"[^\"]*\" \"docker/[^\"]*\" \"${AUTH_HOST//./\\.}\"\$"
+docker_token_lines() { grep -cE "$DOCKER_TOKEN_RE" "$ACCESS_LOG" || true; }
+dockerd_token_logged() {
+    grep -E "$DOCKER_TOKEN_RE" "$ACCESS_LOG" | sed -n '1,3p' || true
+    [[ $(docker_token_lines) -gt 0 ]] || { echo "no line matches /$DOCKER_TOKEN_RE/"; return 1; }
+}
+if [[ $DOCKER_OK == 1 ]]; then
+    run_check "dockerd: pull $HUB_HOST/library/small:1" docker_pull_fresh "$HUB_HOST/library/small:1" small
+    run_check "dockerd: pull small:1 (short name)" docker_pull_fresh small:1 small
+    run_check "dockerd: pull docker.io/library/alpine-ish:latest (OCI index)" docker_pull docker.io/library/alpine-ish:latest alpine
+    run_check "dockerd: pull ghcr.io/acme/tool:v1" docker_pull ghcr.io/acme/tool:v1 tool
+    run_check "dockerd: pull nvcr.io/nvidia/tiny:25.03" docker_pull nvcr.io/nvidia/tiny:25.03 tiny
+    run_check "dockerd: fetched its Docker Hub token from $AUTH_HOST through the appliance (access log)" dockerd_token_logged
+else
+    run_check "dockerd starts in the client namespace (logs/dockerd.log)" false
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 3. skopeo and 4. podman in the client namespace
+
+cli_skopeo() { isolated "$CLI_NS" timeout 300 skopeo "$@"; }
+skopeo_pull() { # REF KEY
+    local got
+    got=$(cli_skopeo inspect --format '{{.Digest}}' "docker://$1")
+    expect_eq "$got" "${DIGEST[$2]}" "skopeo inspect digest of $1"
+    rm -rf "$W/skopeo/$2"; mkdir -p "$W/skopeo"
+    cli_skopeo copy "docker://$1" "oci:$W/skopeo/$2:x"
+}
+run_check "skopeo: docker.io/library/small:1" skopeo_pull docker.io/library/small:1 small
+run_check "skopeo: docker.io/library/alpine-ish:latest (OCI index)" skopeo_pull docker.io/library/alpine-ish:latest alpine
+run_check "skopeo: ghcr.io/acme/tool:v1" skopeo_pull ghcr.io/acme/tool:v1 tool
+run_check "skopeo: nvcr.io/nvidia/tiny:25.03" skopeo_pull nvcr.io/nvidia/tiny:25.03 tiny
+
+P=$W/podman
+mkdir -p "$P/root" "$P/runroot" "$P/tmp"
+podman_cli() {
+    isolated "$CLI_NS" timeout 300 podman --root "$P/root" --runroot "$P/runroot" --tmpdir "$P/tmp" --storage-driver vfs \
+        --cgroup-manager cgroupfs --events-backend file "$@"
+}
+podman_pull() { # REF KEY
+    podman_cli pull "$1"
+    local got
+    got=$(podman_cli image inspect --format '{{.Digest}}' "$1")
+    # for an index podman's .Digest is the index digest too (RepoDigests has both)
+    expect_eq "$got" "${DIGEST[$2]}" "podman digest of $1"
+}
+run_check "podman: docker.io/library/small:1" podman_pull docker.io/library/small:1 small
+run_check "podman: docker.io/library/alpine-ish:latest (OCI index)" podman_pull docker.io/library/alpine-ish:latest alpine
+run_check "podman: ghcr.io/acme/tool:v1" podman_pull ghcr.io/acme/tool:v1 tool
+run_check "podman: nvcr.io/nvidia/tiny:25.03" podman_pull nvcr.io/nvidia/tiny:25.03 tiny
+
+# ---------------------------------------------------------------------------------------------------
+# 5. push pass-through
+
+push_through() {
+    cli_skopeo copy --preserve-digests "oci:$W/images/pushed:1" "docker://ghcr.io/acme/pushed:1"
+    local got
+    got=$(app_curl -f -o /dev/null -w '%header{docker-content-digest}' \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json' "https://$GHCR_HOST/v2/acme/pushed/manifests/1")
+    expect_eq "$got" "${DIGEST[pushed]}" "upstream digest of acme/pushed:1"
+    local kind blob _
+    while read -r kind blob _; do
+        [[ $kind == blob ]] || continue
+        http_code_in 200 app_curl -I "https://$GHCR_HOST/v2/acme/pushed/blobs/$blob"
+    done <"$W/images/pushed/push-plan"
+}
+run_check "push: skopeo copy to ghcr.io/acme/pushed:1 through the appliance lands upstream" push_through
+
+# ---------------------------------------------------------------------------------------------------
+# anonymous clients must not read a private repository
+
+anonymous_private_denied() {
+    if cli_skopeo inspect --raw docker://docker.io/e2eprivate/secret:1; then
+        echo "anonymous skopeo read docker.io/e2eprivate/secret:1 through the appliance"; return 1
+    fi
+}
+private_read_with_credentials() {
+    local got
+    got=$(cli_skopeo inspect --creds "$SEED_USER:$SEED_PASS" --format '{{.Digest}}' docker://docker.io/e2eprivate/secret:1)
+    expect_eq "$got" "${DIGEST[private]}" "digest of docker.io/e2eprivate/secret:1 read with credentials"
+}
+run_check "private: anonymous skopeo cannot read docker.io/e2eprivate/secret:1" anonymous_private_denied
+run_check "private: skopeo with $SEED_USER's credentials reads docker.io/e2eprivate/secret:1 (digest as pushed)" \
+    private_read_with_credentials
+run_check "private: anonymous skopeo still cannot read it after that authorised read" anonymous_private_denied
+
+# ---------------------------------------------------------------------------------------------------
+# 6. dockerd's trust for Docker Hub names: FINDING lines, each also a check asserting what was found.
+# dockerd is restarted with the host's own /etc/ssl, so regcache's CA is NOT in its system trust store,
+# only in certs.d/<host>/ca.crt for the intercepted hosts (registry-1.docker.io, auth.docker.io, docker.io,
+# index.docker.io, ...). Found: a registry-1.docker.io/... name is an ordinary registry to dockerd, which
+# uses certs.d/registry-1.docker.io (and reaches the realm auth.docker.io through the appliance); Docker Hub
+# names (docker.io/..., short names) go to the official index, which uses only the system store.
+
+attempt() { # LOG FUNC ARGS...: runs FUNC under errexit (like run_check), output to LOG; prints succeeds|fails
+    local log=$1 rc; shift
+    set +e
+    ( set -e; "$@" ) >"$log" 2>&1
+    rc=$?
+    set -e
+    if [[ $rc == 0 ]]; then echo succeeds; else echo fails; fi
+}
+outcome_is() { # GOT WANT LOG [ERE]: GOT is WANT, and LOG has a line matching ERE
+    tail -n 12 "$3"
+    expect_eq "$1" "$2" "outcome"
+    [[ -z ${4:-} ]] || grep -qE "$4" "$3" || { echo "no line matching /$4/ in ${3#"$W"/}"; return 1; }
+}
+if [[ $DOCKER_OK == 1 ]]; then
+    stop_dockerd
+    mv "/etc/netns/$CLI_NS/ssl" "$W/client-ssl"     # back below; cleanup removes /etc/netns/$CLI_NS anyway
+    start_dockerd dockerd-certsd-only
+    if [[ $DOCKER_OK == 1 ]]; then
+        NOSTORE="regcache's CA only in certs.d, not in the system store"
+        tokens_before=$(docker_token_lines)
+        A_LOG=$LOGS/finding-certsd-registry-1.log
+        a=$(attempt "$A_LOG" docker_pull_fresh "$HUB_HOST/library/small:1" small)
+        tokens_after=$(docker_token_lines)
+        a_token=no
+        [[ $tokens_after -gt $tokens_before ]] && a_token=yes
+        B_LOG=$LOGS/finding-certsd-docker.io.log
+        b=$(attempt "$B_LOG" docker_pull_fresh docker.io/library/small:1 small)
+        b_err=$(grep -oE 'x509: .*' "$B_LOG" | head -n 1 || true)
+        say "FINDING: $NOSTORE: dockerd pull of $HUB_HOST/library/small:1 $a (logs/${A_LOG##*/})"
+        say "FINDING: ... and for it dockerd fetched a token from $AUTH_HOST through the appliance: $a_token"
+        say "FINDING: $NOSTORE: dockerd pull of docker.io/library/small:1 $b${b_err:+ ($b_err)} (logs/${B_LOG##*/})"
+        run_check "dockerd, $NOSTORE: $HUB_HOST/library/small:1 pulls (certs.d/$HUB_HOST is used)" \
+            outcome_is "$a" succeeds "$A_LOG"
+        run_check "dockerd, $NOSTORE: the $HUB_HOST pull got its token from $AUTH_HOST through the appliance" \
+            expect_eq "$a_token" yes "new dockerd token GET in the access log ($tokens_before -> $tokens_after lines)"
+        run_check "dockerd, $NOSTORE: docker.io/library/small:1 fails with an x509 error (Docker Hub names use only the system store)" \
+            outcome_is "$b" fails "$B_LOG" 'x509: '
+    else
+        run_check "dockerd restarts without regcache's CA in the system store (logs/dockerd-certsd-only.log)" false
+    fi
+    stop_dockerd
+    mv "$W/client-ssl" "/etc/netns/$CLI_NS/ssl"
+else
+    skip "dockerd trust for Docker Hub names: dockerd did not start"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 7. access log
+
+access_log_host() { # HOST: lines ending with the quoted host, and a 200 blob GET among them
+    local n blobs
+    n=$(grep -c "\"$1\"\$" "$ACCESS_LOG" || true)
+    blobs=$(grep -cE "\"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64} HTTP/[0-9.]+\" 200 [0-9]+ .*\"$1\"\$" "$ACCESS_LOG" || true)
+    echo "$n lines for $1, $blobs blob GETs with 200"
+    grep "\"$1\"\$" "$ACCESS_LOG" | sed -n '1,5p' || true
+    grep -E "\"GET /v2/[^ ]+/blobs/[^ ]+ HTTP/[0-9.]+\" [0-9]+ .*\"$1\"\$" "$ACCESS_LOG" | sed -n '1,5p' || true
+    [[ $n -gt 0 && $blobs -gt 0 ]]
+}
+access_log_format() {
+    local bad
+    # the contract, exactly: $remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+    # "$http_referer" "$http_user_agent" "$host"
+    local re='^[0-9a-f.:]+ - [^ ]+ \[[^]]+\] "[^"]*" [0-9]{3} [0-9]+ "[^"]*" "[^"]*" "[^"]+"$'
+    bad=$(grep -vcE "$re" "$ACCESS_LOG" || true)
+    echo "$(wc -l <"$ACCESS_LOG") lines, $bad not in the contract format; first of them:"
+    grep -vE "$re" "$ACCESS_LOG" | sed -n '1,3p' || true
+    [[ $bad == 0 && -s $ACCESS_LOG ]]
+}
+run_check "access log: every line is '\$remote_addr - \$remote_user [\$time_local] \"\$request\" \$status \$body_bytes_sent \"\$http_referer\" \"\$http_user_agent\" \"\$host\"'" access_log_format
+for host in "$HUB_HOST" "$GHCR_HOST" "$NVCR_HOST"; do
+    run_check "access log: lines for \"$host\" with 200 blob GETs" access_log_host "$host"
+done
+run_check_here "regcache exits 0 within 10 s of SIGTERM" stop_regcache
+
+info "finished after $((SECONDS - T0)) s"
+say "e2e: $PASSED passed, $FAILED failed"
+if [[ $FAILED != 0 ]]; then exit 1; fi

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Static HTTPS file server standing in for a registry CDN (production.cloudflare.docker.com).
+
+Serves --root (the Docker-Hub registry's storage root) so the 307 targets of distribution's
+`redirect` storage middleware (baseurl + /docker/registry/v2/blobs/.../data) resolve. GET and HEAD.
+Directory listings are off. Each request is logged on stderr.
+"""
+import argparse
+import functools
+import ssl
+import sys
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+
+    def setup(self):
+        # The listening socket is wrapped with do_handshake_on_connect=False so one slow client's
+        # handshake runs in its own thread instead of blocking accept().
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()
+        super().setup()
+
+    def list_directory(self, path):
+        self.send_error(403, "no listing")
+        return None
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s host=%s %s\n" % (self.address_string(), self.headers.get("Host"), fmt % args))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--listen", required=True, help="ADDR:PORT")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--tls-cert", required=True)
+    ap.add_argument("--tls-key", required=True)
+    a = ap.parse_args()
+    host, _, port = a.listen.rpartition(":")
+    server = ThreadingHTTPServer((host, int(port)), functools.partial(Handler, directory=a.root))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    sys.stderr.write("static server listening on https://%s root=%s\n" % (a.listen, a.root))
+    sys.stderr.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
