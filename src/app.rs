@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::ca::{Ca, CertResolver};
+use crate::cache::Store;
 use crate::config::Config;
 use crate::dns;
-use crate::proxy::{self, access_log::AccessLog, upstream, Proxy, Route};
+use crate::proxy::{self, access_log::AccessLog, upstream, Policy, Proxy, Route};
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -32,6 +33,8 @@ pub struct Bound {
     proxy: Arc<Proxy>,
     admin: Arc<Admin>,
     config: Config,
+    /// The content store (shared with the proxy).
+    pub cache: Arc<Store>,
     /// The bound addresses (port 0 resolved), DNS on UDP and TCP alike.
     pub dns_addrs: Vec<SocketAddr>,
     pub https_addrs: Vec<SocketAddr>,
@@ -49,6 +52,16 @@ pub fn load_ca(config: &Config) -> anyhow::Result<Ca> {
         &config.state_dir.join("certs"),
         &config.patterns(),
     )?)
+}
+
+/// Opens the content store at `cache.dir`.
+pub fn open_cache(config: &Config) -> anyhow::Result<Arc<Store>> {
+    let dir = &config.cache.dir;
+    let store = Store::open(dir, config.cache.max_size)
+        .with_context(|| format!("cannot open the cache in {} (cache.dir)", dir.display()))?;
+    let (objects, bytes) = store.usage();
+    info!(dir = %dir.display(), objects, bytes, max = config.cache.max_size, "cache opened");
+    Ok(store)
 }
 
 /// Binds every listener, loads the CA and builds the handlers. Logs each bound address.
@@ -87,7 +100,24 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         config.patterns(),
         provider.clone(),
     ));
-    let proxy = Proxy::new(routes, client, certs, provider, config.access.clone(), log)?;
+    let cache = open_cache(&config)?;
+    let c = &config.cache;
+    let policy = Policy {
+        manifest_ttl: c.manifest_ttl,
+        auth_ttl: c.auth_ttl,
+        offline: c.offline,
+        offline_auth_window: c.offline_auth_window,
+    };
+    let proxy = Proxy::new(proxy::Parts {
+        routes,
+        client,
+        certs,
+        provider,
+        access: config.access.clone(),
+        log,
+        cache: cache.clone(),
+        policy,
+    })?;
     let admin = Admin {
         ca_pem: ca.cert_pem().to_owned(),
         access: config.access.clone(),
@@ -112,6 +142,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         proxy: Arc::new(proxy),
         admin: Arc::new(admin),
         config,
+        cache,
         dns_addrs,
         https_addrs,
         admin_addr,

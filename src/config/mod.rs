@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::Uri;
 use ipnet::IpNet;
@@ -31,6 +32,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub admin: AdminConfig,
     pub access: AccessList,
+    pub cache: CacheConfig,
     /// Never empty; names and aliases are unique across the list.
     pub registries: Vec<Registry>,
 }
@@ -60,6 +62,21 @@ pub struct UpstreamConfig {
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// `{state_dir}` in the configured value is replaced by the state dir.
+    pub dir: PathBuf,
+    pub max_size: u64,
+    /// How long a tag → digest mapping is served without asking the upstream.
+    pub manifest_ttl: Duration,
+    /// How long an upstream "yes, this client may read this repository" is remembered.
+    pub auth_ttl: Duration,
+    /// Serve cached content when the upstream is unreachable or answers 5xx/429.
+    pub offline: bool,
+    /// While offline, a client is served if its access was confirmed within this window.
+    pub offline_auth_window: Duration,
 }
 
 /// One intercepted registry.
@@ -210,7 +227,20 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     access: RawAccess,
+    #[serde(default)]
+    cache: RawCache,
     registry: Option<Vec<RawRegistry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    dir: Option<String>,
+    max_size: Option<Spanned<String>>,
+    manifest_ttl: Option<Spanned<String>>,
+    auth_ttl: Option<Spanned<String>>,
+    offline: Option<bool>,
+    offline_auth_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,14 +328,17 @@ impl Validator<'_> {
             upstream,
             admin,
             access,
+            cache,
             registry,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
             None => default_registries(),
         };
+        let state_dir = state_dir.unwrap_or_else(|| ".".into());
         Config {
-            state_dir: PathBuf::from(state_dir.unwrap_or_else(|| ".".into())),
+            cache: self.cache(cache, &state_dir),
+            state_dir: PathBuf::from(state_dir),
             dns: self.dns(dns),
             tls: TlsConfig {
                 listen: self.listen("tls.listen", tls.listen, "0.0.0.0:443"),
@@ -344,6 +377,52 @@ impl Validator<'_> {
                 let msg = format!("admin.listen: {:?}: {}", item.get_ref(), addr_hint(e));
                 self.problem(&item, msg);
                 default
+            }
+        }
+    }
+
+    fn cache(&mut self, raw: RawCache, state_dir: &str) -> CacheConfig {
+        let RawCache {
+            dir,
+            max_size,
+            manifest_ttl,
+            auth_ttl,
+            offline,
+            offline_auth_window,
+        } = raw;
+        let dir = dir.unwrap_or_else(|| "{state_dir}/cache".into());
+        CacheConfig {
+            dir: PathBuf::from(dir.replace("{state_dir}", state_dir)),
+            max_size: self.value("cache.max_size", max_size, "50GiB", parse_size),
+            manifest_ttl: self.value("cache.manifest_ttl", manifest_ttl, "60s", parse_duration),
+            auth_ttl: self.value("cache.auth_ttl", auth_ttl, "60s", parse_duration),
+            offline: offline.unwrap_or(true),
+            offline_auth_window: self.value(
+                "cache.offline_auth_window",
+                offline_auth_window,
+                "24h",
+                parse_duration,
+            ),
+        }
+    }
+
+    /// Parses an optional value with `parse`, falling back to `default` (recording a problem).
+    fn value<T>(
+        &mut self,
+        key: &str,
+        item: Option<Spanned<String>>,
+        default: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> T {
+        let fallback = || parse(default).expect("defaults parse");
+        let Some(item) = item else {
+            return fallback();
+        };
+        match parse(item.get_ref()) {
+            Ok(v) => v,
+            Err(why) => {
+                self.problem(&item, format!("{key}: {:?}: {why}", item.get_ref()));
+                fallback()
             }
         }
     }
@@ -471,6 +550,53 @@ fn default_registries() -> Vec<Registry> {
     list
 }
 
+/// "50GiB", "512MiB", "10GB", "1024" (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "write a size such as \"50GiB\" or \"500MB\"")?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000 * 1000 * 1000 * 1000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".into())
+}
+
+/// "60s", "5m", "24h", "7d", "250ms".
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "write a duration such as \"60s\", \"5m\" or \"24h\"")?;
+    let secs = |m: u64| Ok(Duration::from_secs(n.saturating_mul(m)));
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        "" => Err("add a unit: ms, s, m, h or d".into()),
+        other => Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
+    }
+}
+
 fn addr_hint(e: std::net::AddrParseError) -> String {
     format!("{e} (write IP:port, e.g. \"0.0.0.0:443\" or \"[::]:443\")")
 }
@@ -589,6 +715,26 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("site.toml:2: tls.listen: \"x\""), "{text}");
+    }
+
+    #[test]
+    fn cache_settings_parse_sizes_and_durations() {
+        let c = parse(
+            "state_dir = \"/srv/rc\"\n[cache]\nmax_size = \"2GiB\"\nmanifest_ttl = \"5m\"\noffline = false\n",
+            Source::Embedded,
+        )
+        .unwrap();
+        assert_eq!(c.cache.dir, PathBuf::from("/srv/rc/cache"));
+        assert_eq!(c.cache.max_size, 2 << 30);
+        assert_eq!(c.cache.manifest_ttl, Duration::from_secs(300));
+        assert_eq!(c.cache.auth_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.offline_auth_window, Duration::from_secs(86400));
+        assert!(!c.cache.offline);
+        let p = problems("[cache]\nmax_size = \"lots\"\nauth_ttl = \"60\"\n");
+        assert_eq!(p.iter().map(|p| p.line).collect::<Vec<_>>(), [2, 3]);
+        assert!(p[1].message.contains("unit"), "{}", p[1].message);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     }
 
     #[test]

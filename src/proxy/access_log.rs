@@ -98,24 +98,49 @@ impl Entry {
     }
 }
 
-/// A response body that counts the bytes it yields and writes the log line when dropped.
+/// A response body that counts the bytes it yields and writes the log line when the last byte
+/// has gone out (when the length is known), at the end of the stream, or when it is dropped
+/// (an aborted response) — whichever comes first.
 pub struct Logged {
     inner: Body,
     entry: Option<Entry>,
     status: StatusCode,
     bytes: u64,
+    /// The exact length, when known: hyper stops polling a body after its last byte, so
+    /// reaching it is the end.
+    expected: Option<u64>,
     log: AccessLog,
 }
 
 impl Logged {
-    pub fn wrap(inner: Body, entry: Entry, status: StatusCode, log: AccessLog) -> Body {
-        http_body_util::BodyExt::boxed(Self {
+    /// Wraps a response body; `length` is what the response declares (Content-Length, or 0 for
+    /// a HEAD request), used when the body itself does not know its size.
+    pub fn wrap(
+        inner: Body,
+        entry: Entry,
+        status: StatusCode,
+        length: Option<u64>,
+        log: AccessLog,
+    ) -> Body {
+        let expected = inner.size_hint().exact().or(length);
+        let mut logged = Self {
             inner,
             entry: Some(entry),
             status,
             bytes: 0,
+            expected,
             log,
-        })
+        };
+        if logged.expected == Some(0) || logged.inner.is_end_stream() {
+            logged.finish();
+        }
+        http_body_util::BodyExt::boxed_unsync(logged)
+    }
+
+    fn finish(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.log.write(&entry.line(self.status, self.bytes));
+        }
     }
 }
 
@@ -128,10 +153,17 @@ impl HttpBody for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes += data.len() as u64;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.expected == Some(self.bytes) {
+                    self.finish();
+                }
             }
+            Poll::Ready(None) => self.finish(),
+            _ => {}
         }
         polled
     }
@@ -147,9 +179,7 @@ impl HttpBody for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            self.log.write(&entry.line(self.status, self.bytes));
-        }
+        self.finish();
     }
 }
 

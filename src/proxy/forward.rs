@@ -2,6 +2,7 @@
 //! redirects on the appliance's side, and relay the answer (or a 502 in the OCI error format).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,16 +58,33 @@ pub enum Error {
     TooManyRedirects { url: String },
     #[error("bad redirect Location {location:?} from {url}")]
     BadRedirect { url: String, location: String },
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
     #[error("cannot build the upstream request: {0}")]
     Build(#[from] http::Error),
 }
 
+/// An upstream request in the making: where it goes and with which headers.
+pub(super) struct Up<'a> {
+    pub route: &'a Route,
+    /// The host name the client used (for rewriting Location headers).
+    pub host: &'a str,
+    pub method: Method,
+    pub url: String,
+    pub headers: HeaderMap,
+}
+
 impl Proxy {
     /// Serves one request; never fails (errors become OCI error responses).
-    pub(super) async fn handle(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+    pub(super) async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        ctx: &ConnCtx,
+    ) -> Response<Body> {
         let host = request_host(&req).unwrap_or_else(|| ctx.sni.clone());
         let route = self.route(&host).or_else(|| self.route(&ctx.sni));
         let log_host = route.map_or(host.as_str(), |r| r.host.as_str()).to_owned();
+        let head = req.method() == Method::HEAD;
         let entry = Entry::new(
             ctx.peer.ip(),
             req.method(),
@@ -76,7 +94,7 @@ impl Proxy {
             &log_host,
         );
         let response = match route {
-            Some(route) => match self.forward(route, &host, req).await {
+            Some(route) => match self.dispatch(route, &host, req).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     warn!(error = %e, "upstream request failed");
@@ -89,39 +107,60 @@ impl Proxy {
             }
         };
         let (parts, body) = response.into_parts();
-        let body = Logged::wrap(body, entry, parts.status, self.log.clone());
+        let bodiless = head || matches!(parts.status.as_u16(), 204 | 304);
+        let length = match bodiless {
+            true => Some(0),
+            false => (parts.headers.get(header::CONTENT_LENGTH))
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+        };
+        let body = Logged::wrap(body, entry, parts.status, length, self.log.clone());
         Response::from_parts(parts, body)
     }
 
-    async fn forward(
-        &self,
+    async fn dispatch(
+        self: &Arc<Self>,
         route: &Route,
-        client_host: &str,
+        host: &str,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut url = format!("{}{}", route.upstream, path);
-        let mut headers = forwardable(&parts.headers);
-        let method = parts.method;
-        if method != Method::GET && method != Method::HEAD {
+        let up = Up {
+            route,
+            host,
+            method: parts.method.clone(),
+            url: format!("{}{}", route.upstream, path),
+            headers: forwardable(&parts.headers),
+        };
+        if up.method != Method::GET && up.method != Method::HEAD {
             // Pushes and deletes: stream the body through, no redirect following, no timeout
             // (a large blob upload gets its response only after the last byte).
-            let body: Body = body.map_err(BoxError::from).boxed();
-            let resp = self.send(&method, &url, &headers, body).await?;
-            return Ok(relay(resp, route, client_host));
+            let body: Body = body.map_err(BoxError::from).boxed_unsync();
+            let resp = self.send(&up.method, &up.url, &up.headers, body).await?;
+            return Ok(relay(resp, route, host));
         }
         drop(body);
+        self.cached(up, parts.uri.path()).await
+    }
+
+    /// Forwards a GET/HEAD and relays the answer.
+    pub(super) async fn pass(&self, up: &Up<'_>) -> Result<Response<Body>, Error> {
+        let resp = self.fetch(&up.method, &up.url, up.headers.clone()).await?;
+        Ok(relay(resp, up.route, up.host))
+    }
+
+    /// A GET/HEAD upstream, following redirects on the appliance's side.
+    pub(super) async fn fetch(
+        &self,
+        method: &Method,
+        url: &str,
+        mut headers: HeaderMap,
+    ) -> Result<Response<Incoming>, Error> {
+        let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
-            let send = self.send(&method, &url, &headers, empty());
-            let resp = tokio::time::timeout(RESPONSE_TIMEOUT, send)
-                .await
-                .map_err(|_| Error::Timeout {
-                    url: url.clone(),
-                    secs: RESPONSE_TIMEOUT.as_secs(),
-                })??;
+            let resp = self.send_timed(method, &url, &headers).await?;
             let Some(next) = redirect_target(&resp, &url)? else {
-                return Ok(relay(resp, route, client_host));
+                return Ok(resp);
             };
             debug!(from = %url, to = %next, status = %resp.status(), "following redirect");
             if authority(&next) != authority(&url) {
@@ -131,6 +170,21 @@ impl Proxy {
             url = next;
         }
         Err(Error::TooManyRedirects { url })
+    }
+
+    /// One bodiless request, with a deadline for the response head.
+    pub(super) async fn send_timed(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, Error> {
+        tokio::time::timeout(RESPONSE_TIMEOUT, self.send(method, url, headers, empty()))
+            .await
+            .map_err(|_| Error::Timeout {
+                url: url.to_owned(),
+                secs: RESPONSE_TIMEOUT.as_secs(),
+            })?
     }
 
     async fn send(
@@ -169,7 +223,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// The request headers minus hop-by-hop ones (and those the `Connection` header names).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
+pub(super) fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -232,7 +286,7 @@ fn authority(url: &str) -> Option<String> {
 
 /// The upstream response for the client: hop-by-hop headers removed, a `Location` that points at
 /// the upstream's own address rewritten to the name the client used.
-fn relay(resp: Response<Incoming>, route: &Route, client_host: &str) -> Response<Body> {
+pub(super) fn relay(resp: Response<Incoming>, route: &Route, client_host: &str) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts.headers = forwardable(&parts.headers);
     if let Some(location) = parts
@@ -248,7 +302,7 @@ fn relay(resp: Response<Incoming>, route: &Route, client_host: &str) -> Response
         }
     }
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
 /// An error and its sources, joined: "client error (Connect): dns error: no record found".
@@ -266,10 +320,10 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// A response in the OCI distribution error format.
@@ -279,7 +333,11 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         json_string(code),
         json_string(message)
     );
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

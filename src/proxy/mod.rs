@@ -4,7 +4,10 @@
 //! Does not bind: [`serve`] takes bound listeners and a shutdown token.
 
 pub mod access_log;
+mod auth;
+mod cached;
 mod forward;
+mod registry;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -29,14 +32,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::access::AccessList;
+use crate::cache::Store;
 use crate::names::{normalize, NamePattern};
 use access_log::AccessLog;
 
+pub use cached::Policy;
 pub use upstream::Client;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or receives.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A client that does not finish its TLS handshake within this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -53,6 +58,18 @@ pub struct Route {
     pub upstream: String,
 }
 
+/// What the proxy is built from.
+pub struct Parts {
+    pub routes: Vec<Route>,
+    pub client: Client,
+    pub certs: Arc<dyn ResolvesServerCert>,
+    pub provider: Arc<CryptoProvider>,
+    pub access: AccessList,
+    pub log: AccessLog,
+    pub cache: Arc<Store>,
+    pub policy: Policy,
+}
+
 /// Everything a connection needs; shared by all connections.
 pub struct Proxy {
     routes: Vec<Route>,
@@ -60,17 +77,23 @@ pub struct Proxy {
     tls: TlsAcceptor,
     access: AccessList,
     log: AccessLog,
+    cache: Arc<Store>,
+    auth: Arc<auth::AuthMemory>,
+    policy: Policy,
 }
 
 impl Proxy {
-    pub fn new(
-        routes: Vec<Route>,
-        client: Client,
-        certs: Arc<dyn ResolvesServerCert>,
-        provider: Arc<CryptoProvider>,
-        access: AccessList,
-        log: AccessLog,
-    ) -> Result<Self, rustls::Error> {
+    pub fn new(parts: Parts) -> Result<Self, rustls::Error> {
+        let Parts {
+            routes,
+            client,
+            certs,
+            provider,
+            access,
+            log,
+            cache,
+            policy,
+        } = parts;
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -82,6 +105,9 @@ impl Proxy {
             tls: TlsAcceptor::from(Arc::new(tls)),
             access,
             log,
+            cache,
+            auth: Arc::default(),
+            policy,
         })
     }
 

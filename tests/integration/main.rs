@@ -5,5 +5,6 @@
 mod support;
 
 mod binary;
+mod cache;
 mod dns;
 mod proxy;

@@ -78,6 +78,7 @@ pub struct Appliance {
     pub admin: SocketAddr,
     pub ca_pem: String,
     pub log: SharedBuf,
+    pub cache: std::sync::Arc<regcache::cache::Store>,
     pub state: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -99,6 +100,7 @@ impl Appliance {
             .await
             .expect("appliance starts");
         let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
+        let cache = bound.cache.clone();
         let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(regcache::app::run(bound, shutdown.clone()));
@@ -108,6 +110,7 @@ impl Appliance {
             admin,
             ca_pem,
             log,
+            cache,
             state,
             shutdown,
             task: Some(task),
@@ -148,6 +151,26 @@ impl Appliance {
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("whole body").to_bytes();
         Response::from_parts(parts, body)
+    }
+
+    /// Like `request`, but a body that fails (an aborted response) is an `Err`.
+    pub async fn try_request(
+        &self,
+        name: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, String> {
+        let tls = self
+            .tls(name, &[b"http/1.1"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Response::from_parts(parts, body))
     }
 
     /// GET `path` from registry `name` with extra headers.

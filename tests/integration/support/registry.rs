@@ -4,12 +4,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,10 +35,45 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// The fake upstream; its content is fixed, derived from `blob()` and `manifest()`.
+/// The fake upstream; its content is derived from `blob()`, `blob2()`, `big()` and `manifest()`.
 pub struct Registry {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The content version of the mutable tag `library/mut:latest`.
+    pub version: Arc<AtomicUsize>,
+    /// While set, every connection is closed at once (the upstream is "down").
+    pub down: Arc<AtomicBool>,
+}
+
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+pub fn blob2() -> Bytes {
+    Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i * 13 % 241) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// 4 MiB, served slowly in 16 pieces (for coalescing).
+pub fn big() -> Bytes {
+    Bytes::from(
+        (0..4_194_304u32)
+            .map(|i| (i * 17 % 239) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// The mutable tag's content at `version`, single-arch or index.
+pub fn mutable(version: usize, index: bool) -> Bytes {
+    let kind = if index { INDEX_TYPE } else { MANIFEST_TYPE };
+    Bytes::from(format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{kind}\",\"v\":{version}}}"
+    ))
 }
 
 pub fn blob() -> Bytes {
@@ -73,21 +110,38 @@ impl Registry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let version = Arc::new(AtomicUsize::new(1));
+        let down = Arc::new(AtomicBool::new(false));
         let log = seen.clone();
+        let (v, d) = (version.clone(), down.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                if d.load(Ordering::SeqCst) {
+                    drop(tcp);
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let log = log.clone();
+                let v = v.clone();
+                let d = d.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = service_fn(move |req| {
                         let log = log.clone();
-                        async move { Ok::<_, Infallible>(handle(req, addr, &log).await) }
+                        let version = v.load(Ordering::SeqCst);
+                        let down = d.load(Ordering::SeqCst);
+                        async move {
+                            if down {
+                                // Kept-alive connections die too.
+                                return Err("upstream is down");
+                            }
+                            Ok(handle(req, addr, &log, version).await)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
@@ -95,7 +149,20 @@ impl Registry {
                 });
             }
         });
-        Self { addr, seen }
+        Self {
+            addr,
+            seen,
+            version,
+            down,
+        }
+    }
+
+    /// How many requests with `method` went to exactly `path`.
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.method == method && s.path == path)
+            .count()
     }
 
     /// The requests seen so far whose path starts with `prefix`.
@@ -112,7 +179,57 @@ async fn handle(
     req: Request<Incoming>,
     addr: SocketAddr,
     log: &Mutex<Vec<Seen>>,
-) -> Response<Full<Bytes>> {
+    version: usize,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    match route(req, addr, log, version).await {
+        Reply::Full(r) => r.map(|b| b.boxed()),
+        Reply::Stream(r) => r,
+    }
+}
+
+enum Reply {
+    Full(Response<Full<Bytes>>),
+    Stream(Response<BoxBody<Bytes, Infallible>>),
+}
+
+impl From<Response<Full<Bytes>>> for Reply {
+    fn from(r: Response<Full<Bytes>>) -> Self {
+        Reply::Full(r)
+    }
+}
+
+/// A body sent in `pieces` parts, `gap` apart, declaring `declared` bytes.
+fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: usize) -> Reply {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    tokio::spawn(async move {
+        let step = data.len().div_ceil(pieces);
+        for chunk in data.chunks(step) {
+            tokio::time::sleep(gap).await;
+            if tx
+                .send(Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Reply::Stream(
+        Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("content-length", declared)
+            .body(StreamBody::new(frames).boxed())
+            .unwrap(),
+    )
+}
+
+async fn route(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    log: &Mutex<Vec<Seen>>,
+    version: usize,
+) -> Reply {
     let host = req
         .headers()
         .get("host")
@@ -147,7 +264,53 @@ async fn handle(
     let port = addr.port();
     let blob_path = format!("/v2/library/small/blobs/{}", blob_digest());
     let rel_blob_path = format!("/v2/library/rel/blobs/{}", blob_digest());
-    match (host.as_str(), &method, path.as_str()) {
+    let get_or_head = method == Method::GET || method == Method::HEAD;
+    let wants_index = (headers.get_all("accept").iter())
+        .any(|v| v.to_str().unwrap_or_default().contains(INDEX_TYPE));
+    if registry_host(&host) && get_or_head {
+        let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
+        if b("library/big", &big()) {
+            return slow(big(), 16, std::time::Duration::from_millis(40), big().len());
+        }
+        if b("library/small", &blob2()) {
+            return ok(blob2(), "application/octet-stream", &[]).into();
+        }
+        if b("library/bad", &blob()) {
+            // Same length, other bytes: a digest mismatch.
+            return ok(blob2(), "application/octet-stream", &[]).into();
+        }
+        if b("library/trunc", &blob()) {
+            return slow(
+                blob().slice(..1000),
+                1,
+                std::time::Duration::ZERO,
+                blob().len(),
+            );
+        }
+        if b("private/app", &blob()) {
+            return match authorized {
+                true => ok(blob(), "application/octet-stream", &[]).into(),
+                false => unauthorized().into(),
+            };
+        }
+        if path == "/v2/library/mut/manifests/latest" {
+            let body = mutable(version, wants_index);
+            let kind = if wants_index {
+                INDEX_TYPE
+            } else {
+                MANIFEST_TYPE
+            };
+            let digest = digest_of(&body);
+            let headers = [("docker-content-digest", digest.as_str())];
+            if method == Method::HEAD {
+                let mut r = ok(Bytes::new(), kind, &headers);
+                r.headers_mut().insert("content-length", body.len().into());
+                return r.into();
+            }
+            return ok(body, kind, &headers).into();
+        }
+    }
+    let resp: Response<Full<Bytes>> = match (host.as_str(), &method, path.as_str()) {
         ("cdn.test", &Method::GET | &Method::HEAD, p) if p.starts_with("/blobs/") => {
             ok(blob(), "application/octet-stream", &[])
         }
@@ -203,7 +366,12 @@ async fn handle(
             )
         }
         _ => status(StatusCode::NOT_FOUND, &[]),
-    }
+    };
+    resp.into()
+}
+
+fn registry_host(host: &str) -> bool {
+    host == "registry.test"
 }
 
 fn ok(body: Bytes, content_type: &str, extra: &[(&str, &str)]) -> Response<Full<Bytes>> {

@@ -1,0 +1,272 @@
+//! Who may read what from the cache: a cached object is served only when the upstream would
+//! serve that repository to this client. Remembers positive answers per (credential, registry,
+//! repository) and which repositories are public. Credentials are kept only as hashes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::forward::empty;
+use super::upstream::Client;
+use crate::cache::Digest;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client's credential, hashed; empty for anonymous clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Credential(String);
+
+impl Credential {
+    pub fn of(headers: &HeaderMap) -> Self {
+        match headers.get(AUTHORIZATION) {
+            Some(v) => Self(Digest::of(v.as_bytes()).hex().to_owned()),
+            None => Self(String::new()),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+type RepoKey = (String, String);
+
+/// When each positive answer was last seen.
+#[derive(Default)]
+pub struct AuthMemory {
+    /// std Mutex, never held across .await.
+    granted: Mutex<HashMap<(Credential, RepoKey), Instant>>,
+    /// Repositories the upstream serves to anyone.
+    public: Mutex<HashMap<RepoKey, Instant>>,
+    /// When each repository was last probed for being public.
+    probed: Mutex<HashMap<RepoKey, Instant>>,
+}
+
+impl AuthMemory {
+    /// The upstream served `repo` to `cred` just now.
+    pub fn grant(&self, cred: &Credential, registry: &str, repo: &str) {
+        let key = (cred.clone(), (registry.to_owned(), repo.to_owned()));
+        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        granted.insert(key, Instant::now());
+        if granted.len() > 100_000 {
+            // Bounded: forget the oldest half rather than grow without limit.
+            let mut times: Vec<Instant> = granted.values().copied().collect();
+            times.sort();
+            let cutoff = times[times.len() / 2];
+            granted.retain(|_, t| *t > cutoff);
+        }
+        drop(granted);
+        if cred.is_anonymous() {
+            self.mark_public(registry, repo);
+        }
+    }
+
+    /// Whether `cred` was granted `repo` within `within`.
+    pub fn granted(&self, cred: &Credential, registry: &str, repo: &str, within: Duration) -> bool {
+        let key = (cred.clone(), (registry.to_owned(), repo.to_owned()));
+        let granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        granted.get(&key).is_some_and(|t| t.elapsed() <= within)
+    }
+
+    pub fn mark_public(&self, registry: &str, repo: &str) {
+        let key = (registry.to_owned(), repo.to_owned());
+        self.public
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Instant::now());
+    }
+
+    /// Whether `repo` was seen public within `within`.
+    pub fn public(&self, registry: &str, repo: &str, within: Duration) -> bool {
+        let key = (registry.to_owned(), repo.to_owned());
+        let public = self.public.lock().unwrap_or_else(|e| e.into_inner());
+        public.get(&key).is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// True at most once per `every` for a repository: whether to probe it for being public.
+    pub fn should_probe(&self, registry: &str, repo: &str, every: Duration) -> bool {
+        let key = (registry.to_owned(), repo.to_owned());
+        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+        match probed.get(&key) {
+            Some(t) if t.elapsed() < every => false,
+            _ => {
+                probed.insert(key, Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// Whether the upstream serves `url` (in `repo`) to anyone: anonymously, or with an anonymous
+/// token from the Bearer realm it names (as Docker Hub does for public images).
+pub async fn probe_public(client: &Client, url: &str, repo: &str) -> bool {
+    let Some(resp) = head(client, url, None).await else {
+        return false;
+    };
+    if resp.status().is_success() || resp.status().is_redirection() {
+        return true;
+    }
+    let challenge = (resp.headers().get(WWW_AUTHENTICATE))
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_challenge);
+    let Some(challenge) = challenge else {
+        return false;
+    };
+    let Some(token) = anonymous_token(client, &challenge, repo).await else {
+        return false;
+    };
+    let resp = head(client, url, Some(format!("Bearer {token}"))).await;
+    resp.is_some_and(|r| r.status().is_success() || r.status().is_redirection())
+}
+
+async fn head(client: &Client, url: &str, auth: Option<String>) -> Option<Response<Incoming>> {
+    let mut req = Request::builder().method(Method::HEAD).uri(url);
+    if let Some(auth) = auth {
+        req = req.header(AUTHORIZATION, auth);
+    }
+    let req = req.body(empty()).ok()?;
+    tokio::time::timeout(PROBE_TIMEOUT, client.request(req))
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> Option<String> {
+    let mut url = format!(
+        "{}?scope={}",
+        challenge.realm,
+        encode(&format!("repository:{repo}:pull"))
+    );
+    if let Some(service) = &challenge.service {
+        url.push_str(&format!("&service={}", encode(service)));
+    }
+    if !url.starts_with("https://") {
+        return None;
+    }
+    let req = Request::builder().uri(&url).body(empty()).ok()?;
+    let resp = tokio::time::timeout(PROBE_TIMEOUT, client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let token = json.get("token").or_else(|| json.get("access_token"))?;
+    token.as_str().map(str::to_owned)
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The parameters of a `Bearer` challenge.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub service: Option<String>,
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"`.
+pub fn bearer_challenge(value: &str) -> Option<Challenge> {
+    let rest = value
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| value.trim().strip_prefix("bearer "))?;
+    let mut realm = None;
+    let mut service = None;
+    for part in split_params(rest) {
+        let (k, v) = part.split_once('=')?;
+        let v = v.trim().trim_matches('"').to_owned();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(v),
+            "service" => service = Some(v),
+            _ => {}
+        }
+    }
+    Some(Challenge {
+        realm: realm?,
+        service,
+    })
+}
+
+/// Splits on commas outside quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_percent_encoded() {
+        assert_eq!(
+            encode("repository:library/small:pull"),
+            "repository%3Alibrary%2Fsmall%3Apull"
+        );
+    }
+
+    #[test]
+    fn parses_docker_hub_challenges() {
+        let c = bearer_challenge(
+            "Bearer realm=\"https://auth.docker.io/token\",service=\"registry.docker.io\",scope=\"repository:a/b:pull,push\"",
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.docker.io/token");
+        assert_eq!(c.service.as_deref(), Some("registry.docker.io"));
+        assert!(bearer_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grants_expire() {
+        let m = AuthMemory::default();
+        let cred = Credential("abc".into());
+        m.grant(&cred, "r", "a/b");
+        assert!(m.granted(&cred, "r", "a/b", Duration::from_secs(60)));
+        assert!(!m.granted(
+            &Credential(String::new()),
+            "r",
+            "a/b",
+            Duration::from_secs(60)
+        ));
+        assert!(!m.public("r", "a/b", Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!m.granted(&cred, "r", "a/b", Duration::from_secs(60)));
+        assert!(m.granted(&cred, "r", "a/b", Duration::from_secs(3600)));
+        m.grant(&Credential(String::new()), "r", "pub");
+        assert!(m.public("r", "pub", Duration::from_secs(1)));
+    }
+}

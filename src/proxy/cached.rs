@@ -1,0 +1,635 @@
+//! GET/HEAD through the cache: blobs and manifests by digest (shared fills), manifests by tag
+//! (TTL, then HEAD revalidation), `/v2/` and offline answers, and the auth rule that a cached
+//! object is served only when the upstream would serve that repository to this client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::auth::Credential;
+use super::forward::{empty, error_response, relay, Error, Up};
+use super::registry::{classify, normalize_accept, Target};
+use super::{Body, BoxError, Proxy};
+use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagKey};
+
+/// Registries refuse manifests above 4 MiB; so do we (they are read into memory).
+const MAX_MANIFEST: usize = 4 << 20;
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Says where a response came from: HIT, MISS, JOIN, REVALIDATED, STALE, BYPASS.
+const X_CACHE: &str = "x-cache";
+
+/// Cache settings the proxy applies.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub manifest_ttl: Duration,
+    pub auth_ttl: Duration,
+    pub offline: bool,
+    pub offline_auth_window: Duration,
+}
+
+/// How the task that leads a fill tells the requester what the upstream said.
+enum Outcome {
+    /// 200: the fill is streaming.
+    Started,
+    /// Anything else: relay it (a 401 with its challenge, a 404…).
+    Relay(Response<Incoming>),
+    Failed(Error),
+}
+
+impl Proxy {
+    /// Routes a GET/HEAD to the cache logic for its endpoint, or passes it through.
+    pub(super) async fn cached(
+        self: &Arc<Self>,
+        up: Up<'_>,
+        path: &str,
+    ) -> Result<Response<Body>, Error> {
+        match classify(path) {
+            Target::Root => self.root(&up).await,
+            Target::Blob { repo, digest } => match Digest::parse(digest) {
+                Some(digest) => self.object(&up, repo, digest).await,
+                None => self.pass(&up).await,
+            },
+            Target::Manifest { repo, reference } => match Digest::parse(reference) {
+                Some(digest) => self.object(&up, repo, digest).await,
+                None if reference.contains(':') => self.pass(&up).await,
+                None => self.tag(&up, repo, reference).await,
+            },
+            Target::Other => self.pass(&up).await,
+        }
+    }
+
+    /// `/v2/`: relayed while the upstream answers; answered locally when it is down.
+    async fn root(&self, up: &Up<'_>) -> Result<Response<Body>, Error> {
+        let why = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
+            Ok(resp) if !unavailable(resp.status()) => return Ok(relay(resp, up.route, up.host)),
+            Ok(resp) => format!("upstream answered {}", resp.status()),
+            Err(e) => e.to_string(),
+        };
+        if !self.policy.offline {
+            return Err(Error::Unavailable(why));
+        }
+        warn!(registry = %up.route.host, %why, "upstream unavailable: answering /v2/ locally");
+        let mut resp = Response::new(full(Bytes::from_static(b"{}")));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+        h.insert(X_CACHE, HeaderValue::from_static("STALE"));
+        Ok(resp)
+    }
+
+    /// A blob or a manifest by digest: immutable, stored once, shared by every repository that
+    /// the upstream says this client may read.
+    async fn object(
+        self: &Arc<Self>,
+        up: &Up<'_>,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<Response<Body>, Error> {
+        let cred = Credential::of(&up.headers);
+        let range = up.headers.get(header::RANGE).cloned();
+        let head = up.method == Method::HEAD;
+        // Partial and HEAD requests are served from the cache only when it has the object.
+        let claim = if head || range.is_some() {
+            match self.cache.get(&digest) {
+                Some(reader) => Claim::Hit(reader),
+                None => return self.pass(up).await,
+            }
+        } else {
+            match self.cache.claim(&digest) {
+                Ok(claim) => claim,
+                Err(e) => {
+                    warn!(error = %e, "cache unavailable for this request");
+                    Claim::Bypass
+                }
+            }
+        };
+        match claim {
+            Claim::Hit(reader) => {
+                if let Err(refused) = self.authorize(up, repo, &cred).await {
+                    return Ok(refused);
+                }
+                self.cache.add_ref(&digest, &up.route.host, repo);
+                Ok(serve_reader(reader, range.as_ref(), head, "HIT"))
+            }
+            Claim::Join(fill) => match fill.head().await {
+                FillState::Writing { .. } | FillState::Done { .. } => {
+                    if let Err(refused) = self.authorize(up, repo, &cred).await {
+                        return Ok(refused);
+                    }
+                    Ok(serve_fill(fill, "JOIN"))
+                }
+                _ => self.pass(up).await,
+            },
+            Claim::Lead(writer) => self.lead(up, repo, cred, writer).await,
+            Claim::Bypass => self.pass(up).await,
+        }
+    }
+
+    /// Starts the upstream download in its own task (it goes on for the cache and the other
+    /// readers if this client leaves) and serves this client from the growing file.
+    async fn lead(
+        self: &Arc<Self>,
+        up: &Up<'_>,
+        repo: &str,
+        cred: Credential,
+        writer: FillWriter,
+    ) -> Result<Response<Body>, Error> {
+        let fill = writer.fill().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = FillTask {
+            proxy: self.clone(),
+            url: up.url.clone(),
+            headers: up.headers.clone(),
+            registry: up.route.host.clone(),
+            repo: repo.to_owned(),
+            cred,
+        };
+        tokio::spawn(task.run(writer, tx));
+        match rx.await {
+            Ok(Outcome::Started) => Ok(serve_fill(fill, "MISS")),
+            Ok(Outcome::Relay(resp)) => Ok(relay(resp, up.route, up.host)),
+            Ok(Outcome::Failed(e)) => Err(e),
+            Err(_) => Err(Error::Unavailable("the download task ended early".into())),
+        }
+    }
+
+    /// A manifest by tag: fresh mappings are served from the cache, stale ones revalidated with
+    /// a HEAD (which does not count against Docker Hub's pull limit), and served stale while the
+    /// upstream is down.
+    async fn tag(
+        self: &Arc<Self>,
+        up: &Up<'_>,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Response<Body>, Error> {
+        let cred = Credential::of(&up.headers);
+        let accept: Vec<&str> = (up.headers.get_all(header::ACCEPT).iter())
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let key = TagKey {
+            registry: up.route.host.clone(),
+            repo: repo.to_owned(),
+            tag: tag.to_owned(),
+            accept: normalize_accept(&accept),
+        };
+        let head = up.method == Method::HEAD;
+        if let Some(entry) = self.cache.tag(&key) {
+            if let Some(reader) = self.cache.get(&entry.digest) {
+                if entry.fresh_until > tokio::time::Instant::now() {
+                    if let Err(refused) = self.authorize(up, repo, &cred).await {
+                        return Ok(refused);
+                    }
+                    return Ok(serve_manifest(
+                        reader,
+                        &entry.media_type,
+                        head,
+                        "HIT",
+                        false,
+                    ));
+                }
+                match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        self.granted(&cred, &up.route.host, repo, &up.url);
+                        let current = resp.headers().get(DOCKER_CONTENT_DIGEST);
+                        let current = current.and_then(|v| Digest::parse(v.to_str().ok()?));
+                        if current.as_ref() == Some(&entry.digest) {
+                            self.cache.refresh_tag(&key, self.policy.manifest_ttl);
+                            return Ok(serve_manifest(
+                                reader,
+                                &entry.media_type,
+                                head,
+                                "REVALIDATED",
+                                false,
+                            ));
+                        }
+                        // Changed, or the upstream did not say: fetch it below.
+                    }
+                    Ok(resp) if !unavailable(resp.status()) => return self.refused(up, resp).await,
+                    outcome => {
+                        let why = match outcome {
+                            Ok(resp) => format!("upstream answered {}", resp.status()),
+                            Err(e) => e.to_string(),
+                        };
+                        if self.offline_allowed(up, repo, &cred, &why) {
+                            warn!(registry = %up.route.host, repo, tag, %why, "serving a stale tag");
+                            return Ok(serve_manifest(
+                                reader,
+                                &entry.media_type,
+                                head,
+                                "STALE",
+                                true,
+                            ));
+                        }
+                        return Err(Error::Unavailable(why));
+                    }
+                }
+            }
+        }
+        if head {
+            return self.pass(up).await;
+        }
+        self.fetch_tag(up, key, &cred).await
+    }
+
+    /// GETs a manifest by tag, stores it under its digest and maps the tag to it.
+    async fn fetch_tag(
+        &self,
+        up: &Up<'_>,
+        key: TagKey,
+        cred: &Credential,
+    ) -> Result<Response<Body>, Error> {
+        let resp = self
+            .fetch(&Method::GET, &up.url, up.headers.clone())
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Ok(relay(resp, up.route, up.host));
+        }
+        self.granted(cred, &up.route.host, &key.repo, &up.url);
+        let (parts, body) = resp.into_parts();
+        let media_type = (parts.headers.get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let body = Limited::new(body, MAX_MANIFEST).collect().await;
+        let body = body
+            .map_err(|e| Error::Unavailable(format!("reading the manifest: {e}")))?
+            .to_bytes();
+        let digest = Digest::of(&body);
+        let claimed = parts
+            .headers
+            .get(DOCKER_CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok());
+        let mut cache = "MISS";
+        if claimed.is_some_and(|c| c != digest.to_string()) {
+            warn!(%digest, claimed, url = %up.url, "manifest digest mismatch: not cached");
+            cache = "BYPASS";
+        } else if self.store_manifest(&digest, &body, &media_type, &key) {
+            self.cache
+                .put_tag(key, digest.clone(), &media_type, self.policy.manifest_ttl);
+        }
+        // The upstream's own headers (rate limits…) go back to the client too.
+        let mut headers = super::forward::forwardable(&parts.headers);
+        object_headers(&mut headers, &media_type, &digest, cache);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut resp = Response::new(full(body));
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
+    /// Stores a manifest's bytes under their digest; false when caching is paused or failed.
+    fn store_manifest(
+        &self,
+        digest: &Digest,
+        body: &Bytes,
+        media_type: &str,
+        key: &TagKey,
+    ) -> bool {
+        match self.cache.claim(digest) {
+            Ok(Claim::Hit(_)) => {
+                self.cache.add_ref(digest, &key.registry, &key.repo);
+                true
+            }
+            Ok(Claim::Lead(mut writer)) => {
+                writer.start(
+                    Some(body.len() as u64),
+                    media_type,
+                    &key.registry,
+                    &key.repo,
+                );
+                if let Err(e) = writer.write(body) {
+                    writer.fail(e.to_string());
+                    return false;
+                }
+                writer.finish().is_ok()
+            }
+            // Someone else is writing the same bytes: the mapping will find them.
+            Ok(Claim::Join(_)) => true,
+            Ok(Claim::Bypass) | Err(_) => false,
+        }
+    }
+
+    /// Whether the upstream would serve `repo` to this client. Remembered answers first; else a
+    /// HEAD of the requested object with the client's own credentials. Refusals are relayed
+    /// unchanged (401 with WWW-Authenticate). While the upstream is down, clients whose access was
+    /// confirmed within the offline window (and public repositories) are served.
+    async fn authorize(
+        &self,
+        up: &Up<'_>,
+        repo: &str,
+        cred: &Credential,
+    ) -> Result<(), Response<Body>> {
+        let registry = &up.route.host;
+        let ttl = self.policy.auth_ttl;
+        if self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl) {
+            return Ok(());
+        }
+        let why = match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
+            Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
+                self.granted(cred, registry, repo, &up.url);
+                return Ok(());
+            }
+            Ok(resp) if !unavailable(resp.status()) => {
+                return Err(match self.refused(up, resp).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
+                    }
+                });
+            }
+            Ok(resp) => format!("upstream answered {}", resp.status()),
+            Err(e) => e.to_string(),
+        };
+        if self.offline_allowed(up, repo, cred, &why) {
+            warn!(%registry, repo, %why, "upstream unavailable: serving from the cache");
+            return Ok(());
+        }
+        let e = Error::Unavailable(why);
+        Err(error_response(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            &e.to_string(),
+        ))
+    }
+
+    /// The upstream's answer to a HEAD check was a refusal (401, 403, 404…): relay it for a HEAD;
+    /// for a GET, ask again with a GET so that the client gets the upstream's whole answer (a
+    /// HEAD response carries a Content-Length but no body).
+    async fn refused(
+        &self,
+        up: &Up<'_>,
+        head: Response<Incoming>,
+    ) -> Result<Response<Body>, Error> {
+        if up.method == Method::HEAD {
+            return Ok(relay(head, up.route, up.host));
+        }
+        drop(head);
+        self.pass(up).await
+    }
+
+    fn offline_allowed(&self, up: &Up<'_>, repo: &str, cred: &Credential, why: &str) -> bool {
+        let window = self.policy.offline_auth_window;
+        let registry = &up.route.host;
+        let ok = self.policy.offline
+            && (self.auth.public(registry, repo, window)
+                || self.auth.granted(cred, registry, repo, window));
+        if !ok {
+            info!(%registry, repo, why, "upstream unavailable and this client's access is not established");
+        }
+        ok
+    }
+
+    /// Records a positive answer; for a credentialed client, finds out once in a while whether
+    /// the repository is public (so anonymous clients can be served while the upstream is down).
+    fn granted(&self, cred: &Credential, registry: &str, repo: &str, url: &str) {
+        self.auth.grant(cred, registry, repo);
+        if !cred.is_anonymous()
+            && self
+                .auth
+                .should_probe(registry, repo, self.policy.offline_auth_window / 4)
+        {
+            let client = self.client.clone();
+            let auth = self.auth.clone();
+            let (registry, repo, url) = (registry.to_owned(), repo.to_owned(), url.to_owned());
+            tokio::spawn(async move {
+                if super::auth::probe_public(&client, &url, &repo).await {
+                    info!(%registry, %repo, "repository is public");
+                    auth.mark_public(&registry, &repo);
+                }
+            });
+        }
+    }
+}
+
+/// The download behind a fill, independent of the client that started it.
+struct FillTask {
+    proxy: Arc<Proxy>,
+    url: String,
+    headers: HeaderMap,
+    registry: String,
+    repo: String,
+    cred: Credential,
+}
+
+impl FillTask {
+    async fn run(self, mut writer: FillWriter, tx: oneshot::Sender<Outcome>) {
+        let resp = match self
+            .proxy
+            .fetch(&Method::GET, &self.url, self.headers.clone())
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                writer.fail(e.to_string());
+                let _ = tx.send(Outcome::Failed(e));
+                return;
+            }
+        };
+        if resp.status() != StatusCode::OK {
+            writer.decline();
+            let _ = tx.send(Outcome::Relay(resp));
+            return;
+        }
+        self.proxy
+            .granted(&self.cred, &self.registry, &self.repo, &self.url);
+        let size = (resp.headers().get(header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let media_type = (resp.headers().get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        writer.start(size, &media_type, &self.registry, &self.repo);
+        let _ = tx.send(Outcome::Started);
+        let digest = writer.fill().digest.clone();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => frame.into_data().unwrap_or_default(),
+                Err(e) => {
+                    warn!(%digest, url = %self.url, error = %e, "upstream body ended early: not cached");
+                    writer.fail(format!("upstream body: {e}"));
+                    return;
+                }
+            };
+            if let Err(e) = writer.write(&data) {
+                writer.fail(e.to_string());
+                return;
+            }
+        }
+        match writer.finish() {
+            Ok(()) => info!(%digest, registry = %self.registry, repo = %self.repo, "cached"),
+            Err(e) => warn!(%digest, url = %self.url, error = %e, "not cached"),
+        }
+    }
+}
+
+fn unavailable(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn stream_body(
+    stream: impl Stream<Item = Result<Bytes, crate::cache::Error>> + Send + 'static,
+) -> Body {
+    let frames = stream
+        .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as BoxError);
+    BodyExt::boxed_unsync(StreamBody::new(frames))
+}
+
+fn object_headers(h: &mut HeaderMap, media_type: &str, digest: &Digest, cache: &'static str) {
+    if let Ok(v) = HeaderValue::try_from(media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(digest.to_string()) {
+        h.insert(DOCKER_CONTENT_DIGEST, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("\"{digest}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(X_CACHE, HeaderValue::from_static(cache));
+}
+
+/// A stored object: whole (200), a byte range (206) or an unsatisfiable range (416).
+fn serve_reader(
+    reader: Reader,
+    range: Option<&HeaderValue>,
+    head: bool,
+    cache: &'static str,
+) -> Response<Body> {
+    let size = reader.size;
+    let mut resp = Response::new(empty());
+    object_headers(
+        resp.headers_mut(),
+        &reader.media_type.clone(),
+        &reader.digest.clone(),
+        cache,
+    );
+    resp.headers_mut()
+        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let span = match range.map(|r| parse_range(r, size)) {
+        None => None,
+        Some(Some(span)) => Some(span),
+        Some(None) => {
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let v = HeaderValue::try_from(format!("bytes */{size}")).expect("ASCII");
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            return resp;
+        }
+    };
+    let length = span.map_or(size, |(a, b)| b - a + 1);
+    if let Some((a, b)) = span {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let v = HeaderValue::try_from(format!("bytes {a}-{b}/{size}")).expect("ASCII");
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if !head {
+        *resp.body_mut() = stream_body(reader.stream(span));
+    }
+    resp
+}
+
+/// An object still being downloaded, streamed as it grows.
+fn serve_fill(fill: Arc<Fill>, cache: &'static str) -> Response<Body> {
+    let (size, media_type) = match fill.state() {
+        FillState::Writing {
+            size, media_type, ..
+        } => (size, media_type),
+        FillState::Done { size, media_type } => (Some(size), media_type),
+        _ => (None, "application/octet-stream".to_owned()),
+    };
+    let digest = fill.digest.clone();
+    let mut resp = Response::new(stream_body(fill.stream()));
+    object_headers(resp.headers_mut(), &media_type, &digest, cache);
+    if let Some(size) = size {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    resp
+}
+
+fn serve_manifest(
+    reader: Reader,
+    media_type: &str,
+    head: bool,
+    cache: &'static str,
+    stale: bool,
+) -> Response<Body> {
+    let digest = reader.digest.clone();
+    let size = reader.size;
+    let mut resp = Response::new(empty());
+    object_headers(resp.headers_mut(), media_type, &digest, cache);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if stale {
+        resp.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static("110 - \"Response is Stale\""),
+        );
+    }
+    if !head {
+        *resp.body_mut() = stream_body(reader.stream(None));
+    }
+    resp
+}
+
+/// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`, inclusive.
+fn parse_range(value: &HeaderValue, size: u64) -> Option<(u64, u64)> {
+    let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            size - 1
+        } else {
+            b.parse::<u64>().ok()?.min(size - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc_9110() {
+        let r = |s: &str| parse_range(&HeaderValue::from_str(s).unwrap(), 100);
+        assert_eq!(r("bytes=0-9"), Some((0, 9)));
+        assert_eq!(r("bytes=90-"), Some((90, 99)));
+        assert_eq!(r("bytes=-10"), Some((90, 99)));
+        assert_eq!(r("bytes=95-200"), Some((95, 99)));
+        assert_eq!(r("bytes=100-"), None);
+        assert_eq!(r("bytes=5-1"), None);
+        assert_eq!(r("bytes=0-1,5-6"), None);
+        assert_eq!(r("items=0-1"), None);
+    }
+}

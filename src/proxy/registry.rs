@@ -1,0 +1,131 @@
+//! What a registry request is about, read from its path (OCI distribution spec endpoints).
+
+/// The endpoint a request path names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/v2/`: the API version check.
+    Root,
+    /// `/v2/<repo>/manifests/<reference>` (a tag or a digest).
+    Manifest { repo: &'a str, reference: &'a str },
+    /// `/v2/<repo>/blobs/<digest>`.
+    Blob { repo: &'a str, digest: &'a str },
+    /// Anything else (uploads, tags/list, catalog, tokens…): passed through.
+    Other,
+}
+
+/// Classifies a path (without its query).
+pub fn classify(path: &str) -> Target<'_> {
+    if path == "/v2/" || path == "/v2" {
+        return Target::Root;
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Target::Other;
+    };
+    // The endpoint is the last `/manifests/` or `/blobs/` (repositories may contain either word).
+    let last = [("/manifests/", false), ("/blobs/", true)]
+        .into_iter()
+        .filter_map(|(marker, is_blob)| Some((rest.rfind(marker)?, marker, is_blob)))
+        .max_by_key(|(at, _, _)| *at);
+    if let Some((at, marker, is_blob)) = last {
+        let repo = &rest[..at];
+        let reference = &rest[at + marker.len()..];
+        if !valid_repo(repo) || reference.is_empty() || reference.contains('/') {
+            return Target::Other;
+        }
+        return match is_blob {
+            true if reference == "uploads" => Target::Other,
+            true => Target::Blob {
+                repo,
+                digest: reference,
+            },
+            false => Target::Manifest { repo, reference },
+        };
+    }
+    Target::Other
+}
+
+/// Repository names: lower-case path components of `[a-z0-9._-]`, never `.` or `..`.
+fn valid_repo(repo: &str) -> bool {
+    !repo.is_empty()
+        && repo.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        })
+}
+
+/// An Accept header in a canonical form (media types sorted, parameters dropped), so that
+/// equivalent headers share a tag mapping and different ones never do.
+pub fn normalize_accept(values: &[&str]) -> String {
+    let mut types: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    types.sort();
+    types.dedup();
+    types.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_registry_endpoints() {
+        assert_eq!(classify("/v2/"), Target::Root);
+        assert_eq!(
+            classify("/v2/library/ubuntu/manifests/22.04"),
+            Target::Manifest {
+                repo: "library/ubuntu",
+                reference: "22.04"
+            }
+        );
+        assert_eq!(
+            classify("/v2/a/b/c/blobs/sha256:00"),
+            Target::Blob {
+                repo: "a/b/c",
+                digest: "sha256:00"
+            }
+        );
+        assert_eq!(classify("/v2/a/blobs/uploads/"), Target::Other);
+        assert_eq!(classify("/v2/a/blobs/uploads"), Target::Other);
+        assert_eq!(classify("/v2/a/tags/list"), Target::Other);
+        assert_eq!(classify("/v2/../x/blobs/sha256:00"), Target::Other);
+        assert_eq!(classify("/v2/A/manifests/1"), Target::Other);
+        assert_eq!(classify("/token"), Target::Other);
+        // A repository may itself contain "blobs" or "manifests" components.
+        assert_eq!(
+            classify("/v2/x/manifests/y/blobs/sha256:1"),
+            Target::Blob {
+                repo: "x/manifests/y",
+                digest: "sha256:1"
+            }
+        );
+    }
+
+    #[test]
+    fn accept_headers_normalise() {
+        let a = normalize_accept(&[
+            "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9",
+        ]);
+        let b = normalize_accept(&[
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.oci.image.index.v1+json",
+        ]);
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            normalize_accept(&["application/vnd.docker.distribution.manifest.v2+json"])
+        );
+    }
+}
