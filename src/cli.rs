@@ -36,6 +36,45 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect and maintain the content cache (safe while `serve` runs).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List stored objects, most recently used first.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only objects referenced from this registry (e.g. registry-1.docker.io).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Only objects referenced from matching repositories ("*" matches any run, e.g. "library/*").
+        #[arg(long, value_name = "PATTERN")]
+        repo: Option<String>,
+    },
+    /// Show how much the cache holds against cache.max_size.
+    Du(ConfigArg),
+    /// Remove objects (and the tags that point at them).
+    #[command(group = clap::ArgGroup::new("what").required(true))]
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Objects referenced from matching repositories ("*" matches any run).
+        #[arg(long, value_name = "PATTERN", group = "what")]
+        repo: Option<String>,
+        /// One object, by digest (sha256:…).
+        #[arg(long, value_name = "DIGEST", group = "what")]
+        digest: Option<String>,
+        /// Everything.
+        #[arg(long, group = "what")]
+        all: bool,
+    },
+    /// Re-hash every object; report and drop those whose size or hash is wrong.
+    Verify(ConfigArg),
 }
 
 #[derive(Subcommand, Debug)]

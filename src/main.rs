@@ -4,9 +4,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use regcache::cli::{CaCommand, Cli, Command, ConfigArg, ConfigCommand};
+use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand};
 use regcache::config::{self, Config};
-use regcache::{app, proxy::access_log::AccessLog};
+use regcache::{app, maintenance, proxy::access_log::AccessLog};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +43,16 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Serve(arg) => with_config(&arg, serve),
+        Command::Cache { command } => {
+            let arg = match &command {
+                CacheCommand::Ls { config, .. } | CacheCommand::Purge { config, .. } => config,
+                CacheCommand::Du(config) | CacheCommand::Verify(config) => config,
+            };
+            with_config(&arg.clone(), |config| {
+                print!("{}", maintenance::run(&config, &command)?);
+                Ok(())
+            })
+        }
     }
 }
 

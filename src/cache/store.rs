@@ -114,16 +114,28 @@ impl Store {
     /// Opens (creating) the store in `dir`: removes crash leftovers in `tmp/`, indexes `objects/`,
     /// loads tag mappings (stale until revalidated), and evicts down to `max_size`.
     pub fn open(dir: &Path, max_size: u64) -> Result<Arc<Self>, Error> {
+        Self::open_with(dir, max_size, true)
+    }
+
+    /// Opens the store for `regcache cache …` while an appliance may be running on it: leaves
+    /// `tmp/` (fills in progress) alone and evicts nothing.
+    pub fn open_for_maintenance(dir: &Path) -> Result<Arc<Self>, Error> {
+        Self::open_with(dir, u64::MAX, false)
+    }
+
+    fn open_with(dir: &Path, max_size: u64, owner: bool) -> Result<Arc<Self>, Error> {
         for sub in ["objects/sha256", "tags", "tmp"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
-        let removed = clear_dir(&dir.join("tmp"))?;
-        if removed > 0 {
-            tracing::info!(
-                removed,
-                "removed unfinished downloads left by an earlier run"
-            );
+        if owner {
+            let removed = clear_dir(&dir.join("tmp"))?;
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "removed unfinished downloads left by an earlier run"
+                );
+            }
         }
         let (objects, total) = scan_objects(&dir.join("objects/sha256"))?;
         let tags = load_tags(&dir.join("tags"), &objects);

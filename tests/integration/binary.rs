@@ -186,3 +186,80 @@ async fn serve_announces_its_listeners_and_stops_on_sigterm() {
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+#[tokio::test]
+async fn cache_commands_list_measure_verify_and_purge() {
+    use crate::support::registry::{blob_digest, manifest_digest};
+    let w = crate::support::World::start().await;
+    let hub = "registry-1.docker.io";
+    let blob = format!("/v2/library/small/blobs/{}", blob_digest());
+    assert_eq!(w.app.get(hub, &blob, &[]).await.status(), 200);
+    assert_eq!(
+        w.app
+            .get(hub, "/v2/library/small/manifests/1", &[])
+            .await
+            .status(),
+        200
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let state = w.app.state_dir().display().to_string();
+    std::fs::write(&cfg, format!("state_dir = {state:?}\n")).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = regcache(args, dir.path());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, ls, _) = run(&["cache", "ls", "--config", cfg]);
+    assert_eq!(code, Some(0));
+    assert!(
+        ls.contains(&blob_digest()) && ls.contains(&manifest_digest()),
+        "{ls}"
+    );
+    assert!(ls.contains("registry-1.docker.io/library/small"), "{ls}");
+    assert!(
+        ls.lines().last().unwrap().starts_with("2 objects, "),
+        "{ls}"
+    );
+    let (_, none, _) = run(&["cache", "ls", "--config", cfg, "--repo", "acme/*"]);
+    assert!(none.starts_with("0 objects"), "{none}");
+    let (_, du, _) = run(&["cache", "du", "--config", cfg]);
+    assert!(
+        du.starts_with("2 objects, ") && du.contains("of 50.0 GiB"),
+        "{du}"
+    );
+
+    let object = w
+        .app
+        .state_dir()
+        .join("cache/objects/sha256")
+        .join(&blob_digest()[7..9])
+        .join(&blob_digest()[7..]);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    let (code, verify, _) = run(&["cache", "verify", "--config", cfg]);
+    assert_eq!(code, Some(0));
+    assert!(
+        verify.contains(&format!("bad {}", blob_digest())),
+        "{verify}"
+    );
+    assert!(verify.trim_end().ends_with("1 bad, dropped"), "{verify}");
+    assert!(!object.exists());
+
+    let (code, _, err) = run(&["cache", "purge", "--config", cfg]);
+    assert_eq!(code, Some(2), "purge needs to be told what: {err}");
+    let (_, purged, _) = run(&["cache", "purge", "--config", cfg, "--repo", "library/*"]);
+    assert!(purged.starts_with("purged 1 objects"), "{purged}");
+    let (_, du, _) = run(&["cache", "du", "--config", cfg]);
+    assert!(du.starts_with("0 objects"), "{du}");
+    let (code, _, err) = run(&["cache", "purge", "--config", cfg, "--digest", "sha256:zz"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("64 lower-case hex"), "{err}");
+}

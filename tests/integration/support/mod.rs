@@ -179,7 +179,6 @@ impl Appliance {
             .await
     }
 
-    #[allow(dead_code)]
     pub fn state_dir(&self) -> PathBuf {
         self.state.path().to_owned()
     }
