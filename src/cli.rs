@@ -81,6 +81,31 @@ pub enum CacheCommand {
 pub enum CaCommand {
     /// Print the CA certificate (PEM), creating the CA first if it is missing.
     Cert(ConfigArg),
+    /// Write the CA where client runtimes read it, for every intercepted name.
+    Install {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// /etc/docker/certs.d/<host>/ca.crt
+        #[arg(long)]
+        docker: bool,
+        /// /etc/containerd/certs.d/<host>/hosts.toml (with ca = …)
+        #[arg(long)]
+        containerd: bool,
+        /// /etc/containers/certs.d/<host>/ca.crt (podman, skopeo, buildah)
+        #[arg(long)]
+        podman: bool,
+        /// The system trust store (needed for Docker Hub names with dockerd)
+        #[arg(long)]
+        system: bool,
+        /// Write under this folder instead of / (default: every runtime then).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Remove exactly what `ca install` wrote.
+    Uninstall {
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,6 +14,7 @@
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
+//! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
 //! - [`cli`]: clap definitions only.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod install;
 pub mod maintenance;
 pub mod names;
 pub mod proxy;

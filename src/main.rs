@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand};
 use regcache::config::{self, Config};
+use regcache::install::{self, Runtime};
 use regcache::{app, maintenance, proxy::access_log::AccessLog};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +43,39 @@ fn main() -> ExitCode {
             print!("{}", ca.cert_pem());
             Ok(())
         }),
+        Command::Ca {
+            command:
+                CaCommand::Install {
+                    config,
+                    docker,
+                    containerd,
+                    podman,
+                    system,
+                    root,
+                },
+        } => with_config(&config, |config| {
+            let flags = [docker, containerd, podman, system];
+            let chosen: Vec<Runtime> = (Runtime::ALL.into_iter().zip(flags))
+                .filter_map(|(r, on)| on.then_some(r))
+                .collect();
+            let ca = app::load_ca(&config)?;
+            let report = install::install(&root, ca.cert_pem(), &config.patterns(), &chosen)?;
+            report.lines.iter().for_each(|l| println!("{l}"));
+            println!("CA fingerprint (SHA-256): {}", ca.fingerprint());
+            Ok(())
+        }),
+        Command::Ca {
+            command: CaCommand::Uninstall { root },
+        } => match install::uninstall(&root) {
+            Ok(report) => {
+                report.lines.iter().for_each(|l| println!("{l}"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(arg) => with_config(&arg, serve),
         Command::Cache { command } => {
             let arg = match &command {

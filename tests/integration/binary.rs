@@ -263,3 +263,65 @@ async fn cache_commands_list_measure_verify_and_purge() {
     assert_eq!(code, Some(1));
     assert!(err.contains("64 lower-case hex"), "{err}");
 }
+
+#[test]
+fn ca_install_writes_under_root_for_every_runtime_and_uninstall_undoes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "state_dir = \"state\"\n").unwrap();
+    let root = dir.path().join("client");
+    let out = regcache(
+        &[
+            "ca",
+            "install",
+            "--config",
+            "c.toml",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pem = std::fs::read_to_string(dir.path().join("state/certs/ca.crt")).unwrap();
+    for host in [
+        "registry-1.docker.io",
+        "docker.io",
+        "index.docker.io",
+        "auth.docker.io",
+        "nvcr.io",
+        "ghcr.io",
+        "quay.io",
+    ] {
+        let docker = root.join(format!("etc/docker/certs.d/{host}/ca.crt"));
+        assert_eq!(std::fs::read_to_string(&docker).unwrap(), pem, "{host}");
+        assert!(
+            root.join(format!("etc/containers/certs.d/{host}/ca.crt"))
+                .exists(),
+            "{host}"
+        );
+        assert!(
+            root.join(format!("etc/containerd/certs.d/{host}/hosts.toml"))
+                .exists(),
+            "{host}"
+        );
+    }
+    assert!(root
+        .join("usr/local/share/ca-certificates/regcache.crt")
+        .exists());
+    assert!(text.contains("CA fingerprint (SHA-256): "), "{text}");
+    assert!(text.contains("update-ca-certificates"), "{text}");
+
+    let out = regcache(
+        &["ca", "uninstall", "--root", root.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    assert!(
+        !root.join("etc").exists() && !root.join("usr").exists(),
+        "everything install made is gone"
+    );
+}
