@@ -18,7 +18,7 @@ use crate::ca::{Ca, CertResolver};
 use crate::cache::Store;
 use crate::config::Config;
 use crate::dns;
-use crate::proxy::{self, access_log::AccessLog, upstream, Policy, Proxy, Route};
+use crate::proxy::{self, access_log::AccessLog, upstream, Listener, Policy, Proxy, Route};
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -28,6 +28,8 @@ pub struct Bound {
     dns_udp: Vec<UdpSocket>,
     dns_tcp: Vec<TcpListener>,
     https: Vec<TcpListener>,
+    /// Plain-HTTP mirror listeners (`[http] listen`).
+    http: Vec<TcpListener>,
     admin_listener: TcpListener,
     dns_handler: dns::Handler,
     proxy: Arc<Proxy>,
@@ -38,6 +40,7 @@ pub struct Bound {
     /// The bound addresses (port 0 resolved), DNS on UDP and TCP alike.
     pub dns_addrs: Vec<SocketAddr>,
     pub https_addrs: Vec<SocketAddr>,
+    pub http_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
 }
 
@@ -70,6 +73,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let ca = Arc::new(load_ca(&config)?);
     let (dns_udp, dns_tcp, dns_addrs) = bind_dns(&config.dns.listen).await?;
     let https = bind_all("https", "tls.listen", &config.tls.listen).await?;
+    let http = bind_all("http", "http.listen", &config.http_listen).await?;
     let admin_listener = bind_tcp("admin", "admin.listen", config.admin.listen).await?;
 
     let ipv4 = answer_ipv4(&config, &dns_addrs)?;
@@ -93,6 +97,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
             host: r.host.clone(),
             names: r.patterns().collect(),
             upstream: r.upstream.to_string().trim_end_matches('/').to_owned(),
+            credentials: r.credentials.clone(),
         })
         .collect();
     let certs = Arc::new(CertResolver::new(
@@ -124,6 +129,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     };
 
     let https_addrs = local_addrs(&https)?;
+    let http_addrs = local_addrs(&http)?;
     let admin_addr = admin_listener.local_addr()?;
     for addr in &dns_addrs {
         info!("listening for dns on {addr}");
@@ -131,12 +137,16 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     for addr in &https_addrs {
         info!("listening for https on {addr}");
     }
+    for addr in &http_addrs {
+        info!("listening for http on {addr} (registry mirror)");
+    }
     info!("listening for admin on {admin_addr}");
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
     Ok(Bound {
         dns_udp,
         dns_tcp,
         https,
+        http,
         admin_listener,
         dns_handler,
         proxy: Arc::new(proxy),
@@ -145,6 +155,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         cache,
         dns_addrs,
         https_addrs,
+        http_addrs,
         admin_addr,
     })
 }
@@ -155,6 +166,7 @@ pub async fn run(bound: Bound, shutdown: CancellationToken) {
         dns_udp,
         dns_tcp,
         https,
+        http,
         admin_listener,
         dns_handler,
         proxy,
@@ -169,7 +181,10 @@ pub async fn run(bound: Bound, shutdown: CancellationToken) {
         &config.access,
         shutdown.clone(),
     );
-    let https = proxy::serve(proxy, https, shutdown.clone(), GRACE);
+    let listeners = (https.into_iter().map(|l| (l, Listener::Https)))
+        .chain(http.into_iter().map(|l| (l, Listener::Mirror)))
+        .collect();
+    let https = proxy::serve(proxy, listeners, shutdown.clone(), GRACE);
     let admin = admin::serve(admin, admin_listener, shutdown.clone());
     tokio::join!(dns, https, admin);
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::access::AccessList;
-use crate::names::NamePattern;
+use crate::names::{normalize, NamePattern};
 
 /// The embedded default configuration, printed by `regcache config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -31,6 +31,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub admin: AdminConfig,
+    /// Plain-HTTP mirror listeners (`[http] listen`); empty = off.
+    pub http_listen: Vec<SocketAddr>,
     pub access: AccessList,
     pub cache: CacheConfig,
     /// Never empty; names and aliases are unique across the list.
@@ -88,6 +90,42 @@ pub struct Registry {
     pub aliases: Vec<NamePattern>,
     /// Base URL of the real registry: scheme https, an authority, no path.
     pub upstream: Uri,
+    /// The appliance's own credentials for this registry, used for clients that send none.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password for an upstream registry.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// A secret: `Debug` and `Display` print `MASKED`, so it never reaches a log or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
 }
 
 impl Registry {
@@ -226,6 +264,8 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
     access: RawAccess,
     #[serde(default)]
     cache: RawCache,
@@ -277,6 +317,13 @@ struct RawAdmin {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawAccess {
     #[serde(default)]
     allow: Vec<Spanned<String>>,
@@ -289,6 +336,9 @@ struct RawRegistry {
     #[serde(default)]
     aliases: Vec<Spanned<String>>,
     upstream: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
 }
 
 struct Validator<'a> {
@@ -327,6 +377,7 @@ impl Validator<'_> {
             tls,
             upstream,
             admin,
+            http,
             access,
             cache,
             registry,
@@ -349,6 +400,9 @@ impl Validator<'_> {
             admin: AdminConfig {
                 listen: self.admin_listen(admin),
             },
+            http_listen: self.each("http.listen", &http.listen, |s| {
+                s.parse::<SocketAddr>().map_err(addr_hint)
+            }),
             access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
             registries,
         }
@@ -487,6 +541,9 @@ impl Validator<'_> {
             host,
             aliases,
             upstream,
+            username,
+            password_file,
+            credentials_file,
         } = raw;
         let host_name = match NamePattern::parse(host.get_ref()) {
             Ok(NamePattern::Exact(name)) => name,
@@ -528,12 +585,125 @@ impl Validator<'_> {
                 }
             },
         };
+        let aliases: Vec<NamePattern> = names.into_iter().skip(1).map(|(p, _)| p).collect();
+        let credentials =
+            self.credentials(&host, &aliases, username, password_file, credentials_file);
         Some(Registry {
             host: host_name,
-            aliases: names.into_iter().skip(1).map(|(p, _)| p).collect(),
+            aliases,
             upstream,
+            credentials,
         })
     }
+
+    fn credentials(
+        &mut self,
+        host: &Spanned<String>,
+        aliases: &[NamePattern],
+        username: Option<Spanned<String>>,
+        password_file: Option<Spanned<String>>,
+        credentials_file: Option<Spanned<String>>,
+    ) -> Option<Credentials> {
+        match (username, password_file, credentials_file) {
+            (None, None, None) => None,
+            (Some(user), Some(file), None) => match read_secret(file.get_ref()) {
+                Ok(password) => Some(Credentials {
+                    username: user.into_inner(),
+                    password,
+                }),
+                Err(why) => {
+                    self.problem(&file, format!("registry.password_file: {why}"));
+                    None
+                }
+            },
+            (None, None, Some(file)) => {
+                let mut names = vec![normalize(host.get_ref())];
+                names.extend(aliases.iter().map(ToString::to_string));
+                match docker_config_credentials(file.get_ref(), &names) {
+                    Ok(c) => Some(c),
+                    Err(why) => {
+                        self.problem(&file, format!("registry.credentials_file: {why}"));
+                        None
+                    }
+                }
+            }
+            (Some(user), None, None) => {
+                self.problem(
+                    &user,
+                    "registry.username needs password_file next to it".into(),
+                );
+                None
+            }
+            (None, Some(file), None) => {
+                self.problem(
+                    &file,
+                    "registry.password_file needs username next to it".into(),
+                );
+                None
+            }
+            (_, _, Some(file)) => {
+                let msg = "give either username + password_file or credentials_file, not both";
+                self.problem(&file, msg.into());
+                None
+            }
+        }
+    }
+}
+
+/// A password file's content, without a trailing newline.
+fn read_secret(path: &str) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(format!("{path} is empty"));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// The entry for one of `names` in a Docker `config.json` (`auths` → `auth` = base64 of
+/// `user:password`, or `username` + `password`). Docker Hub's key is "https://index.docker.io/v1/".
+fn docker_config_credentials(path: &str, names: &[String]) -> Result<Credentials, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
+    let auths = json.get("auths").and_then(|a| a.as_object());
+    let auths = auths.ok_or_else(|| format!("{path} has no \"auths\" object"))?;
+    let hub = names.iter().any(|n| n.ends_with("docker.io"));
+    let entry = auths.iter().find_map(|(key, value)| {
+        let key = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let key = key.split('/').next().unwrap_or(key);
+        let wanted = names.iter().any(|n| n == key) || (hub && key == "index.docker.io");
+        wanted.then_some(value)
+    });
+    let entry = entry.ok_or_else(|| format!("{path} has no entry for {}", names.join(" or ")))?;
+    let field = |k: &str| {
+        entry
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    if let (Some(user), Some(pass)) = (field("username"), field("password")) {
+        return Ok(Credentials {
+            username: user.to_owned(),
+            password: Secret::new(pass),
+        });
+    }
+    let auth = field("auth").ok_or_else(|| format!("the entry in {path} has no \"auth\""))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .map_err(|_| format!("the \"auth\" entry in {path} is not base64"))?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| "the auth entry is not UTF-8".to_owned())?;
+    let (user, pass) = (decoded.split_once(':'))
+        .ok_or_else(|| format!("the \"auth\" entry in {path} is not user:password"))?;
+    Ok(Credentials {
+        username: user.to_owned(),
+        password: Secret::new(pass),
+    })
 }
 
 fn default_registries() -> Vec<Registry> {
@@ -735,6 +905,61 @@ mod tests {
         assert!(p[1].message.contains("unit"), "{}", p[1].message);
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn credentials_come_from_a_password_file_or_a_docker_config_and_stay_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let cfg = dir.path().join("config.json");
+        // "bob:hunter2"
+        std::fs::write(
+            &cfg,
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"Ym9iOmh1bnRlcjI="}}}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "[[registry]]\nhost = \"ghcr.io\"\nusername = \"alice\"\npassword_file = {:?}\n\
+             [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\"]\ncredentials_file = {:?}\n",
+            pw.display().to_string(),
+            cfg.display().to_string()
+        );
+        let c = parse(&text, Source::Embedded).unwrap();
+        let ghcr = c.registries[0].credentials.as_ref().unwrap();
+        assert_eq!(
+            (ghcr.username.as_str(), ghcr.password.expose()),
+            ("alice", "s3cret")
+        );
+        let hub = c.registries[1].credentials.as_ref().unwrap();
+        assert_eq!(
+            (hub.username.as_str(), hub.password.expose()),
+            ("bob", "hunter2")
+        );
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2") && shown.contains("MASKED")
+        );
+
+        let p = problems("[[registry]]\nhost = \"a.io\"\nusername = \"x\"\n\
+                          [[registry]]\nhost = \"b.io\"\nusername = \"x\"\npassword_file = \"/nonexistent\"\n");
+        assert_eq!(
+            p.iter().map(|p| p.line).collect::<Vec<_>>(),
+            [3, 7],
+            "{p:?}"
+        );
+        assert!(
+            p[1].message.contains("cannot read /nonexistent"),
+            "{}",
+            p[1].message
+        );
+    }
+
+    #[test]
+    fn the_mirror_listener_is_off_unless_configured() {
+        assert!(parse("", Source::Embedded).unwrap().http_listen.is_empty());
+        let c = parse("[http]\nlisten = [\"0.0.0.0:80\"]\n", Source::Embedded).unwrap();
+        assert_eq!(c.http_listen, ["0.0.0.0:80".parse().unwrap()]);
     }
 
     #[test]

@@ -185,12 +185,14 @@ impl Drop for Logged {
 
 /// The user name of a Basic Authorization header (nginx's `$remote_user`).
 fn basic_user(headers: &HeaderMap) -> Option<String> {
-    use base64_lite::decode;
+    use base64::Engine as _;
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = decode(encoded.trim())?;
+    let decoded = (base64::engine::general_purpose::STANDARD)
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split(':').next()?;
     (!user.is_empty()).then(|| user.to_owned())
@@ -207,33 +209,6 @@ fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Just enough base64 to read a Basic credential.
-mod base64_lite {
-    pub fn decode(s: &str) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        let mut acc = 0u32;
-        let mut bits = 0;
-        for c in s.bytes().filter(|&c| c != b'=') {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' | b'-' => 62,
-                b'/' | b'_' => 63,
-                _ => return None,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        Some(out)
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::auth::Credential;
-use super::forward::{empty, error_response, relay, Error, Up};
+use super::forward::{empty, error_response, local_root, relay, Error, Up};
 use super::registry::{classify, normalize_accept, Target};
 use super::{Body, BoxError, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagKey};
@@ -77,18 +77,7 @@ impl Proxy {
             return Err(Error::Unavailable(why));
         }
         warn!(registry = %up.route.host, %why, "upstream unavailable: answering /v2/ locally");
-        let mut resp = Response::new(full(Bytes::from_static(b"{}")));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(
-            "docker-distribution-api-version",
-            HeaderValue::from_static("registry/2.0"),
-        );
-        h.insert(X_CACHE, HeaderValue::from_static("STALE"));
-        Ok(resp)
+        Ok(local_root("STALE"))
     }
 
     /// A blob or a manifest by digest: immutable, stored once, shared by every repository that

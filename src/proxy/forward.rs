@@ -14,6 +14,7 @@ use hyper::{Request, Response};
 use tracing::{debug, warn};
 
 use super::access_log::{Entry, Logged};
+use super::registry::{classify, repo_of, Target};
 use super::{Body, BoxError, Proxy, Route};
 
 /// How many redirects a GET/HEAD follows before giving up.
@@ -25,7 +26,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The TLS server name, normalised; it is always one of our names (others fail the handshake).
+    /// Empty on the mirror listener.
     pub sni: String,
+    /// The plain-HTTP mirror listener: routed by `?ns=`, and the appliance authenticates upstream
+    /// for clients that send no credentials.
+    pub mirror: bool,
 }
 
 /// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus `Host`.
@@ -81,8 +86,16 @@ impl Proxy {
         req: Request<Incoming>,
         ctx: &ConnCtx,
     ) -> Response<Body> {
-        let host = request_host(&req).unwrap_or_else(|| ctx.sni.clone());
-        let route = self.route(&host).or_else(|| self.route(&ctx.sni));
+        let (host, route) = if ctx.mirror {
+            // containerd names the registry in ?ns=; dockerd's registry-mirrors are Docker Hub's.
+            let ns = namespace(req.uri()).unwrap_or_else(|| "docker.io".to_owned());
+            let route = self.route(&ns);
+            (ns, route)
+        } else {
+            let host = request_host(&req).unwrap_or_else(|| ctx.sni.clone());
+            let route = self.route(&host).or_else(|| self.route(&ctx.sni));
+            (host, route)
+        };
         let log_host = route.map_or(host.as_str(), |r| r.host.as_str()).to_owned();
         let head = req.method() == Method::HEAD;
         let entry = Entry::new(
@@ -94,7 +107,7 @@ impl Proxy {
             &log_host,
         );
         let response = match route {
-            Some(route) => match self.dispatch(route, &host, req).await {
+            Some(route) => match self.dispatch(route, &host, ctx.mirror, req).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     warn!(error = %e, "upstream request failed");
@@ -121,17 +134,35 @@ impl Proxy {
         self: &Arc<Self>,
         route: &Route,
         host: &str,
+        mirror: bool,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let up = Up {
+        let path = if mirror {
+            without_namespace(path)
+        } else {
+            path.to_owned()
+        };
+        let mut up = Up {
             route,
             host,
             method: parts.method.clone(),
             url: format!("{}{}", route.upstream, path),
             headers: forwardable(&parts.headers),
         };
+        // Clients that send no credentials, on the mirror or where the appliance has credentials
+        // of its own, are authenticated upstream by the appliance; a client's own always win.
+        let on_behalf = mirror || route.credentials.is_some();
+        if on_behalf && !parts.headers.contains_key(header::AUTHORIZATION) {
+            let read = up.method == Method::GET || up.method == Method::HEAD;
+            if read && classify(parts.uri.path()) == Target::Root {
+                return Ok(local_root("LOCAL"));
+            }
+            if let Some(value) = self.appliance_auth(route, repo_of(parts.uri.path())).await {
+                up.headers.insert(header::AUTHORIZATION, value);
+            }
+        }
         if up.method != Method::GET && up.method != Method::HEAD {
             // Pushes and deletes: stream the body through, no redirect following, no timeout
             // (a large blob upload gets its response only after the last byte).
@@ -210,6 +241,45 @@ impl Proxy {
                 source,
             })
     }
+}
+
+/// The registry a mirror request names with `?ns=` (containerd's convention).
+fn namespace(uri: &http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    let ns = query.split('&').find_map(|kv| kv.strip_prefix("ns="))?;
+    (!ns.is_empty()).then(|| ns.to_ascii_lowercase())
+}
+
+/// A path and query without the `ns` parameter (upstream registries do not expect it).
+fn without_namespace(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.starts_with("ns="))
+        .collect();
+    match kept.is_empty() {
+        true => path.to_owned(),
+        false => format!("{path}?{}", kept.join("&")),
+    }
+}
+
+/// `/v2/` answered by the appliance: 200, the registry API version header.
+pub(super) fn local_root(cache: &'static str) -> Response<Body> {
+    let body = Full::new(Bytes::from_static(b"{}")).map_err(|n| match n {});
+    let mut resp = Response::new(body.boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    h.insert("x-cache", HeaderValue::from_static(cache));
+    resp
 }
 
 /// The Host the client asked for: the `Host` header (HTTP/1) or the URI authority (HTTP/2).
@@ -385,6 +455,20 @@ mod tests {
             "https://reg.example/v2/a/blobs/rel"
         );
         assert!(resolve(base, "https://bad host/").is_none());
+    }
+
+    #[test]
+    fn mirror_namespaces_are_read_and_removed() {
+        let uri: http::Uri = "/v2/library/x/manifests/1?ns=Docker.IO&a=b"
+            .parse()
+            .unwrap();
+        assert_eq!(namespace(&uri).as_deref(), Some("docker.io"));
+        assert_eq!(without_namespace("/v2/x?ns=ghcr.io"), "/v2/x");
+        assert_eq!(
+            without_namespace("/v2/x?a=1&ns=ghcr.io&b=2"),
+            "/v2/x?a=1&b=2"
+        );
+        assert_eq!(namespace(&"/v2/".parse().unwrap()), None);
     }
 
     #[test]

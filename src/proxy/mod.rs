@@ -8,6 +8,7 @@ mod auth;
 mod cached;
 mod forward;
 mod registry;
+mod tokens;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -56,6 +57,8 @@ pub struct Route {
     pub names: Vec<NamePattern>,
     /// `https://authority` of the real registry, no trailing slash.
     pub upstream: String,
+    /// The appliance's own credentials, for clients that send none.
+    pub credentials: Option<crate::config::Credentials>,
 }
 
 /// What the proxy is built from.
@@ -79,6 +82,7 @@ pub struct Proxy {
     log: AccessLog,
     cache: Arc<Store>,
     auth: Arc<auth::AuthMemory>,
+    tokens: tokens::Tokens,
     policy: Policy,
 }
 
@@ -107,6 +111,7 @@ impl Proxy {
             log,
             cache,
             auth: Arc::default(),
+            tokens: tokens::Tokens::default(),
             policy,
         })
     }
@@ -121,22 +126,27 @@ impl Proxy {
     }
 }
 
-/// Serves HTTPS on the bound listeners until `shutdown`, then lets open requests finish within
-/// `grace`.
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// TLS with a leaf per SNI name; routed by Host/SNI.
+    Https,
+    /// Plain-HTTP registry mirror; routed by `?ns=` (containerd), else to Docker Hub (dockerd's
+    /// `registry-mirrors`).
+    Mirror,
+}
+
+/// Serves the bound listeners until `shutdown`, then lets open requests finish within `grace`.
 pub async fn serve(
     proxy: Arc<Proxy>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Listener)>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let mut loops = tokio::task::JoinSet::new();
-    for listener in listeners {
-        loops.spawn(accept_loop(
-            proxy.clone(),
-            listener,
-            shutdown.clone(),
-            grace,
-        ));
+    for (listener, kind) in listeners {
+        let accept = accept_loop(proxy.clone(), listener, kind, shutdown.clone(), grace);
+        loops.spawn(accept);
     }
     while loops.join_next().await.is_some() {}
     info!("https stopped");
@@ -145,6 +155,7 @@ pub async fn serve(
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    kind: Listener,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -167,7 +178,12 @@ async fn accept_loop(
             continue;
         }
         let watcher = graceful.watcher();
-        tokio::spawn(connection(proxy.clone(), stream, peer, watcher));
+        match kind {
+            Listener::Https => tokio::spawn(connection(proxy.clone(), stream, peer, watcher)),
+            Listener::Mirror => {
+                tokio::spawn(mirror_connection(proxy.clone(), stream, peer, watcher))
+            }
+        };
     }
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -200,7 +216,40 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watc
         .map(normalize)
         .unwrap_or_default();
     let span = info_span!("proxy", %peer, host = %sni);
-    let ctx = Arc::new(forward::ConnCtx { peer, sni });
+    let ctx = forward::ConnCtx {
+        peer,
+        sni,
+        mirror: false,
+    };
+    serve_http(proxy, TokioIo::new(tls), ctx, watcher)
+        .instrument(span)
+        .await;
+}
+
+async fn mirror_connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let span = info_span!("mirror", %peer);
+    let ctx = forward::ConnCtx {
+        peer,
+        sni: String::new(),
+        mirror: true,
+    };
+    serve_http(proxy, TokioIo::new(stream), ctx, watcher)
+        .instrument(span)
+        .await;
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one (TLS or plain) connection.
+async fn serve_http<I>(proxy: Arc<Proxy>, io: I, ctx: forward::ConnCtx, watcher: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ctx);
     let service = service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
@@ -212,16 +261,10 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watc
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder
-        .serve_connection(TokioIo::new(tls), service)
-        .into_owned();
-    async move {
-        if let Err(e) = watcher.watch(conn).await {
-            debug!(error = %e, "connection ended with an error");
-        }
+    let conn = builder.serve_connection(io, service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(error = %e, "connection ended with an error");
     }
-    .instrument(span)
-    .await;
 }
 
 fn strip_port(host: &str) -> &str {

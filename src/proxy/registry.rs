@@ -44,6 +44,22 @@ pub fn classify(path: &str) -> Target<'_> {
     Target::Other
 }
 
+/// The repository a request path is about, for any `/v2/<repo>/…` endpoint.
+pub fn repo_of(path: &str) -> Option<&str> {
+    match classify(path) {
+        Target::Manifest { repo, .. } | Target::Blob { repo, .. } => Some(repo),
+        Target::Root => None,
+        Target::Other => {
+            let rest = path.strip_prefix("/v2/")?;
+            let end = ["/tags/list", "/blobs/uploads", "/referrers/"]
+                .iter()
+                .filter_map(|m| rest.find(m))
+                .min()?;
+            valid_repo(&rest[..end]).then(|| &rest[..end])
+        }
+    }
+}
+
 /// Repository names: lower-case path components of `[a-z0-9._-]`, never `.` or `..`.
 fn valid_repo(repo: &str) -> bool {
     !repo.is_empty()
@@ -111,6 +127,15 @@ mod tests {
                 digest: "sha256:1"
             }
         );
+    }
+
+    #[test]
+    fn repositories_are_found_in_every_endpoint() {
+        assert_eq!(repo_of("/v2/a/b/manifests/1"), Some("a/b"));
+        assert_eq!(repo_of("/v2/a/b/tags/list"), Some("a/b"));
+        assert_eq!(repo_of("/v2/a/blobs/uploads/123"), Some("a"));
+        assert_eq!(repo_of("/v2/"), None);
+        assert_eq!(repo_of("/token"), None);
     }
 
     #[test]

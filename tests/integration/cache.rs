@@ -9,7 +9,7 @@ use http::StatusCode;
 use regcache::cache::Digest;
 
 use crate::support::registry::{
-    big, blob, blob2, blob_digest, digest_of, mutable, CHALLENGE, INDEX_TYPE, MANIFEST_TYPE, TOKEN,
+    self, big, blob, blob2, blob_digest, digest_of, mutable, INDEX_TYPE, MANIFEST_TYPE, TOKEN,
 };
 use crate::support::{build, sha256_hex, World};
 
@@ -240,7 +240,10 @@ async fn cached_private_content_is_never_served_to_clients_the_upstream_would_re
         String::from_utf8_lossy(anonymous.body()).contains("UNAUTHORIZED"),
         "the upstream's body"
     );
-    assert_eq!(anonymous.headers()["www-authenticate"], CHALLENGE);
+    assert_eq!(
+        anonymous.headers()["www-authenticate"],
+        registry::challenge(w.registry.addr.port()).as_str()
+    );
     assert_ne!(anonymous.body(), &blob());
     let other = w
         .app

@@ -7,4 +7,5 @@ mod support;
 mod binary;
 mod cache;
 mod dns;
+mod mirror;
 mod proxy;

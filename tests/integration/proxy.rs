@@ -6,9 +6,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::registry::{
-    self, blob, blob_digest, manifest, manifest_digest, CHALLENGE, TOKEN,
-};
+use crate::support::registry::{self, blob, blob_digest, manifest, manifest_digest, TOKEN};
 use crate::support::{build, sha256_hex, World};
 
 #[tokio::test]
@@ -158,7 +156,10 @@ async fn auth_challenges_are_relayed_unchanged() {
     let w = World::start().await;
     let resp = w.app.get("registry-1.docker.io", "/v2/", &[]).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resp.headers()["www-authenticate"], CHALLENGE);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        registry::challenge(w.registry.addr.port()).as_str()
+    );
     assert!(String::from_utf8_lossy(resp.body()).contains("UNAUTHORIZED"));
     let resp = w
         .app

@@ -47,7 +47,7 @@ impl Upstream {
                 .or_default()
                 .push(Record::from_rdata(name(n), ttl, rdata));
         };
-        for host in ["registry.test.", "cdn.test."] {
+        for host in ["registry.test.", "cdn.test.", "auth.test."] {
             add(host, RecordType::A, RData::A(A(Ipv4Addr::LOCALHOST)), 300);
         }
         let alias = RData::CNAME(CNAME(name("alias.example.test.")));

@@ -75,6 +75,8 @@ impl SharedBuf {
 pub struct Appliance {
     pub dns: SocketAddr,
     pub https: SocketAddr,
+    /// The plain-HTTP mirror listener, when configured.
+    pub http: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub ca_pem: String,
     pub log: SharedBuf,
@@ -101,12 +103,14 @@ impl Appliance {
             .expect("appliance starts");
         let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
         let cache = bound.cache.clone();
+        let http = bound.http_addrs.first().copied();
         let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(regcache::app::run(bound, shutdown.clone()));
         Self {
             dns,
             https,
+            http,
             admin,
             ca_pem,
             log,
@@ -171,6 +175,23 @@ impl Appliance {
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// A plain-HTTP GET on the mirror listener.
+    pub async fn mirror_get(&self, path: &str, headers: &[(&str, &str)]) -> Response<Bytes> {
+        let tcp = TcpStream::connect(self.http.expect("[http] listen configured"))
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(build("GET", "appliance", path, headers, Bytes::new()))
+            .await;
+        let (parts, body) = resp.expect("response").into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        Response::from_parts(parts, body)
     }
 
     /// GET `path` from registry `name` with extra headers.
@@ -251,7 +272,12 @@ impl World {
 
     /// `extra` is appended to the config (e.g. an `[access]` table).
     pub async fn start_with(extra: &str) -> Self {
-        let pki = Pki::new(&["registry.test", "cdn.test"]);
+        Self::start_full(extra, "").await
+    }
+
+    /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
+    pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
+        let pki = Pki::new(&["registry.test", "cdn.test", "auth.test"]);
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let registry = registry::Registry::start(&pki).await;
@@ -263,7 +289,7 @@ impl World {
         let toml = format!(
             "[upstream]\nextra_ca = [{ca:?}]\n{extra}\n\
              [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\", \"*.mirror.test\"]\n\
-             upstream = \"https://registry.test:{port}\"\n\
+             upstream = \"https://registry.test:{port}\"\n{hub_keys}\n\
              [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n",
             ca = ca_file.path().display().to_string(),
             port = registry.addr.port(),

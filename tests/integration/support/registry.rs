@@ -22,8 +22,16 @@ use super::{sha256_hex, Pki};
 
 pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const TOKEN: &str = "Bearer good-token";
-pub const CHALLENGE: &str =
-    "Bearer realm=\"https://auth.test/token\",service=\"registry.test\",scope=\"repository:private/app:pull\"";
+/// The Bearer challenge for a fake upstream listening on `port` (its token service is on
+/// auth.test, another host, like Docker Hub's).
+pub fn challenge(port: u16) -> String {
+    format!(
+        "Bearer realm=\"https://auth.test:{port}/token\",service=\"registry.test\",scope=\"repository:private/app:pull\""
+    )
+}
+
+/// The Basic credential the fake token service accepts: alice:s3cret.
+pub const ALICE: &str = "Basic YWxpY2U6czNjcmV0";
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -267,6 +275,17 @@ async fn route(
     let get_or_head = method == Method::GET || method == Method::HEAD;
     let wants_index = (headers.get_all("accept").iter())
         .any(|v| v.to_str().unwrap_or_default().contains(INDEX_TYPE));
+    if host == "auth.test" && path.starts_with("/token?") {
+        // Credentials buy the token the registry accepts; anyone else gets an anonymous one.
+        let good = headers.get("authorization").is_some_and(|v| v == ALICE);
+        let token = if good {
+            "good-token"
+        } else {
+            "anonymous-token"
+        };
+        let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
+        return ok(Bytes::from(body), "application/json", &[]).into();
+    }
     if registry_host(&host) && get_or_head {
         let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
         if b("library/big", &big()) {
@@ -290,7 +309,7 @@ async fn route(
         if b("private/app", &blob()) {
             return match authorized {
                 true => ok(blob(), "application/octet-stream", &[]).into(),
-                false => unauthorized().into(),
+                false => unauthorized(port).into(),
             };
         }
         if path == "/v2/library/mut/manifests/latest" {
@@ -314,7 +333,7 @@ async fn route(
         ("cdn.test", &Method::GET | &Method::HEAD, p) if p.starts_with("/blobs/") => {
             ok(blob(), "application/octet-stream", &[])
         }
-        ("registry.test", _, "/v2/") if !authorized => unauthorized(),
+        ("registry.test", _, "/v2/") if !authorized => unauthorized(port),
         ("registry.test", _, "/v2/") => ok(Bytes::from_static(b"{}"), "application/json", &[]),
         ("registry.test", &Method::GET | &Method::HEAD, "/v2/library/small/manifests/1") => ok(
             manifest(),
@@ -327,7 +346,7 @@ async fn route(
             ],
         ),
         ("registry.test", &Method::GET, p) if p.starts_with("/v2/private/") && !authorized => {
-            unauthorized()
+            unauthorized(port)
         }
         ("registry.test", &Method::GET | &Method::HEAD, p) if p == blob_path => redirect(&format!(
             "https://cdn.test:{port}/blobs/{}?sig=abc",
@@ -384,10 +403,10 @@ fn ok(body: Bytes, content_type: &str, extra: &[(&str, &str)]) -> Response<Full<
     resp.body(Full::new(body)).unwrap()
 }
 
-fn unauthorized() -> Response<Full<Bytes>> {
+fn unauthorized(port: u16) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::UNAUTHORIZED)
-        .header("www-authenticate", CHALLENGE)
+        .header("www-authenticate", challenge(port))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(
             b"{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}",

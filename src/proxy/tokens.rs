@@ -1,0 +1,150 @@
+//! The appliance's own side of registry auth, for clients that send no Authorization (mirror-mode
+//! clients, and every client of a registry configured with credentials): the Bearer token flow
+//! (realm, service, scope from the upstream's challenge; Basic credentials at the token service
+//! when configured), Basic auth where the upstream asks for it, tokens cached until they expire.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::auth::bearer_challenge;
+use super::{Proxy, Route};
+use crate::config::Credentials;
+
+/// Tokens that do not say how long they last are kept this long (the spec's default).
+const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
+
+/// Cached Authorization values per (registry, scope).
+#[derive(Default)]
+pub struct Tokens {
+    /// std Mutex, never held across .await.
+    cache: Mutex<HashMap<(String, String), (HeaderValue, Instant)>>,
+}
+
+impl Tokens {
+    fn get(&self, key: &(String, String)) -> Option<HeaderValue> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, until) = cache.get(key)?;
+        (*until > Instant::now()).then(|| value.clone())
+    }
+
+    fn put(&self, key: (String, String), value: HeaderValue, life: Duration) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
+        }
+        cache.insert(key, (value, Instant::now() + life));
+    }
+}
+
+impl Proxy {
+    /// The Authorization the appliance sends for `repo` on `route` (pull scope), or `None` when
+    /// the upstream asks for none. Errors are logged and yield `None` (the upstream's own answer
+    /// then reaches the client).
+    pub(super) async fn appliance_auth(
+        &self,
+        route: &Route,
+        repo: Option<&str>,
+    ) -> Option<HeaderValue> {
+        let scope = repo.map_or(String::new(), |r| format!("repository:{r}:pull"));
+        let key = (route.host.clone(), scope.clone());
+        if let Some(value) = self.tokens.get(&key) {
+            return Some(value);
+        }
+        let url = format!("{}/v2/", route.upstream);
+        let resp = self
+            .send_timed(&Method::GET, &url, &HeaderMap::new())
+            .await
+            .ok()?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)?
+            .to_str()
+            .ok()?
+            .to_owned();
+        let (value, life) = if challenge
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("basic")
+        {
+            (
+                basic(route.credentials.as_ref()?)?,
+                Duration::from_secs(3600),
+            )
+        } else {
+            self.bearer(route, &challenge, &scope).await?
+        };
+        debug!(registry = %route.host, %scope, ?life, "obtained upstream authorization");
+        self.tokens.put(key, value.clone(), life);
+        Some(value)
+    }
+
+    async fn bearer(
+        &self,
+        route: &Route,
+        challenge: &str,
+        scope: &str,
+    ) -> Option<(HeaderValue, Duration)> {
+        let c = bearer_challenge(challenge)?;
+        let mut url = c.realm.clone();
+        let mut sep = if url.contains('?') { '&' } else { '?' };
+        for (k, v) in [
+            ("service", c.service.as_deref()),
+            ("scope", Some(scope).filter(|s| !s.is_empty())),
+        ] {
+            if let Some(v) = v {
+                url.push_str(&format!("{sep}{k}={}", super::auth::encode(v)));
+                sep = '&';
+            }
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(value) = route.credentials.as_ref().and_then(basic) {
+            headers.insert(AUTHORIZATION, value);
+        }
+        let resp = match self.send_timed(&Method::GET, &url, &headers).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                warn!(registry = %route.host, error = %e, "token service unreachable");
+                return None;
+            }
+        };
+        if !resp.status().is_success() {
+            warn!(registry = %route.host, status = %resp.status(), realm = %c.realm, "token service refused the appliance");
+            return None;
+        }
+        let body = Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let token = json
+            .get("token")
+            .or_else(|| json.get("access_token"))?
+            .as_str()?;
+        let life = (json.get("expires_in").and_then(|v| v.as_u64()))
+            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
+            .saturating_sub(Duration::from_secs(10))
+            .max(Duration::from_secs(5));
+        Some((HeaderValue::try_from(format!("Bearer {token}")).ok()?, life))
+    }
+}
+
+fn basic(c: &Credentials) -> Option<HeaderValue> {
+    let raw = format!("{}:{}", c.username, c.password.expose());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
