@@ -1,4 +1,5 @@
-//! The admin listener (plain HTTP): `/healthz` and `/ca.crt` (for client onboarding).
+//! The admin listener (plain HTTP): `/healthz`, and `/ca.crt` and `/registries` (the intercepted
+//! host names) for client onboarding.
 //!
 //! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` are closed.
 
@@ -21,6 +22,8 @@ use crate::access::AccessList;
 /// What the admin pages show.
 pub struct Admin {
     pub ca_pem: String,
+    /// The intercepted host names (exact ones), for client onboarding scripts.
+    pub registries: Vec<String>,
     pub access: AccessList,
 }
 
@@ -75,6 +78,10 @@ fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "application/x-pem-file",
             admin.ca_pem.clone(),
         ),
+        "/registries" => {
+            let list: String = admin.registries.iter().map(|h| format!("{h}\n")).collect();
+            text(StatusCode::OK, "text/plain", list)
+        }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

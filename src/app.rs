@@ -123,8 +123,15 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         cache: cache.clone(),
         policy,
     })?;
+    let registries = (config.patterns().into_iter())
+        .filter_map(|p| match p {
+            crate::names::NamePattern::Exact(host) => Some(host),
+            crate::names::NamePattern::Suffix(_) => None,
+        })
+        .collect();
     let admin = Admin {
         ca_pem: ca.cert_pem().to_owned(),
+        registries,
         access: config.access.clone(),
     };
 

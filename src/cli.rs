@@ -17,7 +17,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArg {
-    /// Config file; default $REGCACHE_CONFIG, else ./regcache.toml if present, else the embedded default.
+    /// Config file; default $REGCACHE_CONFIG, else ./regcache.toml, else /etc/regcache/regcache.toml
+    /// if present, else the embedded default.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -35,6 +36,12 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Exit 0 when the admin listener answers /healthz with 200 (for container healthchecks).
+    Healthcheck {
+        /// Admin address to ask.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
     },
     /// Inspect and maintain the content cache (safe while `serve` runs).
     Cache {

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(arg) => with_config(&arg, serve),
+        Command::Healthcheck { admin } => healthcheck(admin),
         Command::Cache { command } => {
             let arg = match &command {
                 CacheCommand::Ls { config, .. } | CacheCommand::Purge { config, .. } => config,
@@ -125,6 +126,31 @@ fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> anyhow::Result<()>) ->
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET of /healthz; no HTTP client needed in a minimal image.
+fn healthcheck(admin: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let check = || -> std::io::Result<bool> {
+        let mut tcp = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: regcache\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply)?;
+        Ok(reply.starts_with("HTTP/1.1 200"))
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{admin}/healthz did not answer 200");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cannot reach {admin}/healthz: {e}");
             ExitCode::FAILURE
         }
     }

@@ -196,7 +196,7 @@ fn render(source: &Source, problems: &[Problem]) -> String {
 }
 
 /// Picks the config file: `explicit`, else `$REGCACHE_CONFIG`, else `./regcache.toml` if present,
-/// else none (the embedded default).
+/// else `/etc/regcache/regcache.toml` if present, else none (the embedded default).
 pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
         return Some(path.to_owned());
@@ -204,8 +204,10 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(path));
     }
-    let local = PathBuf::from("regcache.toml");
-    local.is_file().then_some(local)
+    ["regcache.toml", "/etc/regcache/regcache.toml"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// Loads and validates the file `path`, or the embedded default when `path` is `None`.

@@ -325,3 +325,31 @@ fn ca_install_writes_under_root_for_every_runtime_and_uninstall_undoes_it() {
         "everything install made is gone"
     );
 }
+
+#[tokio::test]
+async fn healthcheck_asks_the_admin_listener() {
+    let w = crate::support::World::start().await;
+    let admin = w.app.admin.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["healthcheck", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = Command::new(BIN)
+        .args(["healthcheck", "--admin", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}

@@ -345,6 +345,12 @@ async fn the_admin_listener_serves_health_and_the_ca() {
     let ca = get("/ca.crt").await;
     assert!(ca.ends_with(&w.app.ca_pem), "{ca}");
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    let names = get("/registries").await;
+    let body = names.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(
+        body, "registry-1.docker.io\ndocker.io\nghcr.io\n",
+        "exact names only"
+    );
 }
 
 #[tokio::test]
