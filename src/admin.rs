@@ -1,4 +1,4 @@
-//! The admin listener (plain HTTP): `/healthz`, and `/ca.crt` and `/registries` (the intercepted
+//! The admin listener (plain HTTP): `/healthz`, `/metrics` (Prometheus), and `/ca.crt` and `/registries` (the intercepted
 //! host names) for client onboarding.
 //!
 //! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` are closed.
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::AccessList;
+use crate::metrics::{self, Metrics};
 
 /// What the admin pages show.
 pub struct Admin {
@@ -25,6 +26,7 @@ pub struct Admin {
     /// The intercepted host names (exact ones), for client onboarding scripts.
     pub registries: Vec<String>,
     pub access: AccessList,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the admin pages until `shutdown`.
@@ -77,6 +79,11 @@ fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             "application/x-pem-file",
             admin.ca_pem.clone(),
+        ),
+        "/metrics" => text(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            admin.metrics.encode(),
         ),
         "/registries" => {
             let list: String = admin.registries.iter().map(|h| format!("{h}\n")).collect();

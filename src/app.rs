@@ -18,6 +18,7 @@ use crate::ca::{Ca, CertResolver};
 use crate::cache::Store;
 use crate::config::Config;
 use crate::dns;
+use crate::metrics::Metrics;
 use crate::proxy::{self, access_log::AccessLog, upstream, Listener, Policy, Proxy, Route};
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
@@ -58,9 +59,9 @@ pub fn load_ca(config: &Config) -> anyhow::Result<Ca> {
 }
 
 /// Opens the content store at `cache.dir`.
-pub fn open_cache(config: &Config) -> anyhow::Result<Arc<Store>> {
+pub fn open_cache(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Store>> {
     let dir = &config.cache.dir;
-    let store = Store::open(dir, config.cache.max_size)
+    let store = Store::open_observed(dir, config.cache.max_size, metrics)
         .with_context(|| format!("cannot open the cache in {} (cache.dir)", dir.display()))?;
     let (objects, bytes) = store.usage();
     info!(dir = %dir.display(), objects, bytes, max = config.cache.max_size, "cache opened");
@@ -70,7 +71,15 @@ pub fn open_cache(config: &Config) -> anyhow::Result<Arc<Store>> {
 /// Binds every listener, loads the CA and builds the handlers. Logs each bound address.
 pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let provider = provider();
+    let metrics = Arc::new(Metrics::new());
     let ca = Arc::new(load_ca(&config)?);
+    let expiry = ca
+        .not_after()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics
+        .ca_expiry
+        .set(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
     let (dns_udp, dns_tcp, dns_addrs) = bind_dns(&config.dns.listen).await?;
     let https = bind_all("https", "tls.listen", &config.tls.listen).await?;
     let http = bind_all("http", "http.listen", &config.http_listen).await?;
@@ -86,7 +95,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         ipv6: config.dns.answer_ipv6.clone(),
         ttl: config.dns.ttl,
     };
-    let dns_handler = dns::Handler::new(answers, resolver.clone());
+    let dns_handler = dns::Handler::new(answers, resolver.clone(), metrics.clone());
 
     let roots = upstream::roots(&config.upstream.extra_ca)?;
     let client = upstream::client(roots, resolver, provider.clone())?;
@@ -100,12 +109,14 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
             credentials: r.credentials.clone(),
         })
         .collect();
-    let certs = Arc::new(CertResolver::new(
-        ca.clone(),
-        config.patterns(),
-        provider.clone(),
-    ));
-    let cache = open_cache(&config)?;
+    let issued = metrics.clone();
+    let certs = CertResolver::new(ca.clone(), config.patterns(), provider.clone()).on_issue(
+        Box::new(move || {
+            issued.tls_leaves_issued.inc();
+        }),
+    );
+    let certs = Arc::new(certs);
+    let cache = open_cache(&config, metrics.clone())?;
     let c = &config.cache;
     let policy = Policy {
         manifest_ttl: c.manifest_ttl,
@@ -122,6 +133,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         log,
         cache: cache.clone(),
         policy,
+        metrics: metrics.clone(),
     })?;
     let registries = (config.patterns().into_iter())
         .filter_map(|p| match p {
@@ -133,6 +145,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         ca_pem: ca.cert_pem().to_owned(),
         registries,
         access: config.access.clone(),
+        metrics,
     };
 
     let https_addrs = local_addrs(&https)?;

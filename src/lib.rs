@@ -12,6 +12,7 @@
 //! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
 //! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
+//! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
@@ -29,5 +30,6 @@ pub mod config;
 pub mod dns;
 pub mod install;
 pub mod maintenance;
+pub mod metrics;
 pub mod names;
 pub mod proxy;

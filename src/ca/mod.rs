@@ -208,6 +208,8 @@ pub struct CertResolver {
     provider: Arc<CryptoProvider>,
     /// std Mutex, never held across .await (rustls calls `resolve` synchronously).
     leaves: Mutex<HashMap<String, Leaf>>,
+    /// Called after each issued leaf (the app counts them).
+    on_issue: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -225,7 +227,14 @@ impl CertResolver {
             names,
             provider,
             leaves: Mutex::new(HashMap::new()),
+            on_issue: None,
         }
+    }
+
+    /// Calls `f` after each leaf issued.
+    pub fn on_issue(mut self, f: Box<dyn Fn() + Send + Sync>) -> Self {
+        self.on_issue = Some(f);
+        self
     }
 
     /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours.
@@ -244,6 +253,9 @@ impl CertResolver {
         match self.ca.issue(&name, &self.provider) {
             Ok(leaf) => {
                 tracing::info!(sni = %name, "issued leaf certificate");
+                if let Some(f) = &self.on_issue {
+                    f();
+                }
                 let key = leaf.key.clone();
                 leaves.insert(name, leaf);
                 Some(key)

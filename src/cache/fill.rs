@@ -215,6 +215,7 @@ impl FillWriter {
         }
         let actual = std::mem::take(&mut self.hasher).finish();
         if actual != expected {
+            self.store.metrics.cache_digest_mismatches.inc();
             return Err(Error::DigestMismatch { expected, actual });
         }
         let target = self.store.object_path(&expected);

@@ -15,6 +15,7 @@ use futures_util::Stream;
 
 use super::fill::{Fill, FillWriter};
 use super::{Digest, Error, Hasher, CHUNK};
+use crate::metrics::Metrics;
 
 /// After a write error, caching pauses this long before it is tried again.
 const WRITE_PAUSE: Duration = Duration::from_secs(30);
@@ -90,6 +91,7 @@ pub struct Store {
     write_failing: AtomicBool,
     /// Test hook: fail the next writes with this error kind.
     fault: Mutex<Option<io::ErrorKind>>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// One stored object, as listed by `regcache cache ls`.
@@ -114,16 +116,30 @@ impl Store {
     /// Opens (creating) the store in `dir`: removes crash leftovers in `tmp/`, indexes `objects/`,
     /// loads tag mappings (stale until revalidated), and evicts down to `max_size`.
     pub fn open(dir: &Path, max_size: u64) -> Result<Arc<Self>, Error> {
-        Self::open_with(dir, max_size, true)
+        Self::open_with(dir, max_size, true, Arc::default())
+    }
+
+    /// Like [`Store::open`], recording into `metrics`.
+    pub fn open_observed(
+        dir: &Path,
+        max_size: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
+        Self::open_with(dir, max_size, true, metrics)
     }
 
     /// Opens the store for `regcache cache …` while an appliance may be running on it: leaves
     /// `tmp/` (fills in progress) alone and evicts nothing.
     pub fn open_for_maintenance(dir: &Path) -> Result<Arc<Self>, Error> {
-        Self::open_with(dir, u64::MAX, false)
+        Self::open_with(dir, u64::MAX, false, Arc::default())
     }
 
-    fn open_with(dir: &Path, max_size: u64, owner: bool) -> Result<Arc<Self>, Error> {
+    fn open_with(
+        dir: &Path,
+        max_size: u64,
+        owner: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
         for sub in ["objects/sha256", "tags", "tmp"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -151,8 +167,16 @@ impl Store {
             paused_until: Mutex::new(None),
             write_failing: AtomicBool::new(false),
             fault: Mutex::new(None),
+            metrics,
         });
-        store.evict(&mut store.lock());
+        store
+            .metrics
+            .cache_max_bytes
+            .set(i64::try_from(max_size).unwrap_or(i64::MAX));
+        let mut state = store.lock();
+        store.evict(&mut state);
+        store.gauge(&state);
+        drop(state);
         Ok(store)
     }
 
@@ -306,6 +330,7 @@ impl Store {
         );
         state.total = state.total + size - old.map_or(0, |e| e.size);
         self.evict(&mut state);
+        self.gauge(&state);
         if self.write_failing.swap(false, Ordering::Relaxed) {
             tracing::info!("cache writes work again; caching resumed");
         }
@@ -331,8 +356,17 @@ impl Store {
     /// Drops a stored object whose content turned out wrong.
     pub(super) fn discard(&self, digest: &Digest, why: &str) {
         tracing::error!(%digest, why, "stored object is corrupt; dropped, it will be fetched again");
+        self.metrics.cache_digest_mismatches.inc();
         let mut state = self.lock();
         self.remove(&mut state, digest);
+        self.gauge(&state);
+    }
+
+    fn gauge(&self, state: &State) {
+        let m = &self.metrics;
+        m.cache_stored_bytes
+            .set(i64::try_from(state.total).unwrap_or(i64::MAX));
+        m.cache_stored_objects.set(state.objects.len() as i64);
     }
 
     fn remove(&self, state: &mut State, digest: &Digest) {
@@ -367,6 +401,7 @@ impl Store {
                 break;
             }
             tracing::info!(%digest, "evicted (cache.max_size)");
+            self.metrics.cache_evictions.inc();
             self.remove(state, &digest);
         }
     }
@@ -387,6 +422,7 @@ impl Store {
 
     /// Pauses caching after a write error; logs once per episode.
     pub(super) fn write_failed(&self, error: &Error) {
+        self.metrics.cache_write_errors.inc();
         *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(std::time::Instant::now() + WRITE_PAUSE);
         if !self.write_failing.swap(true, Ordering::Relaxed) {
@@ -471,6 +507,7 @@ impl Store {
             bytes += o.size;
             self.remove(&mut state, &o.digest);
         }
+        self.gauge(&state);
         (chosen.len(), bytes)
     }
 

@@ -27,7 +27,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+
 use crate::access::AccessList;
+use crate::metrics::{DnsOutcome, Metrics};
 use crate::names::{normalize, NamePattern};
 
 pub use system::{primary_ipv4, resolv_conf_nameservers};
@@ -51,11 +54,16 @@ pub struct Answers {
 pub struct Handler {
     answers: Answers,
     resolver: TokioResolver,
+    metrics: Arc<Metrics>,
 }
 
 impl Handler {
-    pub fn new(answers: Answers, resolver: TokioResolver) -> Self {
-        Self { answers, resolver }
+    pub fn new(answers: Answers, resolver: TokioResolver, metrics: Arc<Metrics>) -> Self {
+        Self {
+            answers,
+            resolver,
+            metrics,
+        }
     }
 
     fn intercepts(&self, name: &str) -> bool {
@@ -85,15 +93,22 @@ struct Reply {
     authoritative: bool,
     answers: Vec<Record>,
     soa: Vec<Record>,
+    outcome: DnsOutcome,
 }
 
 impl Reply {
     fn error(code: ResponseCode) -> Self {
+        let outcome = match code {
+            ResponseCode::Refused => DnsOutcome::Refused,
+            ResponseCode::NXDomain => DnsOutcome::Nxdomain,
+            _ => DnsOutcome::Error,
+        };
         Self {
             code,
             authoritative: false,
             answers: Vec::new(),
             soa: Vec::new(),
+            outcome,
         }
     }
 }
@@ -106,6 +121,9 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let reply = self.reply(request).await;
+        let qtype = (request.queries.queries().first())
+            .map_or_else(|| "none".to_owned(), |q| q.query_type().to_string());
+        self.metrics.dns(&qtype, reply.outcome);
         let mut edns = None;
         if let Some(req_edns) = &request.edns {
             let mut resp = Edns::new();
@@ -165,6 +183,7 @@ impl Handler {
                 authoritative: true,
                 answers: self.local_records(&name, qtype),
                 soa: Vec::new(),
+                outcome: DnsOutcome::Intercepted,
             };
         }
         self.forward(name, qtype).await
@@ -172,14 +191,21 @@ impl Handler {
 
     async fn forward(&self, name: Name, qtype: RecordType) -> Reply {
         let started = Instant::now();
-        match self.resolver.lookup(name.clone(), qtype).await {
+        let result = self.resolver.lookup(name.clone(), qtype).await;
+        (self.metrics.dns_forward_duration).observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(lookup) => Reply {
                 code: ResponseCode::NoError,
                 authoritative: false,
                 answers: lookup.answers().to_vec(),
                 soa: Vec::new(),
+                outcome: DnsOutcome::Forwarded,
             },
             Err(NetError::Dns(DnsError::NoRecordsFound(no))) => Reply {
+                outcome: match no.response_code {
+                    ResponseCode::NXDomain => DnsOutcome::Nxdomain,
+                    _ => DnsOutcome::Forwarded,
+                },
                 code: no.response_code,
                 authoritative: false,
                 answers: Vec::new(),

@@ -110,7 +110,12 @@ pub struct Logged {
     /// reaching it is the end.
     expected: Option<u64>,
     log: AccessLog,
+    /// Called once with the status and the bytes sent (metrics, status page).
+    done: Option<Done>,
 }
+
+/// What to do when a response has been sent: given the status and the body bytes sent.
+pub type Done = Box<dyn FnOnce(StatusCode, u64) + Send>;
 
 impl Logged {
     /// Wraps a response body; `length` is what the response declares (Content-Length, or 0 for
@@ -121,6 +126,7 @@ impl Logged {
         status: StatusCode,
         length: Option<u64>,
         log: AccessLog,
+        done: Done,
     ) -> Body {
         let expected = inner.size_hint().exact().or(length);
         let mut logged = Self {
@@ -130,6 +136,7 @@ impl Logged {
             bytes: 0,
             expected,
             log,
+            done: Some(done),
         };
         if logged.expected == Some(0) || logged.inner.is_end_stream() {
             logged.finish();
@@ -140,6 +147,9 @@ impl Logged {
     fn finish(&mut self) {
         if let Some(entry) = self.entry.take() {
             self.log.write(&entry.line(self.status, self.bytes));
+        }
+        if let Some(done) = self.done.take() {
+            done(self.status, self.bytes);
         }
     }
 }

@@ -206,6 +206,12 @@ impl Proxy {
                             ));
                         }
                         // Changed, or the upstream did not say: fetch it below.
+                        let result = crate::metrics::Revalidation::Changed;
+                        let labels = crate::metrics::RevalidationLabels { result };
+                        self.metrics
+                            .cache_revalidations
+                            .get_or_create(&labels)
+                            .inc();
                     }
                     Ok(resp) if !unavailable(resp.status()) => return self.refused(up, resp).await,
                     outcome => {

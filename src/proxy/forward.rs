@@ -13,9 +13,13 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{debug, warn};
 
-use super::access_log::{Entry, Logged};
+use super::access_log::{Done, Entry, Logged};
 use super::registry::{classify, repo_of, Target};
 use super::{Body, BoxError, Proxy, Route};
+use crate::metrics::{
+    HttpLabels, Kind, KindLabels, Reason, RegistryLabels, Revalidation, RevalidationLabels, Source,
+    SourceLabels,
+};
 
 /// How many redirects a GET/HEAD follows before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -98,6 +102,9 @@ impl Proxy {
         };
         let log_host = route.map_or(host.as_str(), |r| r.host.as_str()).to_owned();
         let head = req.method() == Method::HEAD;
+        let started = std::time::Instant::now();
+        let kind = kind_of(req.uri().path());
+        let method = req.method().as_str().to_owned();
         let entry = Entry::new(
             ctx.peer.ip(),
             req.method(),
@@ -126,7 +133,30 @@ impl Proxy {
             false => (parts.headers.get(header::CONTENT_LENGTH))
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
         };
-        let body = Logged::wrap(body, entry, parts.status, length, self.log.clone());
+        let source = source_of(&parts.headers);
+        self.count_cache_outcome(&parts.headers);
+        let metrics = self.metrics.clone();
+        let done: Done = Box::new(move |status, bytes| {
+            let class = format!("{}xx", status.as_u16() / 100);
+            let registry = log_host;
+            let labels = HttpLabels {
+                registry: registry.clone(),
+                method,
+                kind,
+                status: class,
+            };
+            metrics.http_requests.get_or_create(&labels).inc();
+            let took = started.elapsed().as_secs_f64();
+            metrics
+                .http_duration
+                .get_or_create(&KindLabels { registry, kind })
+                .observe(took);
+            metrics
+                .http_response_bytes
+                .get_or_create(&SourceLabels { source })
+                .inc_by(bytes);
+        });
+        let body = Logged::wrap(body, entry, parts.status, length, self.log.clone(), done);
         Response::from_parts(parts, body)
     }
 
@@ -210,12 +240,15 @@ impl Proxy {
         url: &str,
         headers: &HeaderMap,
     ) -> Result<Response<Incoming>, Error> {
-        tokio::time::timeout(RESPONSE_TIMEOUT, self.send(method, url, headers, empty()))
-            .await
-            .map_err(|_| Error::Timeout {
+        let sent = tokio::time::timeout(RESPONSE_TIMEOUT, self.send(method, url, headers, empty()));
+        sent.await.map_err(|_| {
+            self.metrics
+                .upstream_error(&self.upstream_label(url), Reason::Timeout);
+            Error::Timeout {
                 url: url.to_owned(),
                 secs: RESPONSE_TIMEOUT.as_secs(),
-            })?
+            }
+        })?
     }
 
     async fn send(
@@ -233,14 +266,85 @@ impl Proxy {
             h.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let req = builder.body(body)?;
-        self.client
-            .request(req)
-            .await
-            .map_err(|source| Error::Upstream {
-                url: url.to_owned(),
-                source,
-            })
+        let started = std::time::Instant::now();
+        let registry = self.upstream_label(url);
+        let result = self.client.request(req).await;
+        self.metrics.upstream_latency(&registry, started.elapsed());
+        match &result {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_server_error() {
+                    self.metrics.upstream_error(&registry, Reason::ServerError);
+                } else if status == StatusCode::TOO_MANY_REQUESTS {
+                    self.metrics.upstream_error(&registry, Reason::RateLimited);
+                }
+                if let Some(left) = ratelimit_remaining(resp.headers()) {
+                    let labels = RegistryLabels { registry };
+                    self.metrics
+                        .upstream_ratelimit_remaining
+                        .get_or_create(&labels)
+                        .set(left);
+                }
+            }
+            Err(e) => {
+                let text = chain(e).to_ascii_lowercase();
+                let reason = match () {
+                    _ if text.contains("certificate") || text.contains("tls") => Reason::Tls,
+                    _ if e.is_connect() => Reason::Connect,
+                    _ => Reason::Other,
+                };
+                self.metrics.upstream_error(&registry, reason);
+            }
+        }
+        result.map_err(|source| Error::Upstream {
+            url: url.to_owned(),
+            source,
+        })
     }
+
+    /// Counts what the cache did for a response (its `x-cache` header).
+    fn count_cache_outcome(&self, headers: &HeaderMap) {
+        let m = &self.metrics;
+        match headers.get("x-cache").and_then(|v| v.to_str().ok()) {
+            Some("HIT") => m.cache_hits.inc(),
+            Some("MISS") => m.cache_misses.inc(),
+            Some("JOIN") => m.cache_coalesced.inc(),
+            Some("REVALIDATED") => {
+                m.cache_hits.inc();
+                let labels = RevalidationLabels {
+                    result: Revalidation::Unchanged,
+                };
+                m.cache_revalidations.get_or_create(&labels).inc()
+            }
+            Some("STALE") => m.cache_stale.inc(),
+            _ => 0,
+        };
+    }
+}
+
+/// What a request path is for, for metrics.
+fn kind_of(path: &str) -> Kind {
+    match classify(path) {
+        Target::Manifest { .. } => Kind::Manifest,
+        Target::Blob { .. } => Kind::Blob,
+        _ if path.ends_with("/token") || path.contains("/token/") => Kind::Token,
+        _ => Kind::Other,
+    }
+}
+
+/// Where a response's bytes come from, by its `x-cache` header.
+fn source_of(headers: &HeaderMap) -> Source {
+    match headers.get("x-cache").and_then(|v| v.to_str().ok()) {
+        Some("HIT" | "JOIN" | "REVALIDATED" | "STALE") => Source::Cache,
+        Some("LOCAL") => Source::Local,
+        _ => Source::Upstream,
+    }
+}
+
+/// Docker Hub's `ratelimit-remaining: 99;w=21600`.
+fn ratelimit_remaining(headers: &HeaderMap) -> Option<i64> {
+    let value = headers.get("ratelimit-remaining")?.to_str().ok()?;
+    value.split(';').next()?.trim().parse().ok()
 }
 
 /// The registry a mirror request names with `?ns=` (containerd's convention).

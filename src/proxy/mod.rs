@@ -34,6 +34,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::access::AccessList;
 use crate::cache::Store;
+use crate::metrics::{Handshake, Metrics};
 use crate::names::{normalize, NamePattern};
 use access_log::AccessLog;
 
@@ -71,6 +72,7 @@ pub struct Parts {
     pub log: AccessLog,
     pub cache: Arc<Store>,
     pub policy: Policy,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything a connection needs; shared by all connections.
@@ -84,6 +86,7 @@ pub struct Proxy {
     auth: Arc<auth::AuthMemory>,
     tokens: tokens::Tokens,
     policy: Policy,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -97,6 +100,7 @@ impl Proxy {
             log,
             cache,
             policy,
+            metrics,
         } = parts;
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -113,7 +117,19 @@ impl Proxy {
             auth: Arc::default(),
             tokens: tokens::Tokens::default(),
             policy,
+            metrics,
         })
+    }
+
+    /// The metrics label for an upstream URL: the registry whose upstream it is, else "cdn"
+    /// (redirect targets, token services of registries that are not configured).
+    fn upstream_label(&self, url: &str) -> String {
+        let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
+        let owner = self
+            .routes
+            .iter()
+            .find(|r| r.upstream.split("://").nth(1) == authority && authority.is_some());
+        owner.map_or_else(|| "cdn".to_owned(), |r| r.host.clone())
     }
 
     /// The route for a host name (any case, optional port or trailing dot).
@@ -201,14 +217,26 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watc
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            // rustls says this when the resolver had no certificate: not our name, or no SNI.
+            let refused = e
+                .to_string()
+                .contains("no server certificate chain resolved");
+            let outcome = if refused {
+                Handshake::Refused
+            } else {
+                Handshake::Failed
+            };
+            proxy.metrics.handshake(outcome);
             info!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            proxy.metrics.handshake(Handshake::Failed);
             debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
+    proxy.metrics.handshake(Handshake::Ok);
     let sni = tls
         .get_ref()
         .1

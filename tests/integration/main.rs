@@ -7,5 +7,6 @@ mod support;
 mod binary;
 mod cache;
 mod dns;
+mod metrics;
 mod mirror;
 mod proxy;
