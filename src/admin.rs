@@ -1,4 +1,5 @@
-//! The admin listener (plain HTTP): `/healthz`, `/metrics` (Prometheus), and `/ca.crt` and `/registries` (the intercepted
+//! The admin listener (plain HTTP): the status page `/` and its JSON `/api/status`, `/healthz`,
+//! `/metrics` (Prometheus), and `/ca.crt` and `/registries` (the intercepted
 //! host names) for client onboarding.
 //!
 //! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` are closed.
@@ -18,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::AccessList;
+use crate::cache::Store;
 use crate::metrics::{self, Metrics};
+use crate::status::{Facts, Status};
 
 /// What the admin pages show.
 pub struct Admin {
@@ -27,6 +30,25 @@ pub struct Admin {
     pub registries: Vec<String>,
     pub access: AccessList,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<Status>,
+    pub cache: Arc<Store>,
+    pub ca_fingerprint: String,
+    /// Unix seconds.
+    pub ca_expires: u64,
+}
+
+impl Admin {
+    fn snapshot(&self) -> crate::status::Snapshot {
+        let (objects, bytes) = self.cache.usage();
+        self.status.snapshot(Facts {
+            cache_bytes: bytes,
+            cache_objects: objects as u64,
+            cache_max_bytes: self.cache.max_size(),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+            ca_expires: self.ca_expires,
+            version: concat!("regcache ", env!("CARGO_PKG_VERSION")),
+        })
+    }
 }
 
 /// Serves the admin pages until `shutdown`.
@@ -85,6 +107,14 @@ fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             metrics::CONTENT_TYPE,
             admin.metrics.encode(),
         ),
+        "/" => {
+            let page = Status::page(&admin.snapshot());
+            text(StatusCode::OK, "text/html; charset=utf-8", page)
+        }
+        "/api/status" => {
+            let json = serde_json::to_string(&admin.snapshot()).unwrap_or_default();
+            text(StatusCode::OK, "application/json", json)
+        }
         "/registries" => {
             let list: String = admin.registries.iter().map(|h| format!("{h}\n")).collect();
             text(StatusCode::OK, "text/plain", list)

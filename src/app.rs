@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dns;
 use crate::metrics::Metrics;
 use crate::proxy::{self, access_log::AccessLog, upstream, Listener, Policy, Proxy, Route};
+use crate::status::Status;
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -72,6 +73,7 @@ pub fn open_cache(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<
 pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let provider = provider();
     let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(Status::default());
     let ca = Arc::new(load_ca(&config)?);
     let expiry = ca
         .not_after()
@@ -134,6 +136,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         cache: cache.clone(),
         policy,
         metrics: metrics.clone(),
+        status: status.clone(),
     })?;
     let registries = (config.patterns().into_iter())
         .filter_map(|p| match p {
@@ -146,6 +149,10 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         registries,
         access: config.access.clone(),
         metrics,
+        status,
+        cache: cache.clone(),
+        ca_fingerprint: ca.fingerprint(),
+        ca_expires: expiry.as_secs(),
     };
 
     let https_addrs = local_addrs(&https)?;

@@ -13,6 +13,7 @@
 //! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
+//! - [`status`]: the status page's figures (`/`, `/api/status`).
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
@@ -33,3 +34,4 @@ pub mod maintenance;
 pub mod metrics;
 pub mod names;
 pub mod proxy;
+pub mod status;

@@ -20,6 +20,7 @@ use crate::metrics::{
     HttpLabels, Kind, KindLabels, Reason, RegistryLabels, Revalidation, RevalidationLabels, Source,
     SourceLabels,
 };
+use crate::status::RequestRecord;
 
 /// How many redirects a GET/HEAD follows before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -105,6 +106,7 @@ impl Proxy {
         let started = std::time::Instant::now();
         let kind = kind_of(req.uri().path());
         let method = req.method().as_str().to_owned();
+        let repo = repo_of(req.uri().path()).map(str::to_owned);
         let entry = Entry::new(
             ctx.peer.ip(),
             req.method(),
@@ -135,8 +137,17 @@ impl Proxy {
         };
         let source = source_of(&parts.headers);
         self.count_cache_outcome(&parts.headers);
+        let miss = parts.headers.get("x-cache").is_some_and(|v| v == "MISS");
         let metrics = self.metrics.clone();
+        let status_page = self.status.clone();
         let done: Done = Box::new(move |status, bytes| {
+            status_page.request(&RequestRecord {
+                registry: &log_host,
+                repo: repo.as_deref(),
+                bytes,
+                from_cache: source == Source::Cache,
+                miss,
+            });
             let class = format!("{}xx", status.as_u16() / 100);
             let registry = log_host;
             let labels = HttpLabels {
@@ -269,7 +280,16 @@ impl Proxy {
         let started = std::time::Instant::now();
         let registry = self.upstream_label(url);
         let result = self.client.request(req).await;
-        self.metrics.upstream_latency(&registry, started.elapsed());
+        let took = started.elapsed();
+        self.metrics.upstream_latency(&registry, took);
+        let failure = match &result {
+            Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
+                Some(format!("{url}: {}", resp.status()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("{url}: {}", chain(e))),
+        };
+        self.status.upstream(&registry, took, failure);
         match &result {
             Ok(resp) => {
                 let status = resp.status();

@@ -36,6 +36,7 @@ use crate::access::AccessList;
 use crate::cache::Store;
 use crate::metrics::{Handshake, Metrics};
 use crate::names::{normalize, NamePattern};
+use crate::status::Status;
 use access_log::AccessLog;
 
 pub use cached::Policy;
@@ -73,6 +74,7 @@ pub struct Parts {
     pub cache: Arc<Store>,
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<Status>,
 }
 
 /// Everything a connection needs; shared by all connections.
@@ -87,6 +89,7 @@ pub struct Proxy {
     tokens: tokens::Tokens,
     policy: Policy,
     metrics: Arc<Metrics>,
+    status: Arc<Status>,
 }
 
 impl Proxy {
@@ -101,6 +104,7 @@ impl Proxy {
             cache,
             policy,
             metrics,
+            status,
         } = parts;
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -118,6 +122,7 @@ impl Proxy {
             tokens: tokens::Tokens::default(),
             policy,
             metrics,
+            status,
         })
     }
 

@@ -10,3 +10,4 @@ mod dns;
 mod metrics;
 mod mirror;
 mod proxy;
+mod status_page;

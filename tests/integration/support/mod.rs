@@ -275,6 +275,15 @@ impl World {
         Self::start_full(extra, "").await
     }
 
+    /// The appliance CA's SHA-256 fingerprint as `AB:CD:…`.
+    pub fn app_fingerprint(&self) -> String {
+        use rustls::pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(self.app.ca_pem.as_bytes()).unwrap();
+        let hex = sha256_hex(der.as_ref()).to_uppercase();
+        let pairs: Vec<&str> = (0..hex.len()).step_by(2).map(|i| &hex[i..i + 2]).collect();
+        pairs.join(":")
+    }
+
     /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
     pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
         let pki = Pki::new(&["registry.test", "cdn.test", "auth.test"]);
