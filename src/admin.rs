@@ -26,8 +26,8 @@ use crate::status::{Facts, Status};
 /// What the admin pages show.
 pub struct Admin {
     pub ca_pem: String,
-    /// The intercepted host names (exact ones), for client onboarding scripts.
-    pub registries: Vec<String>,
+    /// The intercepted host names (exact ones), for client onboarding scripts; replaced on reload.
+    pub registries: std::sync::RwLock<Vec<String>>,
     pub access: AccessList,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
@@ -116,7 +116,8 @@ fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             text(StatusCode::OK, "application/json", json)
         }
         "/registries" => {
-            let list: String = admin.registries.iter().map(|h| format!("{h}\n")).collect();
+            let names = admin.registries.read().unwrap_or_else(|e| e.into_inner());
+            let list: String = names.iter().map(|h| format!("{h}\n")).collect();
             text(StatusCode::OK, "text/plain", list)
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

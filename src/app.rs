@@ -19,6 +19,7 @@ use crate::cache::Store;
 use crate::config::Config;
 use crate::dns;
 use crate::metrics::Metrics;
+use crate::names::NamePattern;
 use crate::proxy::{self, access_log::AccessLog, upstream, Listener, Policy, Proxy, Route};
 use crate::status::Status;
 
@@ -39,6 +40,8 @@ pub struct Bound {
     config: Config,
     /// The content store (shared with the proxy).
     pub cache: Arc<Store>,
+    /// Applies a new configuration to the running appliance (taken by whoever handles SIGHUP).
+    pub reloader: Option<Reloader>,
     /// The bound addresses (port 0 resolved), DNS on UDP and TCP alike.
     pub dns_addrs: Vec<SocketAddr>,
     pub https_addrs: Vec<SocketAddr>,
@@ -91,26 +94,11 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let upstreams = dns_upstreams(&config, &dns_addrs, &ipv4)?;
     info!(resolvers = ?upstreams, answer = ?ipv4, "dns upstream resolvers and answers");
     let resolver = dns::resolver(&upstreams).context("cannot set up the upstream resolver")?;
-    let answers = dns::Answers {
-        intercept: config.patterns(),
-        ipv4,
-        ipv6: config.dns.answer_ipv6.clone(),
-        ttl: config.dns.ttl,
-    };
-    let dns_handler = dns::Handler::new(answers, resolver.clone(), metrics.clone());
+    let dns_handler = dns::Handler::new(answers(&config, &ipv4), resolver.clone(), metrics.clone());
 
     let roots = upstream::roots(&config.upstream.extra_ca)?;
     let client = upstream::client(roots, resolver, provider.clone())?;
-    let routes = config
-        .registries
-        .iter()
-        .map(|r| Route {
-            host: r.host.clone(),
-            names: r.patterns().collect(),
-            upstream: r.upstream.to_string().trim_end_matches('/').to_owned(),
-            credentials: r.credentials.clone(),
-        })
-        .collect();
+    let routes = routes(&config);
     let issued = metrics.clone();
     let certs = CertResolver::new(ca.clone(), config.patterns(), provider.clone()).on_issue(
         Box::new(move || {
@@ -119,31 +107,20 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     );
     let certs = Arc::new(certs);
     let cache = open_cache(&config, metrics.clone())?;
-    let c = &config.cache;
-    let policy = Policy {
-        manifest_ttl: c.manifest_ttl,
-        auth_ttl: c.auth_ttl,
-        offline: c.offline,
-        offline_auth_window: c.offline_auth_window,
-    };
+    let policy = policy(&config);
     let proxy = Proxy::new(proxy::Parts {
         routes,
         client,
-        certs,
+        certs: certs.clone(),
         provider,
         access: config.access.clone(),
-        log,
+        log: log.clone(),
         cache: cache.clone(),
         policy,
         metrics: metrics.clone(),
         status: status.clone(),
     })?;
-    let registries = (config.patterns().into_iter())
-        .filter_map(|p| match p {
-            crate::names::NamePattern::Exact(host) => Some(host),
-            crate::names::NamePattern::Suffix(_) => None,
-        })
-        .collect();
+    let registries = std::sync::RwLock::new(exact_names(&config));
     let admin = Admin {
         ca_pem: ca.cert_pem().to_owned(),
         registries,
@@ -169,15 +146,28 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     }
     info!("listening for admin on {admin_addr}");
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
+    let proxy = Arc::new(proxy);
+    let admin = Arc::new(admin);
+    let reloader = Reloader {
+        current: config.clone(),
+        default_ipv4: ipv4,
+        ca: ca.clone(),
+        answers: dns_handler.shared_answers(),
+        certs,
+        proxy: proxy.clone(),
+        admin: admin.clone(),
+        log,
+    };
     Ok(Bound {
+        reloader: Some(reloader),
         dns_udp,
         dns_tcp,
         https,
         http,
         admin_listener,
         dns_handler,
-        proxy: Arc::new(proxy),
-        admin: Arc::new(admin),
+        proxy,
+        admin,
         config,
         cache,
         dns_addrs,
@@ -214,6 +204,126 @@ pub async fn run(bound: Bound, shutdown: CancellationToken) {
     let https = proxy::serve(proxy, listeners, shutdown.clone(), GRACE);
     let admin = admin::serve(admin, admin_listener, shutdown.clone());
     tokio::join!(dns, https, admin);
+}
+
+/// What DNS answers for `config`, with `default_ipv4` when `dns.answer_ipv4` is empty.
+fn answers(config: &Config, default_ipv4: &[Ipv4Addr]) -> dns::Answers {
+    let ipv4 = match config.dns.answer_ipv4.is_empty() {
+        true => default_ipv4.to_vec(),
+        false => config.dns.answer_ipv4.clone(),
+    };
+    dns::Answers {
+        intercept: config.patterns(),
+        ipv4,
+        ipv6: config.dns.answer_ipv6.clone(),
+        ttl: config.dns.ttl,
+    }
+}
+
+fn routes(config: &Config) -> Vec<Route> {
+    (config.registries.iter())
+        .map(|r| Route {
+            host: r.host.clone(),
+            names: r.patterns().collect(),
+            upstream: r.upstream.to_string().trim_end_matches('/').to_owned(),
+            credentials: r.credentials.clone(),
+        })
+        .collect()
+}
+
+fn policy(config: &Config) -> Policy {
+    let c = &config.cache;
+    Policy {
+        manifest_ttl: c.manifest_ttl,
+        auth_ttl: c.auth_ttl,
+        offline: c.offline,
+        offline_auth_window: c.offline_auth_window,
+    }
+}
+
+/// The exact intercepted names (for `/registries`).
+fn exact_names(config: &Config) -> Vec<String> {
+    (config.patterns().into_iter())
+        .filter_map(|p| match p {
+            NamePattern::Exact(host) => Some(host),
+            NamePattern::Suffix(_) => None,
+        })
+        .collect()
+}
+
+/// Applies a new configuration to the running appliance: the registry list (DNS answers,
+/// certificates, routes, `/registries`), cache TTLs and policy, answers, access-log settings.
+/// Connections and the cache stay. Listen addresses and the other settings bound at start take
+/// effect on restart only (said in the returned notes).
+pub struct Reloader {
+    current: Config,
+    default_ipv4: Vec<Ipv4Addr>,
+    ca: Arc<Ca>,
+    answers: dns::SharedAnswers,
+    certs: Arc<CertResolver>,
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
+    log: AccessLog,
+}
+
+impl Reloader {
+    /// Applies `new`, or fails without changing anything (the old configuration stays).
+    pub fn apply(&mut self, new: Config) -> anyhow::Result<Vec<String>> {
+        let names = new.patterns();
+        let missing = self.ca.not_permitted(&names);
+        if !missing.is_empty() {
+            bail!(
+                "the CA does not permit {}: keep the old registry list, or re-create the CA \
+                 (delete certs/ca.crt and certs/ca.key) and restart",
+                missing.join(", ")
+            );
+        }
+        self.log
+            .configure(&new.log)
+            .context("cannot open log.access_file")?;
+        *self.answers.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(answers(&new, &self.default_ipv4));
+        self.certs.set_names(names);
+        self.proxy.reconfigure(routes(&new), policy(&new));
+        *self
+            .admin
+            .registries
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = exact_names(&new);
+        let notes = restart_only(&self.current, &new);
+        self.current = new;
+        Ok(notes)
+    }
+
+    /// Reopens the access-log file (logrotate).
+    pub fn reopen_logs(&self) -> std::io::Result<()> {
+        self.log.reopen()
+    }
+}
+
+/// The settings that differ between `old` and `new` but are bound at start.
+fn restart_only(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut check = |key: &str, same: bool| {
+        if !same {
+            notes.push(format!("{key} changed: it takes effect on restart"));
+        }
+    };
+    check("state_dir", old.state_dir == new.state_dir);
+    check("dns.listen", old.dns.listen == new.dns.listen);
+    check("dns.upstream", old.dns.upstream == new.dns.upstream);
+    check("tls.listen", old.tls.listen == new.tls.listen);
+    check("http.listen", old.http_listen == new.http_listen);
+    check("admin.listen", old.admin.listen == new.admin.listen);
+    check(
+        "upstream.extra_ca",
+        old.upstream.extra_ca == new.upstream.extra_ca,
+    );
+    check("access.allow", old.access.nets() == new.access.nets());
+    check("cache.dir", old.cache.dir == new.cache.dir);
+    check("cache.max_size", old.cache.max_size == new.cache.max_size);
+    check("log.format", old.log.format == new.log.format);
+    notes
 }
 
 /// Binds UDP and TCP on each address, on the same port (also when the port is 0).

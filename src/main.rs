@@ -3,29 +3,28 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand};
-use regcache::config::{self, Config};
+use regcache::config::{self, Config, LogConfig, LogFormat};
 use regcache::install::{self, Runtime};
 use regcache::{app, maintenance, proxy::access_log::AccessLog};
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{fmt, reload};
 
 /// sysexits.h EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
 
-const DEFAULT_FILTER: &str =
-    "info,hickory_server=warn,hickory_net=warn,hickory_resolver=warn,hickory_proto=warn";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
-        )
-        .init();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // serve sets tracing up from its configuration.
+        init_tracing(&LogConfig::default());
+    }
     match cli.command {
         Command::Config {
             command: ConfigCommand::Default,
@@ -76,7 +75,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(arg) => with_config(&arg, serve),
+        Command::Serve(arg) => {
+            let path = config::locate(arg.config.as_deref());
+            with_config(&arg, |config| serve(config, path))
+        }
         Command::Healthcheck { admin } => healthcheck(admin),
         Command::Cache { command } => {
             let arg = match &command {
@@ -156,29 +158,102 @@ fn healthcheck(admin: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// The filter for `level`, quieting hickory's per-query INFO lines unless `level` names hickory.
+/// RUST_LOG, when set, wins.
+fn filter(level: &str) -> EnvFilter {
+    if let Ok(env) = EnvFilter::try_from_default_env() {
+        return env;
+    }
+    let quiet = "hickory_server=warn,hickory_net=warn,hickory_resolver=warn,hickory_proto=warn";
+    let directives = match level.contains("hickory") {
+        true => level.to_owned(),
+        false => format!("{level},{quiet}"),
+    };
+    EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Application logs on stderr, text or JSON; the level can change later (SIGHUP).
+fn init_tracing(log: &LogConfig) -> FilterHandle {
+    let (filter, handle) = reload::Layer::new(filter(&log.level));
+    let base = tracing_subscriber::registry().with(filter);
+    let stderr = std::io::stderr;
+    let ansi = std::io::stderr().is_terminal();
+    match log.format {
+        LogFormat::Text => base
+            .with(fmt::layer().with_writer(stderr).with_ansi(ansi))
+            .init(),
+        LogFormat::Json => base.with(fmt::layer().json().with_writer(stderr)).init(),
+    }
+    handle
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let levels = init_tracing(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let bound = app::build(config, AccessLog::stdout()).await?;
+        let log = AccessLog::open(&config.log).context("cannot open log.access_file")?;
+        let mut bound = app::build(config, log).await?;
+        let reloader = bound.reloader.take().expect("build makes a reloader");
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), reloader, path, levels));
         app::run(bound, shutdown).await;
         Ok(())
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// SIGINT/SIGTERM: drain and stop. SIGHUP: re-read the configuration and reopen the access log.
+async fn signals(
+    shutdown: CancellationToken,
+    mut reloader: app::Reloader,
+    path: Option<PathBuf>,
+    levels: FilterHandle,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => reload(&mut reloader, path.as_deref(), &levels),
+        }
     }
     tracing::info!(
         "shutting down; draining in-flight requests for up to {:?}",
         app::GRACE
     );
     shutdown.cancel();
+}
+
+fn reload(reloader: &mut app::Reloader, path: Option<&std::path::Path>, levels: &FilterHandle) {
+    let source = path.map_or("<embedded default>".into(), |p| p.display().to_string());
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("config reload rejected, the old configuration stays: {line}");
+            }
+            if let Err(e) = reloader.reopen_logs() {
+                tracing::error!(error = %e, "cannot reopen the access log");
+            }
+            return;
+        }
+    };
+    let level = config.log.level.clone();
+    match reloader.apply(config) {
+        Ok(notes) => {
+            if let Err(e) = levels.reload(filter(&level)) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+            for note in notes {
+                tracing::warn!("{note}");
+            }
+            tracing::info!(%source, "configuration reloaded; access log reopened");
+        }
+        Err(e) => tracing::error!("config reload rejected, the old configuration stays: {e:#}"),
+    }
 }

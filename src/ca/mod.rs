@@ -97,11 +97,7 @@ impl Ca {
             (true, true) => {}
         }
         let ca = Self::load(&crt, &key)?;
-        let missing: Vec<String> = names
-            .iter()
-            .filter(|n| !ca.permits_subtree(n.subtree()))
-            .map(ToString::to_string)
-            .collect();
+        let missing = ca.not_permitted(names);
         if !missing.is_empty() {
             return Err(Error::NamesNotPermitted {
                 dir: dir.to_owned(),
@@ -147,6 +143,14 @@ impl Ca {
             permitted,
             not_after,
         })
+    }
+
+    /// The names among `names` that this CA's constraints do not permit.
+    pub fn not_permitted(&self, names: &[NamePattern]) -> Vec<String> {
+        (names.iter())
+            .filter(|n| !self.permits_subtree(n.subtree()))
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// The CA certificate, PEM.
@@ -204,7 +208,8 @@ pub struct Leaf {
 /// Hands rustls a leaf for each permitted SNI name, issuing on first use; refuses other names.
 pub struct CertResolver {
     ca: Arc<Ca>,
-    names: Vec<NamePattern>,
+    /// Replaced on a config reload; std RwLock, never held across .await.
+    names: std::sync::RwLock<Vec<NamePattern>>,
     provider: Arc<CryptoProvider>,
     /// std Mutex, never held across .await (rustls calls `resolve` synchronously).
     leaves: Mutex<HashMap<String, Leaf>>,
@@ -224,11 +229,16 @@ impl CertResolver {
     pub fn new(ca: Arc<Ca>, names: Vec<NamePattern>, provider: Arc<CryptoProvider>) -> Self {
         Self {
             ca,
-            names,
+            names: std::sync::RwLock::new(names),
             provider,
             leaves: Mutex::new(HashMap::new()),
             on_issue: None,
         }
+    }
+
+    /// Serves `names` from now on (a config reload). The caller checked [`Ca::not_permitted`].
+    pub fn set_names(&self, names: Vec<NamePattern>) {
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     /// Calls `f` after each leaf issued.
@@ -240,7 +250,9 @@ impl CertResolver {
     /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours.
     pub fn leaf_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = normalize(sni);
-        if !self.names.iter().any(|p| p.matches(&name)) {
+        let ours =
+            (self.names.read().unwrap_or_else(|e| e.into_inner()).iter()).any(|p| p.matches(&name));
+        if !ours {
             tracing::warn!(sni = %name, "TLS handshake refused: not a registry name of this appliance");
             return None;
         }

@@ -35,6 +35,7 @@ pub struct Config {
     pub http_listen: Vec<SocketAddr>,
     pub access: AccessList,
     pub cache: CacheConfig,
+    pub log: LogConfig,
     /// Never empty; names and aliases are unique across the list.
     pub registries: Vec<Registry>,
 }
@@ -79,6 +80,42 @@ pub struct CacheConfig {
     pub offline: bool,
     /// While offline, a client is served if its access was confirmed within this window.
     pub offline_auth_window: Duration,
+}
+
+/// The `[log]` table (defaults: info, text, main format on stdout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter ("info", "regcache=debug,hickory_server=warn"); RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_format: AccessFormat,
+    /// `None`: stdout. A file is appended to, and reopened on SIGHUP (logrotate).
+    pub access_file: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_format: AccessFormat::Main,
+            access_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// nginx `main` with the registry host last.
+    Main,
+    /// One JSON object per line.
+    Json,
 }
 
 /// One intercepted registry.
@@ -271,7 +308,18 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    log: RawLog,
     registry: Option<Vec<RawRegistry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    access_format: Option<Spanned<String>>,
+    access_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +430,7 @@ impl Validator<'_> {
             http,
             access,
             cache,
+            log,
             registry,
         } = raw;
         let registries = match registry {
@@ -390,6 +439,7 @@ impl Validator<'_> {
         };
         let state_dir = state_dir.unwrap_or_else(|| ".".into());
         Config {
+            log: self.log(log),
             cache: self.cache(cache, &state_dir),
             state_dir: PathBuf::from(state_dir),
             dns: self.dns(dns),
@@ -434,6 +484,39 @@ impl Validator<'_> {
                 self.problem(&item, msg);
                 default
             }
+        }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let RawLog {
+            level,
+            format,
+            access_format,
+            access_file,
+        } = raw;
+        let level = match level {
+            None => "info".to_owned(),
+            Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+                Ok(_) => l.into_inner(),
+                Err(e) => {
+                    self.problem(&l, format!("log.level: {:?}: {e}", l.get_ref()));
+                    "info".to_owned()
+                }
+            },
+        };
+        LogConfig {
+            level,
+            format: self.value("log.format", format, "text", |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("use \"text\" or \"json\"".into()),
+            }),
+            access_format: self.value("log.access_format", access_format, "main", |s| match s {
+                "main" => Ok(AccessFormat::Main),
+                "json" => Ok(AccessFormat::Json),
+                _ => Err("use \"main\" or \"json\"".into()),
+            }),
+            access_file: access_file.filter(|f| !f.is_empty()).map(PathBuf::from),
         }
     }
 
@@ -954,6 +1037,27 @@ mod tests {
             p[1].message.contains("cannot read /nonexistent"),
             "{}",
             p[1].message
+        );
+    }
+
+    #[test]
+    fn log_settings() {
+        let c = parse("", Source::Embedded).unwrap();
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format, c.log.access_format),
+            ("info", LogFormat::Text, AccessFormat::Main)
+        );
+        let c = parse("[log]\nformat = \"json\"\naccess_format = \"json\"\naccess_file = \"/var/log/rc.log\"\nlevel = \"regcache=debug\"\n", Source::Embedded).unwrap();
+        assert_eq!(
+            (c.log.format, c.log.access_format),
+            (LogFormat::Json, AccessFormat::Json)
+        );
+        assert_eq!(c.log.access_file, Some(PathBuf::from("/var/log/rc.log")));
+        let p = problems("[log]\naccess_format = \"combined\"\nlevel = \"a=b=c\"\n");
+        assert_eq!(
+            p.iter().map(|p| p.line).collect::<Vec<_>>(),
+            [2, 3],
+            "{p:?}"
         );
     }
 

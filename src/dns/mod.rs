@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::access::AccessList;
 use crate::metrics::{DnsOutcome, Metrics};
@@ -50,9 +50,13 @@ pub struct Answers {
     pub ttl: u32,
 }
 
+/// The answers in force, shared with the app so a config reload can replace them. std RwLock,
+/// never held across .await.
+pub type SharedAnswers = Arc<RwLock<Arc<Answers>>>;
+
 /// Answers intercepted names locally and forwards the rest.
 pub struct Handler {
-    answers: Answers,
+    answers: SharedAnswers,
     resolver: TokioResolver,
     metrics: Arc<Metrics>,
 }
@@ -60,26 +64,39 @@ pub struct Handler {
 impl Handler {
     pub fn new(answers: Answers, resolver: TokioResolver, metrics: Arc<Metrics>) -> Self {
         Self {
-            answers,
+            answers: Arc::new(RwLock::new(Arc::new(answers))),
             resolver,
             metrics,
         }
     }
 
+    /// The handle through which a reload replaces the answers.
+    pub fn shared_answers(&self) -> SharedAnswers {
+        self.answers.clone()
+    }
+
+    fn answers(&self) -> Arc<Answers> {
+        self.answers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn intercepts(&self, name: &str) -> bool {
         let name = normalize(name);
-        self.answers.intercept.iter().any(|p| p.matches(&name))
+        self.answers().intercept.iter().any(|p| p.matches(&name))
     }
 
     /// The records for an intercepted name; other types get an empty NOERROR (their data, e.g.
     /// HTTPS/SVCB address hints, would leak the real addresses).
     fn local_records(&self, name: &Name, qtype: RecordType) -> Vec<Record> {
-        let ttl = self.answers.ttl;
+        let answers = self.answers();
+        let ttl = answers.ttl;
         match qtype {
-            RecordType::A => (self.answers.ipv4.iter())
+            RecordType::A => (answers.ipv4.iter())
                 .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
                 .collect(),
-            RecordType::AAAA => (self.answers.ipv6.iter())
+            RecordType::AAAA => (answers.ipv6.iter())
                 .map(|ip| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*ip))))
                 .collect(),
             _ => Vec::new(),

@@ -1,8 +1,10 @@
-//! The access log: one line per request in nginx's `main` format with the registry host last,
+//! The access log: one line per request in nginx's `main` format with the registry host last (or
+//! JSON with the same fields and more),
 //! written when the response body ends (or is abandoned), so `$body_bytes_sent` is what was sent.
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -14,12 +16,20 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use time::OffsetDateTime;
 
 use super::{Body, BoxError};
+use crate::config::{AccessFormat, LogConfig};
 
-/// Where access-log lines go. Cloning shares the sink.
+/// Where access-log lines go, and in which format. Cloning shares the sink.
 #[derive(Clone)]
 pub struct AccessLog {
     /// std Mutex, never held across .await: one whole line is written under the lock.
-    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+    sink: Arc<Mutex<Sink>>,
+}
+
+struct Sink {
+    writer: Box<dyn Write + Send>,
+    /// The file behind `writer`, reopened by [`AccessLog::reopen`]; `None` for stdout.
+    path: Option<PathBuf>,
+    format: AccessFormat,
 }
 
 impl AccessLog {
@@ -28,28 +38,88 @@ impl AccessLog {
     }
 
     pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
+        Self::with(writer, None, AccessFormat::Main)
+    }
+
+    fn with(writer: Box<dyn Write + Send>, path: Option<PathBuf>, format: AccessFormat) -> Self {
         Self {
-            sink: Arc::new(Mutex::new(writer)),
+            sink: Arc::new(Mutex::new(Sink {
+                writer,
+                path,
+                format,
+            })),
         }
     }
 
-    fn write(&self, line: &str) {
+    /// The access log `log` asks for: stdout or an appended file, main or JSON.
+    pub fn open(log: &LogConfig) -> std::io::Result<Self> {
+        let this = Self::stdout();
+        this.configure(log)?;
+        Ok(this)
+    }
+
+    /// Switches format and target (on reload); a file is opened for appending.
+    pub fn configure(&self, log: &LogConfig) -> std::io::Result<()> {
+        let writer: Box<dyn Write + Send> = match &log.access_file {
+            Some(path) => Box::new(append(path)?),
+            None => Box::new(std::io::stdout()),
+        };
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writeln!(sink, "{line}").and_then(|()| sink.flush()) {
+        let _ = sink.writer.flush();
+        *sink = Sink {
+            writer,
+            path: log.access_file.clone(),
+            format: log.access_format,
+        };
+        Ok(())
+    }
+
+    /// Reopens the file (after logrotate moved it away); nothing for stdout.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = sink.path.clone() {
+            let _ = sink.writer.flush();
+            sink.writer = Box::new(append(&path)?);
+        }
+        Ok(())
+    }
+
+    fn write(&self, entry: &Entry, status: StatusCode, bytes: u64) {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let line = match sink.format {
+            AccessFormat::Main => entry.line(status, bytes),
+            AccessFormat::Json => entry.json(status, bytes),
+        };
+        if let Err(e) = writeln!(sink.writer, "{line}").and_then(|()| sink.writer.flush()) {
             tracing::warn!(error = %e, "cannot write the access log");
         }
     }
 }
 
-/// The request half of a log line, captured before the request is forwarded.
+fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The request half of a log line, captured before the request is forwarded (raw values;
+/// each format escapes them its own way).
 pub struct Entry {
     remote: IpAddr,
-    user: String,
+    user: Option<String>,
     time: OffsetDateTime,
-    request: String,
-    referer: String,
-    user_agent: String,
+    started: std::time::Instant,
+    method: String,
+    uri: String,
+    protocol: String,
+    referer: Option<String>,
+    user_agent: Option<String>,
     host: String,
+    /// The `x-cache` outcome, once the response head is known.
+    cache: Option<String>,
+    /// Seconds until the upstream's response head, for responses that came from upstream.
+    upstream_time: Option<f64>,
 }
 
 impl Entry {
@@ -61,21 +131,31 @@ impl Entry {
         headers: &HeaderMap,
         host: &str,
     ) -> Self {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let header = |name| {
-            headers
-                .get(name)
-                .map(|v: &http::HeaderValue| escape(&String::from_utf8_lossy(v.as_bytes())))
-                .unwrap_or_else(|| "-".into())
+            (headers.get(name))
+                .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
         Self {
             remote: remote.to_canonical(),
-            user: basic_user(headers).map_or_else(|| "-".into(), |u| escape(&u)),
+            user: basic_user(headers),
             time: OffsetDateTime::now_utc(),
-            request: escape(&format!("{method} {path} {version:?}")),
+            started: std::time::Instant::now(),
+            method: method.to_string(),
+            uri: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            protocol: format!("{version:?}"),
             referer: header(REFERER),
             user_agent: header(USER_AGENT),
-            host: escape(host),
+            host: host.to_owned(),
+            cache: None,
+            upstream_time: None,
+        }
+    }
+
+    /// What the response head said: the cache outcome, and whether it came from upstream.
+    pub fn response(&mut self, cache: Option<&str>, from_upstream: bool) {
+        self.cache = cache.map(str::to_owned);
+        if from_upstream {
+            self.upstream_time = Some(self.started.elapsed().as_secs_f64());
         }
     }
 
@@ -85,16 +165,42 @@ impl Entry {
             "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
         );
         let time = self.time.format(FORMAT).unwrap_or_default();
+        let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "-".to_owned(), escape);
         format!(
             "{} - {} [{time}] \"{}\" {} {bytes} \"{}\" \"{}\" \"{}\"",
             self.remote,
-            self.user,
-            self.request,
+            dash(&self.user),
+            escape(&format!("{} {} {}", self.method, self.uri, self.protocol)),
             status.as_u16(),
-            self.referer,
-            self.user_agent,
-            self.host
+            dash(&self.referer),
+            dash(&self.user_agent),
+            escape(&self.host)
         )
+    }
+
+    /// The same fields as one JSON object, plus cache status, request and upstream time.
+    pub fn json(&self, status: StatusCode, bytes: u64) -> String {
+        let time = (self.time)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        serde_json::json!({
+            "time": time,
+            "remote_addr": self.remote.to_string(),
+            "remote_user": self.user,
+            "request": format!("{} {} {}", self.method, self.uri, self.protocol),
+            "method": self.method,
+            "uri": self.uri,
+            "protocol": self.protocol,
+            "status": status.as_u16(),
+            "body_bytes_sent": bytes,
+            "http_referer": self.referer,
+            "http_user_agent": self.user_agent,
+            "host": self.host,
+            "cache": self.cache,
+            "request_time": self.started.elapsed().as_secs_f64(),
+            "upstream_time": self.upstream_time,
+        })
+        .to_string()
     }
 }
 
@@ -146,7 +252,7 @@ impl Logged {
 
     fn finish(&mut self) {
         if let Some(entry) = self.entry.take() {
-            self.log.write(&entry.line(self.status, self.bytes));
+            self.log.write(&entry, self.status, self.bytes);
         }
         if let Some(done) = self.done.take() {
             done(self.status, self.bytes);
@@ -260,6 +366,13 @@ mod tests {
             "ghcr.io",
         );
         let line = entry.line(StatusCode::UNAUTHORIZED, 0);
+        let json: serde_json::Value =
+            serde_json::from_str(&entry.json(StatusCode::UNAUTHORIZED, 0)).unwrap();
+        assert_eq!(json["remote_user"], "alice");
+        assert_eq!(json["http_user_agent"], "evil\"agent");
+        assert_eq!(json["request"], "HEAD /v2/ HTTP/2.0");
+        assert_eq!(json["status"], 401);
+        assert!(json["cache"].is_null() && json["upstream_time"].is_null());
         assert!(line.starts_with("10.0.0.2 - alice ["), "{line}");
         assert!(line.contains("\"HEAD /v2/ HTTP/2.0\" 401 0"), "{line}");
         assert!(line.contains("evil\\x22agent"), "{line}");

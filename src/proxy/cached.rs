@@ -27,7 +27,7 @@ const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 const X_CACHE: &str = "x-cache";
 
 /// Cache settings the proxy applies.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub manifest_ttl: Duration,
     pub auth_ttl: Duration,
@@ -73,7 +73,7 @@ impl Proxy {
             Ok(resp) => format!("upstream answered {}", resp.status()),
             Err(e) => e.to_string(),
         };
-        if !self.policy.offline {
+        if !self.policy().offline {
             return Err(Error::Unavailable(why));
         }
         warn!(registry = %up.route.host, %why, "upstream unavailable: answering /v2/ locally");
@@ -196,7 +196,7 @@ impl Proxy {
                         let current = resp.headers().get(DOCKER_CONTENT_DIGEST);
                         let current = current.and_then(|v| Digest::parse(v.to_str().ok()?));
                         if current.as_ref() == Some(&entry.digest) {
-                            self.cache.refresh_tag(&key, self.policy.manifest_ttl);
+                            self.cache.refresh_tag(&key, self.policy().manifest_ttl);
                             return Ok(serve_manifest(
                                 reader,
                                 &entry.media_type,
@@ -274,7 +274,7 @@ impl Proxy {
             cache = "BYPASS";
         } else if self.store_manifest(&digest, &body, &media_type, &key) {
             self.cache
-                .put_tag(key, digest.clone(), &media_type, self.policy.manifest_ttl);
+                .put_tag(key, digest.clone(), &media_type, self.policy().manifest_ttl);
         }
         // The upstream's own headers (rate limits…) go back to the client too.
         let mut headers = super::forward::forwardable(&parts.headers);
@@ -328,7 +328,7 @@ impl Proxy {
         cred: &Credential,
     ) -> Result<(), Response<Body>> {
         let registry = &up.route.host;
-        let ttl = self.policy.auth_ttl;
+        let ttl = self.policy().auth_ttl;
         if self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl) {
             return Ok(());
         }
@@ -376,9 +376,9 @@ impl Proxy {
     }
 
     fn offline_allowed(&self, up: &Up<'_>, repo: &str, cred: &Credential, why: &str) -> bool {
-        let window = self.policy.offline_auth_window;
+        let window = self.policy().offline_auth_window;
         let registry = &up.route.host;
-        let ok = self.policy.offline
+        let ok = self.policy().offline
             && (self.auth.public(registry, repo, window)
                 || self.auth.granted(cred, registry, repo, window));
         if !ok {
@@ -394,7 +394,7 @@ impl Proxy {
         if !cred.is_anonymous()
             && self
                 .auth
-                .should_probe(registry, repo, self.policy.offline_auth_window / 4)
+                .should_probe(registry, repo, self.policy().offline_auth_window / 4)
         {
             let client = self.client.clone();
             let auth = self.auth.clone();

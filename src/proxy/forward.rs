@@ -101,13 +101,16 @@ impl Proxy {
             let route = self.route(&host).or_else(|| self.route(&ctx.sni));
             (host, route)
         };
-        let log_host = route.map_or(host.as_str(), |r| r.host.as_str()).to_owned();
+        let log_host = route
+            .as_ref()
+            .map_or(host.as_str(), |r| r.host.as_str())
+            .to_owned();
         let head = req.method() == Method::HEAD;
         let started = std::time::Instant::now();
         let kind = kind_of(req.uri().path());
         let method = req.method().as_str().to_owned();
         let repo = repo_of(req.uri().path()).map(str::to_owned);
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             ctx.peer.ip(),
             req.method(),
             req.uri(),
@@ -115,8 +118,9 @@ impl Proxy {
             req.headers(),
             &log_host,
         );
+        let routed = route.is_some();
         let response = match route {
-            Some(route) => match self.dispatch(route, &host, ctx.mirror, req).await {
+            Some(route) => match self.dispatch(&route, &host, ctx.mirror, req).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     warn!(error = %e, "upstream request failed");
@@ -136,6 +140,8 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
         };
         let source = source_of(&parts.headers);
+        let cache = parts.headers.get("x-cache").and_then(|v| v.to_str().ok());
+        entry.response(cache, source == Source::Upstream && routed);
         self.count_cache_outcome(&parts.headers);
         let miss = parts.headers.get("x-cache").is_some_and(|v| v == "MISS");
         let metrics = self.metrics.clone();

@@ -13,7 +13,7 @@ pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,7 +79,8 @@ pub struct Parts {
 
 /// Everything a connection needs; shared by all connections.
 pub struct Proxy {
-    routes: Vec<Route>,
+    /// Swapped whole on reload; std RwLock, never held across .await.
+    routes: RwLock<Arc<Vec<Arc<Route>>>>,
     client: Client,
     tls: TlsAcceptor,
     access: AccessList,
@@ -87,7 +88,8 @@ pub struct Proxy {
     cache: Arc<Store>,
     auth: Arc<auth::AuthMemory>,
     tokens: tokens::Tokens,
-    policy: Policy,
+    /// Swapped on reload; std RwLock, never held across .await.
+    policy: RwLock<Policy>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
 }
@@ -112,7 +114,7 @@ impl Proxy {
             .with_cert_resolver(certs);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
-            routes,
+            routes: RwLock::new(Arc::new(routes.into_iter().map(Arc::new).collect())),
             client,
             tls: TlsAcceptor::from(Arc::new(tls)),
             access,
@@ -120,7 +122,7 @@ impl Proxy {
             cache,
             auth: Arc::default(),
             tokens: tokens::Tokens::default(),
-            policy,
+            policy: RwLock::new(policy),
             metrics,
             status,
         })
@@ -130,20 +132,43 @@ impl Proxy {
     /// (redirect targets, token services of registries that are not configured).
     fn upstream_label(&self, url: &str) -> String {
         let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
-        let owner = self
+        let routes = self
             .routes
-            .iter()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let owner = (routes.iter())
             .find(|r| r.upstream.split("://").nth(1) == authority && authority.is_some());
         owner.map_or_else(|| "cdn".to_owned(), |r| r.host.clone())
     }
 
     /// The route for a host name (any case, optional port or trailing dot).
-    fn route(&self, host: &str) -> Option<&Route> {
-        let host = strip_port(host);
-        let name = normalize(host);
-        self.routes
+    fn route(&self, host: &str) -> Option<Arc<Route>> {
+        let name = normalize(strip_port(host));
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let found = routes
             .iter()
-            .find(|r| r.names.iter().any(|p| p.matches(&name)))
+            .find(|r| r.names.iter().any(|p| p.matches(&name)));
+        found.cloned()
+    }
+
+    /// The cache settings in force.
+    fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the routes and cache settings (config reload); requests under way keep theirs.
+    pub fn reconfigure(&self, routes: Vec<Route>, policy: Policy) {
+        let routes = Arc::new(routes.into_iter().map(Arc::new).collect());
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 }
 

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::RecordType;
 
 const BIN: &str = env!("CARGO_BIN_EXE_regcache");
@@ -352,4 +353,182 @@ async fn healthcheck_asks_the_admin_listener() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+/// Starts `regcache serve` on port 0 in `dir` with `c.toml`; returns the child, its stderr lines
+/// and the announced addresses.
+fn spawn_serve(
+    dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::collections::HashMap<&'static str, std::net::SocketAddr>,
+) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while addrs.len() < 3 && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        for what in ["dns", "https", "admin"] {
+            if let Some(rest) = line.split(&format!("listening for {what} on ")).nth(1) {
+                addrs.insert(what, rest.trim().parse().unwrap());
+            }
+        }
+    }
+    assert_eq!(addrs.len(), 3, "listeners announced");
+    (child, rx, addrs)
+}
+
+/// Waits (bounded) for a stderr line containing `needle`.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+    panic!("no log line with {needle:?}");
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sighup_reloads_registries_ttls_and_logs_and_rejects_bad_configs() {
+    use crate::support::dns::{ipv4s, udp};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = crate::support::dns::Upstream::start().await;
+    let config = |registries: &[&str], ttl: u32, extra: &str| {
+        let mut text = format!(
+            "state_dir = \"state\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\nanswer_ipv4 = [\"10.1.1.1\"]\n\
+             upstream = [\"{}\"]\nttl = {ttl}\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_file = \"access.log\"\n{extra}\n",
+            upstream.addr
+        );
+        for r in registries {
+            text.push_str(&format!(
+                "[[registry]]\nhost = \"{r}\"\nupstream = \"https://127.0.0.1:1\"\n"
+            ));
+        }
+        std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    };
+    config(&["ghcr.io", "quay.io"], 60, "");
+    let (mut child, rx, addrs) = spawn_serve(dir.path());
+    let dns = addrs["dns"];
+    assert_eq!(udp(dns, "quay.io.", RecordType::A).await.answers[0].ttl, 60);
+
+    // A TLS connection opened before the reloads keeps working after them.
+    let ca = std::fs::read_to_string(dir.path().join("state/certs/ca.crt")).unwrap();
+    let tls = crate::support::tls_connect(addrs["https"], &ca, "ghcr.io", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| crate::support::build("GET", "ghcr.io", path, &[], bytes::Bytes::new());
+    assert_eq!(
+        sender
+            .send_request(get("/v2/a/manifests/1"))
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+
+    // Drop quay.io and shorten the TTL.
+    config(&["ghcr.io"], 30, "");
+    signal(&child, "-HUP");
+    wait_line(&rx, "configuration reloaded");
+    let quay = udp(dns, "quay.io.", RecordType::A).await;
+    assert_eq!(
+        quay.metadata.response_code,
+        ResponseCode::NXDomain,
+        "no longer intercepted: forwarded"
+    );
+    let ghcr = udp(dns, "ghcr.io.", RecordType::A).await;
+    assert_eq!(
+        (ipv4s(&ghcr), ghcr.answers[0].ttl),
+        (vec![std::net::Ipv4Addr::new(10, 1, 1, 1)], 30)
+    );
+
+    // A bad line: rejected, with its line, and the old configuration stays.
+    std::fs::write(dir.path().join("c.toml"), "[dns]\nttl = \"soon\"\n").unwrap();
+    signal(&child, "-HUP");
+    let line = wait_line(&rx, "config reload rejected");
+    assert!(line.contains("c.toml:2"), "{line}");
+    assert_eq!(udp(dns, "ghcr.io.", RecordType::A).await.answers[0].ttl, 30);
+
+    // Names the CA was not made for: rejected.
+    config(&["ghcr.io", "new.example"], 30, "");
+    signal(&child, "-HUP");
+    let line = wait_line(&rx, "config reload rejected");
+    assert!(line.contains("does not permit new.example"), "{line}");
+
+    // logrotate: move the file away, SIGHUP, the next lines go to a new file — now as JSON.
+    std::fs::rename(
+        dir.path().join("access.log"),
+        dir.path().join("access.log.1"),
+    )
+    .unwrap();
+    config(&["ghcr.io", "quay.io"], 60, "access_format = \"json\"");
+    signal(&child, "-HUP");
+    wait_line(&rx, "configuration reloaded");
+    assert_eq!(
+        udp(dns, "quay.io.", RecordType::A).await.answers[0].ttl,
+        60,
+        "quay.io is back"
+    );
+    assert_eq!(
+        sender
+            .send_request(get("/v2/b/manifests/1"))
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let old = std::fs::read_to_string(dir.path().join("access.log.1")).unwrap();
+    assert!(
+        old.contains("\"GET /v2/a/manifests/1 HTTP/1.1\" 502"),
+        "{old}"
+    );
+    let new = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(new.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (json["uri"].as_str(), json["status"].as_u64()),
+        (Some("/v2/b/manifests/1"), Some(502))
+    );
+    assert_eq!(json["host"], "ghcr.io");
+
+    signal(&child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
