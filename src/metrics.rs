@@ -211,7 +211,28 @@ impl Metrics {
             ca_expiry: Gauge::default(),
         };
         m.register();
+        m.touch_known_labels();
         m
+    }
+
+    /// Label values known in advance start at zero, so their series exist from the start (rates
+    /// and dashboards need a first sample).
+    fn touch_known_labels(&self) {
+        for source in [Source::Cache, Source::Upstream, Source::Local] {
+            let _ = self
+                .http_response_bytes
+                .get_or_create(&SourceLabels { source });
+        }
+        for result in [Revalidation::Unchanged, Revalidation::Changed] {
+            let _ = self
+                .cache_revalidations
+                .get_or_create(&RevalidationLabels { result });
+        }
+        for outcome in [Handshake::Ok, Handshake::Refused, Handshake::Failed] {
+            let _ = self
+                .tls_handshakes
+                .get_or_create(&HandshakeLabels { outcome });
+        }
     }
 
     fn register(&mut self) {

@@ -141,3 +141,54 @@ async fn metrics_follow_the_traffic_and_pass_promtool() {
         "promtool: {said}"
     );
 }
+
+/// Every metric the Grafana dashboard queries exists in `/metrics`.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let w = World::start().await;
+    // Per-registry families appear with their first sample.
+    w.app
+        .get("registry-1.docker.io", "/v2/library/small/manifests/1", &[])
+        .await;
+    w.app.get("ghcr.io", "/v2/acme/tool/manifests/1", &[]).await;
+    dns::udp(w.app.dns, "www.example.test.", RecordType::A).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = scrape(w.app.admin).await;
+    let families: Vec<&str> = (text.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/regcache.json"
+    ))
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut used = Vec::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("regcache_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.push(name);
+            }
+        }
+    }
+    assert!(
+        used.len() > 15,
+        "the dashboard queries regcache metrics: {used:?}"
+    );
+    for name in &used {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.contains(&family),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+    }
+}
