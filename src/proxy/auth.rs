@@ -138,14 +138,7 @@ async fn head(client: &Client, url: &str, auth: Option<String>) -> Option<Respon
 }
 
 async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> Option<String> {
-    let mut url = format!(
-        "{}?scope={}",
-        challenge.realm,
-        encode(&format!("repository:{repo}:pull"))
-    );
-    if let Some(service) = &challenge.service {
-        url.push_str(&format!("&service={}", encode(service)));
-    }
+    let url = challenge.token_url(&format!("repository:{repo}:pull"));
     if !url.starts_with("https://") {
         return None;
     }
@@ -154,6 +147,11 @@ async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> 
         .await
         .ok()?
         .ok()?;
+    read_token(resp).await.map(|(token, _)| token)
+}
+
+/// The token and its lifetime in seconds (`expires_in`) from a token service's answer.
+pub(super) async fn read_token(resp: Response<Incoming>) -> Option<(String, Option<u64>)> {
     if !resp.status().is_success() {
         return None;
     }
@@ -163,8 +161,14 @@ async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> 
         .ok()?
         .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let token = json.get("token").or_else(|| json.get("access_token"))?;
-    token.as_str().map(str::to_owned)
+    let token = json
+        .get("token")
+        .or_else(|| json.get("access_token"))?
+        .as_str()?;
+    Some((
+        token.to_owned(),
+        json.get("expires_in").and_then(|v| v.as_u64()),
+    ))
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -184,6 +188,22 @@ pub(super) fn encode(s: &str) -> String {
 pub struct Challenge {
     pub realm: String,
     pub service: Option<String>,
+}
+
+impl Challenge {
+    /// The token request for `scope` (omitted when empty): the realm with service and scope.
+    pub fn token_url(&self, scope: &str) -> String {
+        let mut url = self.realm.clone();
+        let mut sep = if url.contains('?') { '&' } else { '?' };
+        let scope = Some(scope).filter(|s| !s.is_empty());
+        for (key, value) in [("service", self.service.as_deref()), ("scope", scope)] {
+            if let Some(value) = value {
+                url.push_str(&format!("{sep}{key}={}", encode(value)));
+                sep = '&';
+            }
+        }
+        url
+    }
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"`.

@@ -10,11 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::auth::bearer_challenge;
+use super::auth::{bearer_challenge, read_token};
 use super::{Proxy, Route};
 use crate::config::Credentials;
 
@@ -97,17 +96,7 @@ impl Proxy {
         scope: &str,
     ) -> Option<(HeaderValue, Duration)> {
         let c = bearer_challenge(challenge)?;
-        let mut url = c.realm.clone();
-        let mut sep = if url.contains('?') { '&' } else { '?' };
-        for (k, v) in [
-            ("service", c.service.as_deref()),
-            ("scope", Some(scope).filter(|s| !s.is_empty())),
-        ] {
-            if let Some(v) = v {
-                url.push_str(&format!("{sep}{k}={}", super::auth::encode(v)));
-                sep = '&';
-            }
-        }
+        let url = c.token_url(scope);
         let mut headers = HeaderMap::new();
         if let Some(value) = route.credentials.as_ref().and_then(basic) {
             headers.insert(AUTHORIZATION, value);
@@ -119,21 +108,12 @@ impl Proxy {
                 return None;
             }
         };
-        if !resp.status().is_success() {
-            warn!(registry = %route.host, status = %resp.status(), realm = %c.realm, "token service refused the appliance");
+        let status = resp.status();
+        let Some((token, expires_in)) = read_token(resp).await else {
+            warn!(registry = %route.host, %status, realm = %c.realm, "token service refused the appliance");
             return None;
-        }
-        let body = Limited::new(resp.into_body(), 1 << 20)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let token = json
-            .get("token")
-            .or_else(|| json.get("access_token"))?
-            .as_str()?;
-        let life = (json.get("expires_in").and_then(|v| v.as_u64()))
+        };
+        let life = expires_in
             .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
             .saturating_sub(Duration::from_secs(10))
             .max(Duration::from_secs(5));

@@ -136,33 +136,7 @@ async fn serve_announces_its_listeners_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "c.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addrs = std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while addrs.len() < 3 && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        for what in ["dns", "https", "admin"] {
-            if let Some(rest) = line.split(&format!("listening for {what} on ")).nth(1) {
-                addrs.insert(what, rest.trim().parse::<std::net::SocketAddr>().unwrap());
-            }
-        }
-    }
-    assert_eq!(addrs.len(), 3, "all three listeners announced: {addrs:?}");
+    let (mut child, _stderr, addrs) = spawn_serve(dir.path());
     let reply = crate::support::dns::udp(addrs["dns"], "nvcr.io.", RecordType::A).await;
     assert_eq!(
         crate::support::dns::ipv4s(&reply),
