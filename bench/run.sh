@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# regcache benchmark (not a test: it prints figures, it asserts nothing about them).
+#
+#   sudo bash bench/run.sh                    # cargo build --release unless REGCACHE_BIN is set
+#   REGCACHE_BIN=target/release/regcache BENCH_ROUNDS=3 BENCH_DOCKERD=1 sudo -E bash bench/run.sh
+#
+# Measures, in one run so the figures can be compared as ratios:
+#   1. pull of a ~656 MiB image (3 layers of random bytes: 16, 128 and 512 MiB, gzip'd; generated
+#      locally) by skopeo (copy to a fresh oci dir on a tmpfs) and, with BENCH_DOCKERD=1, by dockerd:
+#      straight from the upstream registry, through regcache with an empty cache (cold), and through
+#      regcache again (warm). BENCH_ROUNDS rounds of direct, cold, warm; medians printed.
+#   2. the warm 512 MiB layer over HTTPS with curl (-o /dev/null, %{speed_download}): through regcache
+#      (served from its cache) and straight from the upstream `docker-registry`, interleaved, 3 runs each;
+#      medians and the ratio, plus the CPU time the serving process used per run.
+#
+# World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
+#   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, and the
+#             upstream CNCF distribution for nvcr.io on 198.51.100.30 (a /32 on its loopback), TLS with a
+#             per-run public CA; its certificate also names upstream.nvcr.test, a name regcache does not
+#             intercept (its DNS forwards it to dnsmasq), so that clients can reach the upstream directly.
+#   namespace rcbench-cli 10.78.0.2/24: skopeo, dockerd, curl; resolver regcache; a /32 route to
+#             198.51.100.30 via the appliance namespace, so direct and proxied traffic cross the same veth.
+# Both veth ends live in these namespaces; no traffic leaves them. Disk: ~0.7 GB upstream storage,
+# ~0.7 GB regcache cache, dockerd's vfs store up to ~1.4 GB during a pull; the work dir is removed at
+# the end (BENCH_KEEP=1 keeps it).
+#
+# Environment: REGCACHE_BIN, BENCH_ROUNDS (default 3, at most 5), BENCH_BLOB_RUNS (default 3, at most 9),
+# BENCH_DOCKERD (default 1), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
+# PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
+set -Eeuo pipefail
+shopt -u patsub_replacement 2>/dev/null || true
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+ASSETS=$REPO/scripts/e2e
+PY=${PYTHON:-/usr/bin/python3}
+
+APP_NS=rcbench-app
+CLI_NS=rcbench-cli
+APP_IP=10.78.0.1
+CLI_IP=10.78.0.2
+DNSMASQ_PORT=5353
+ADMIN_PORT=9090
+UP_HOST=nvcr.io
+UP_IP=198.51.100.30
+DIRECT_HOST=upstream.nvcr.test
+REPO_NAME=bench/big
+TAG=1
+LAYERS_MIB=(16 128 512)
+ROUNDS=${BENCH_ROUNDS:-3}
+BLOB_RUNS=${BENCH_BLOB_RUNS:-3}
+[[ $ROUNDS =~ ^[1-5]$ ]] || { echo "BENCH_ROUNDS must be 1..5" >&2; exit 2; }
+[[ $BLOB_RUNS =~ ^[1-9]$ ]] || { echo "BENCH_BLOB_RUNS must be 1..9" >&2; exit 2; }
+
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
+    SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE REGISTRY_AUTH_FILE DOCKER_HOST || true
+
+PIDS=()
+declare -A PIDNAME=()
+W='' LOGS='' NETNS_DIR_CREATED=0 RUN_NETNS_CREATED=0 OK=0
+
+say() { printf '%s\n' "$*"; }
+info() { say "bench: $*" >&2; }
+die() { say "bench: failed: $*" >&2; exit 1; }
+
+app() { ip netns exec "$APP_NS" "$@"; }
+cli() { ip netns exec "$CLI_NS" "$@"; }
+HERMETIC_MOUNTS='mount -n -t tmpfs -o size=64m,mode=755 rcbench-run /run && mount -n -t tmpfs -o size=64m,mode=755 rcbench-varlib /var/lib'
+
+bg() { # NAME NS CMD...
+    local name=$1 ns=$2; shift 2
+    ip netns exec "$ns" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9<&- &
+    PIDS+=("$!"); PIDNAME[$!]=$name
+}
+alive() { kill -0 "$1" 2>/dev/null; }
+wait_for() { # DESC PID TRIES DELAY CMD...
+    local desc=$1 pid=$2 tries=$3 delay=$4 i; shift 4
+    for ((i = 0; i < tries; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        if [[ $pid != - ]] && ! alive "$pid"; then
+            info "$desc: ${PIDNAME[$pid]:-$pid} exited"; tail -n 20 "$LOGS/${PIDNAME[$pid]:-none}.log" >&2 || true
+            return 1
+        fi
+        sleep "$delay"
+    done
+    info "timed out waiting for $desc"
+    return 1
+}
+stop_pid() {
+    local pid=$1 i
+    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.2; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+forget_pid() {
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+remove_ns() {
+    local ns=$1 pid
+    if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        sleep 0.2
+        ip netns del "$ns" 2>/dev/null || true
+    fi
+    rm -rf "/etc/netns/$ns"
+}
+cleanup() {
+    local rc=$? i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    remove_ns "$CLI_NS"
+    remove_ns "$APP_NS"
+    [[ $NETNS_DIR_CREATED == 1 ]] && rmdir /etc/netns 2>/dev/null
+    if [[ $RUN_NETNS_CREATED == 1 && -z $(ip netns list) ]]; then
+        umount -n /run/netns 2>/dev/null; rmdir /run/netns 2>/dev/null
+    fi
+    if [[ -n $W && -d $W ]]; then
+        if [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; then say "bench: work dir kept: $W" >&2; else rm -rf "$W"; fi
+    fi
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# preflight, build
+
+[[ $(id -u) == 0 ]] || die "must run as root"
+for tool in ip curl openssl skopeo docker-registry dnsmasq flock sha256sum "$PY"; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+BENCH_DOCKERD=${BENCH_DOCKERD:-1}
+if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
+exec 9<"${BASH_SOURCE[0]}"
+flock -n 9 || die "another bench/run.sh holds the lock"
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap '[[ $- == *e* && $BASHPID == "$$" ]] && say "bench: error at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+for ns in "$APP_NS" "$CLI_NS"; do
+    if ip netns list | awk '{print $1}' | grep -qx "$ns" || [[ -e /etc/netns/$ns ]]; then
+        info "removing stale namespace $ns"; remove_ns "$ns"
+    fi
+done
+W=$(mktemp -d "${BENCH_WORKDIR:-/tmp}/rcbench.XXXXXX")
+chmod 755 "$W"
+LOGS=$W/logs PKI=$W/pki
+mkdir -p "$LOGS" "$PKI" "$W/home/.docker" "$W/oci"
+echo '{}' >"$W/home/.docker/config.json"
+info "work dir $W"
+T0=$SECONDS
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+if [[ -n ${REGCACHE_BIN:-} ]]; then
+    BIN=$REGCACHE_BIN
+else
+    info "cargo build --release (log: logs/cargo-build.log)"
+    (cd "$REPO" && timeout 1200 cargo build --release) >"$LOGS/cargo-build.log" 2>&1 \
+        || { tail -n 15 "$LOGS/cargo-build.log" >&2; die "cargo build --release"; }
+    BIN=$REPO/target/release/regcache
+fi
+[[ -x $BIN ]] || die "no executable at $BIN"
+if [[ -n ${REGCACHE_BIN:-} ]]; then
+    BIN_DESC="$BIN (REGCACHE_BIN)"
+else
+    BIN_DESC="$BIN (release build of $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" &&
+        git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in src'))"
+fi
+export HOME=$W/home DOCKER_CONFIG=$W/home/.docker
+
+# ---------------------------------------------------------------------------------------------------
+# PKI, namespaces, upstream resolver and registry
+
+(
+    cd "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ca.key -out ca.crt \
+        -subj "/CN=regcache bench public root $$" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout up.key -out up.csr -subj "/CN=$UP_HOST"
+    printf 'subjectAltName=DNS:%s,DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        "$UP_HOST" "$DIRECT_HOST" >up.ext
+    openssl x509 -req -in up.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile up.ext -out up.crt
+) >"$LOGS/pki.log" 2>&1
+
+[[ -d /etc/netns ]] || { mkdir /etc/netns; NETNS_DIR_CREATED=1; }
+[[ -d /run/netns ]] || RUN_NETNS_CREATED=1
+mkdir -p /etc/docker /etc/containers
+ip netns add "$APP_NS"
+ip netns add "$CLI_NS"
+ip link add rcbench-app netns "$APP_NS" type veth peer name rcbench-cli netns "$CLI_NS"
+ip -n "$APP_NS" addr add "$APP_IP/24" dev rcbench-app
+ip -n "$CLI_NS" addr add "$CLI_IP/24" dev rcbench-cli
+for ns in "$APP_NS" "$CLI_NS"; do
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=0
+done
+ip -n "$APP_NS" link set rcbench-app up
+ip -n "$CLI_NS" link set rcbench-cli up
+ip -n "$APP_NS" addr add "$UP_IP/32" dev lo
+# the upstream address is local to APP: no forwarding is needed to reach it over the veth
+ip -n "$CLI_NS" route add "$UP_IP/32" via "$APP_IP"
+mkdir -p "/etc/netns/$APP_NS" "/etc/netns/$CLI_NS"
+echo "nameserver 127.0.0.9" >"/etc/netns/$APP_NS/resolv.conf"
+echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
+
+bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --user=root --pid-file="$W/dnsmasq.pid" \
+    --port "$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
+    --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" --address=/#/
+DNSMASQ_PID=$!
+
+render() { # TEMPLATE OUT KEY=VALUE...
+    local tmpl=$1 out=$2 kv text; shift 2
+    text=$(<"$tmpl")
+    for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
+    [[ $text != *@[A-Z_]*@* ]] || die "unfilled placeholder in $out"
+    printf '%s\n' "$text" >"$out"
+}
+UP=$W/upstream
+mkdir -p "$UP/storage"
+render "$ASSETS/registry-plain.yml.in" "$UP/config.yml" ROOT="$UP/storage" ADDR="$UP_IP:443" \
+    SECRET="$(openssl rand -hex 16)" CERT="$PKI/up.crt" KEY="$PKI/up.key"
+bg upstream "$APP_NS" docker-registry serve "$UP/config.yml"
+UP_PID=$!
+app_curl() { app curl -sS --max-time 120 --cacert "$PKI/ca.crt" --resolve "$UP_HOST:443:$UP_IP" "$@"; }
+code_is() { local want=$1 code; shift; code=$("$@" -o /dev/null -w '%{http_code}') && [[ $code == "$want" ]]; }
+wait_for upstream "$UP_PID" 100 0.1 code_is 200 app_curl --max-time 2 "https://$UP_HOST/v2/" || die "upstream registry"
+
+# ---------------------------------------------------------------------------------------------------
+# the image: generated locally, pushed through the registry API, then the local copy removed
+
+info "generating the image (${LAYERS_MIB[*]} MiB layers of random bytes; ~20 s)"
+gen_args=()
+for m in "${LAYERS_MIB[@]}"; do gen_args+=(--layer-mib "$m"); done
+IMAGE_DIGEST=$("$PY" "$ASSETS/gen_image.py" "$W/image" --name "$UP_HOST/$REPO_NAME" --tag "$TAG" --format docker "${gen_args[@]}")
+BIG_BLOB='' BIG_SIZE=0 IMAGE_BYTES=0
+while read -r kind a _; do
+    [[ $kind == blob ]] || continue
+    s=$(stat -c %s "$W/image/blobs/sha256/${a#sha256:}")
+    IMAGE_BYTES=$((IMAGE_BYTES + s))
+    if ((s > BIG_SIZE)); then BIG_SIZE=$s BIG_BLOB=$a; fi
+done <"$W/image/push-plan"
+push() {
+    local kind a b c loc sep
+    while read -r kind a b c; do
+        case $kind in
+        blob)
+            loc=$(app_curl -f -X POST -o /dev/null -w '%header{location}' "https://$UP_HOST/v2/$REPO_NAME/blobs/uploads/")
+            [[ $loc == /* ]] && loc=https://$UP_HOST$loc
+            [[ $loc == *\?* ]] && sep='&' || sep='?'
+            app_curl -f -o /dev/null -H 'Content-Type: application/octet-stream' \
+                -T "$W/image/blobs/sha256/${a#sha256:}" "$loc${sep}digest=$a"
+            ;;
+        tag)
+            app_curl -f -o /dev/null -H "Content-Type: $c" -T "$W/image/blobs/sha256/${b#sha256:}" \
+                "https://$UP_HOST/v2/$REPO_NAME/manifests/$a"
+            ;;
+        esac
+    done <"$W/image/push-plan"
+}
+push >"$LOGS/push.log" 2>&1 || die "push (logs/push.log)"
+rm -rf "$W/image"
+info "image $UP_HOST/$REPO_NAME:$TAG $IMAGE_DIGEST pushed: $((IMAGE_BYTES >> 20)) MiB of blobs, largest $BIG_BLOB ($((BIG_SIZE >> 20)) MiB); $((SECONDS - T0)) s"
+
+# ---------------------------------------------------------------------------------------------------
+# regcache
+
+RC=$W/regcache
+mkdir -p "$RC/state"
+render "$HERE/regcache.toml.in" "$RC/config.toml" STATE_DIR="$RC/state" CACHE_DIR="$RC/cache" APP_IP="$APP_IP" \
+    CLI_IP="$CLI_IP" DNSMASQ_PORT="$DNSMASQ_PORT" PUBLIC_CA="$PKI/ca.crt" ADMIN_PORT="$ADMIN_PORT"
+app "$BIN" ca cert --config "$RC/config.toml" >"$W/regcache-ca.crt"
+REGCACHE_PID='' NSTART=0
+start_regcache() {
+    NSTART=$((NSTART + 1))
+    ip netns exec "$APP_NS" "$BIN" serve --config "$RC/config.toml" >>"$LOGS/regcache.access.log" \
+        2>"$LOGS/regcache.$NSTART.log" </dev/null 9<&- &
+    REGCACHE_PID=$!
+    PIDS+=("$REGCACHE_PID"); PIDNAME[$REGCACHE_PID]=regcache.$NSTART
+    wait_for regcache "$REGCACHE_PID" 150 0.2 grep -q 'listening for https on' "$LOGS/regcache.$NSTART.log" \
+        || die "regcache did not start (logs/regcache.$NSTART.log)"
+}
+stop_regcache() { stop_pid "$REGCACHE_PID"; forget_pid "$REGCACHE_PID"; REGCACHE_PID=''; }
+empty_cache() { # restart regcache with an empty cache (its CA, in state/, stays)
+    stop_regcache
+    rm -rf "$RC/cache"
+    start_regcache
+}
+start_regcache
+
+# client trust: regcache's CA for nvcr.io, the public CA for the direct name
+cp -a /etc/containers "/etc/netns/$CLI_NS/containers"
+for d in containers docker; do
+    for pair in "$UP_HOST:$W/regcache-ca.crt" "$DIRECT_HOST:$PKI/ca.crt"; do
+        mkdir -p "/etc/netns/$CLI_NS/$d/certs.d/${pair%%:*}"
+        cp "${pair#*:}" "/etc/netns/$CLI_NS/$d/certs.d/${pair%%:*}/ca.crt"
+    done
+done
+
+# through regcache: https://nvcr.io/... (DNS -> regcache); direct: https://upstream.nvcr.test/... (DNS
+# forwarded by regcache to dnsmasq -> 198.51.100.30, routed over the same veth)
+via_url() { echo "https://$UP_HOST/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
+direct_url() { echo "https://$DIRECT_HOST/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
+code_is 200 cli curl -sS --max-time 10 --cacert "$W/regcache-ca.crt" "https://$UP_HOST/v2/" || die "client -> regcache"
+code_is 200 cli curl -sS --max-time 10 --cacert "$PKI/ca.crt" "https://$DIRECT_HOST/v2/" || die "client -> upstream directly"
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+cpu_secs() { # PID: user+system CPU seconds so far
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# 1. image pulls
+
+# skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec)
+skopeo_pull() { # REF LOGNAME: prints seconds
+    local t0 t1
+    t0=$(now)
+    ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
+        sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1 \
+        || die "skopeo copy docker://$1 (logs/$2.log)"
+    t1=$(now)
+    secs "$t0" "$t1"
+}
+declare -A T=()   # "client kind" -> space-separated seconds
+for ((r = 1; r <= ROUNDS; r++)); do
+    T[skopeo_direct]+=" $(skopeo_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "skopeo-direct-$r")"
+    empty_cache
+    T[skopeo_cold]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-cold-$r")"
+    T[skopeo_warm]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-warm-$r")"
+    info "skopeo round $r: direct${T[skopeo_direct]##* } s, cold${T[skopeo_cold]##* } s, warm${T[skopeo_warm]##* } s"
+done
+
+DOCKER_DONE=0
+if [[ $BENCH_DOCKERD == 1 ]]; then
+    D=$W/docker
+    mkdir -p "$D/data" "$D/exec"
+    echo '{"max-concurrent-downloads": 3, "log-level": "warn"}' >"$D/daemon.json"
+    awk '$2 ~ "^/sys/fs/cgroup" && ($3 == "tmpfs" || $3 == "cgroup" || $3 == "cgroup2") {
+            printf "mkdir -p %s && mount -n -t %s -o %s %s %s\n", $2, $3, $4, $1, $2 }' /proc/self/mounts >"$D/cgroups.sh"
+    export DOCKER_HOST=unix://$D/docker.sock
+    bg dockerd "$CLI_NS" sh -c ". '$D/cgroups.sh' && $HERMETIC_MOUNTS && exec dockerd --data-root '$D/data' \
+        --exec-root '$D/exec' --pidfile '$D/docker.pid' -H 'unix://$D/docker.sock' --config-file '$D/daemon.json' \
+        --iptables=false --ip-forward=false --bridge=none --storage-driver=vfs"
+    DOCKERD_PID=$!
+    if wait_for dockerd "$DOCKERD_PID" 120 0.5 docker info; then
+        docker_pull() { # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing)
+            local t0 t1
+            t0=$(now)
+            timeout 600 docker pull "$1" >"$LOGS/$2.log" 2>&1 || die "docker pull $1 (logs/$2.log)"
+            t1=$(now)
+            docker image inspect --format '{{join .RepoDigests " "}}' "$1" >>"$LOGS/$2.log"
+            docker rmi -f "$1" >/dev/null 2>&1 || true
+            secs "$t0" "$t1"
+        }
+        for ((r = 1; r <= ROUNDS; r++)); do
+            T[dockerd_direct]+=" $(docker_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "docker-direct-$r")"
+            empty_cache
+            T[dockerd_cold]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-cold-$r")"
+            T[dockerd_warm]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-warm-$r")"
+            info "dockerd round $r: direct${T[dockerd_direct]##* } s, cold${T[dockerd_cold]##* } s, warm${T[dockerd_warm]##* } s"
+        done
+        DOCKER_DONE=1
+    else
+        info "dockerd did not start (logs/dockerd.log): no dockerd figures"
+    fi
+    stop_pid "$DOCKERD_PID"; forget_pid "$DOCKERD_PID"
+    rm -rf "$D/data"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 2. warm 512 MiB blob, one curl stream, interleaved
+
+stat_cpu() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6; exit }' /proc/stat; }   # busy idle (jiffies)
+# blob_get URL CA SERVER-PID [CURL-OPTS]: one GET; prints "MB/s server-CPU-s client-CPU-s machine-busy-% x-cache"
+# (machine busy: share of both CPUs not idle during the GET, everything included)
+blob_get() {
+    local out c0 c1 code speed size xc s0 s1 ct TIMEFORMAT='%U %S'
+    c0=$(cpu_secs "$3") s0=$(stat_cpu)
+    { time cli curl -sS --max-time 120 ${4:-} --cacert "$2" -o /dev/null \
+        -w '%{http_code} %{speed_download} %{size_download} %header{x-cache}' "$1" >"$W/curl.out" 2>"$W/curl.err"; } 2>"$W/curl.time" \
+        || die "curl $1: $(cat "$W/curl.err")"
+    c1=$(cpu_secs "$3") s1=$(stat_cpu)
+    read -r code speed size xc <"$W/curl.out"
+    ct=$(awk '{ print $1 + $2 }' "$W/curl.time")
+    [[ $code == 200 && $size == "$BIG_SIZE" ]] || die "curl $1: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
+    awk -v s="$speed" -v a="$c0" -v b="$c1" -v ct="$ct" -v s0="$s0" -v s1="$s1" -v x="${xc:--}" 'BEGIN {
+        split(s0, p, " "); split(s1, q, " "); busy = q[1] - p[1]; idle = q[2] - p[2]
+        printf "%.0f %.2f %.2f %.0f %s\n", s / 1e6, b - a, ct, (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), x }'
+}
+# make sure both copies are in the page cache and the cached copy is complete
+out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID")
+out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID")
+# HTTP/1.1 and HTTP/2 (both servers offer h2 in ALPN; curl's default picks it), each run: direct, regcache
+declare -A MBS=() CPU=() CCPU=() BUSY=()
+for ((i = 1; i <= BLOB_RUNS; i++)); do
+    for proto in http1.1 http2; do
+        for path in direct via; do
+            if [[ $path == direct ]]; then
+                out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID" "--$proto")
+            else
+                out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" "--$proto")
+            fi
+            read -r mbs cpu ccpu busy xc <<<"$out"
+            [[ $path == direct || $xc == HIT ]] || die "the warm blob GET through regcache answered x-cache: $xc"
+            k=${path}_$proto
+            MBS[$k]+=" $mbs" CPU[$k]+=" $cpu" CCPU[$k]+=" $ccpu" BUSY[$k]+=" $busy"
+            info "blob run $i $proto $path: $mbs MB/s, server CPU $cpu s, curl CPU $ccpu s, machine busy $busy % (x-cache $xc)"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------------
+# report
+
+NGINX_MBS=980   # NOTES-e2e.md: tuned nginx proxy_cache, same machine kind, warm 512 MiB blob, one stream
+say ""
+say "regcache benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) CPUs  $(uname -r)"
+say "binary: $BIN_DESC"
+say "image: $UP_HOST/$REPO_NAME:$TAG, $((IMAGE_BYTES >> 20)) MiB of blobs (layers ${LAYERS_MIB[*]} MiB, random, gzip)"
+say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the bench alone keeps it near 1-2;"
+say "  higher means something else shared the CPUs)"
+say ""
+say "image pull, seconds (median of $ROUNDS; each round: direct, cold, warm)"
+printf '  %-8s %-10s %8s  %-7s  %s\n' client path median "/direct" runs
+for client in skopeo dockerd; do
+    [[ $client == dockerd && $DOCKER_DONE != 1 ]] && continue
+    # shellcheck disable=SC2086
+    dmed=$(median ${T[${client}_direct]})
+    for kind in direct cold warm; do
+        # shellcheck disable=SC2086
+        med=$(median ${T[${client}_$kind]})
+        printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
+    done
+done
+say ""
+say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, one curl stream, MB/s (median of $BLOB_RUNS; runs interleaved)"
+cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values
+printf "  %-9s %-31s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" protocol server median "runs (MB/s)" "server CPU s" "curl CPU s" "machine busy %"
+for proto in http1.1 http2; do
+    for path in direct via; do
+        k=${path}_$proto
+        name="direct from docker-registry"
+        [[ $path == via ]] && name="through regcache (x-cache HIT)"
+        # shellcheck disable=SC2086
+        printf "  %-9s %-31s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" "$proto" "$name" "$(median ${MBS[$k]})" "${MBS[$k]# }" \
+            "${CPU[$k]# }" "${CCPU[$k]# }" "${BUSY[$k]# }"
+    done
+    # shellcheck disable=SC2086
+    say "  $proto: regcache / direct = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[direct_$proto]})");" \
+        "regcache / nginx proxy_cache (~980 MB/s in NOTES-e2e.md) = $(ratio "$(median ${MBS[via_$proto]})" "$NGINX_MBS")"
+done
+say ""
+info "finished after $((SECONDS - T0)) s; disk at the end: upstream $(du -sh "$UP/storage" | cut -f1), cache $(du -sh "$RC/cache" | cut -f1)"
+OK=1
