@@ -456,6 +456,25 @@ impl Store {
         self.lock().tags.get(key).cloned()
     }
 
+    /// Any mapping of `tag` (whatever Accept it was made for) whose object is stored and whose
+    /// media type is one of `accepted` (any, when `accepted` is empty).
+    pub fn tag_any(
+        &self,
+        registry: &str,
+        repo: &str,
+        tag: &str,
+        accepted: &[&str],
+    ) -> Option<TagEntry> {
+        let state = self.lock();
+        let fits = |t: &TagEntry| {
+            accepted.is_empty() || accepted.iter().any(|a| *a == t.media_type || *a == "*/*")
+        };
+        let found = (state.tags.iter())
+            .filter(|(k, _)| k.registry == registry && k.repo == repo && k.tag == tag)
+            .find(|(_, t)| fits(t) && state.objects.contains_key(&t.digest));
+        found.map(|(_, t)| t.clone())
+    }
+
     /// Maps `key` to `digest`, fresh for `ttl`, and persists the mapping.
     pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
         let text = format!(

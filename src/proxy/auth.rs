@@ -105,8 +105,14 @@ impl AuthMemory {
 
 /// Whether the upstream serves `url` (in `repo`) to anyone: anonymously, or with an anonymous
 /// token from the Bearer realm it names (as Docker Hub does for public images).
-pub async fn probe_public(client: &Client, url: &str, repo: &str) -> bool {
-    let Some(resp) = head(client, url, None).await else {
+pub async fn probe_public(
+    client: &Client,
+    url: &str,
+    repo: &str,
+    accept: Option<http::HeaderValue>,
+) -> bool {
+    let head = |auth| head(client, url, auth, accept.clone());
+    let Some(resp) = head(None).await else {
         return false;
     };
     if resp.status().is_success() || resp.status().is_redirection() {
@@ -121,12 +127,20 @@ pub async fn probe_public(client: &Client, url: &str, repo: &str) -> bool {
     let Some(token) = anonymous_token(client, &challenge, repo).await else {
         return false;
     };
-    let resp = head(client, url, Some(format!("Bearer {token}"))).await;
+    let resp = head(Some(format!("Bearer {token}"))).await;
     resp.is_some_and(|r| r.status().is_success() || r.status().is_redirection())
 }
 
-async fn head(client: &Client, url: &str, auth: Option<String>) -> Option<Response<Incoming>> {
+async fn head(
+    client: &Client,
+    url: &str,
+    auth: Option<String>,
+    accept: Option<http::HeaderValue>,
+) -> Option<Response<Incoming>> {
     let mut req = Request::builder().method(Method::HEAD).uri(url);
+    if let Some(accept) = accept {
+        req = req.header(http::header::ACCEPT, accept);
+    }
     if let Some(auth) = auth {
         req = req.header(AUTHORIZATION, auth);
     }

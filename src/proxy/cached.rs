@@ -69,7 +69,10 @@ impl Proxy {
     /// `/v2/`: relayed while the upstream answers; answered locally when it is down.
     async fn root(&self, up: &Up<'_>) -> Result<Response<Body>, Error> {
         let why = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
-            Ok(resp) if !unavailable(resp.status()) => return Ok(relay(resp, up.route, up.host)),
+            Ok(resp) if !unavailable(resp.status()) => {
+                self.remember_challenge(&up.route.host, &resp);
+                return Ok(relay(resp, up.route, up.host));
+            }
             Ok(resp) => format!("upstream answered {}", resp.status()),
             Err(e) => e.to_string(),
         };
@@ -77,7 +80,37 @@ impl Proxy {
             return Err(Error::Unavailable(why));
         }
         warn!(registry = %up.route.host, %why, "upstream unavailable: answering /v2/ locally");
-        Ok(local_root("STALE"))
+        // A Basic-auth registry keeps asking for credentials, or clients would never send them.
+        // (A Bearer challenge would send clients to a token service that may be down too.)
+        let anonymous = !up.headers.contains_key(header::AUTHORIZATION);
+        match self.basic_challenge(&up.route.host).filter(|_| anonymous) {
+            Some(challenge) => Ok(challenge_response(challenge)),
+            None => Ok(local_root("STALE")),
+        }
+    }
+
+    /// Remembers the upstream's `/v2/` challenge for the offline answers.
+    fn remember_challenge(&self, registry: &str, resp: &Response<Incoming>) {
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return;
+        }
+        if let Some(value) = resp.headers().get(header::WWW_AUTHENTICATE) {
+            let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
+            challenges.insert(registry.to_owned(), value.clone());
+        }
+    }
+
+    /// The registry's remembered challenge, when it is Basic.
+    fn basic_challenge(&self, registry: &str) -> Option<HeaderValue> {
+        let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+        let value = challenges.get(registry)?;
+        let basic = value
+            .to_str()
+            .ok()?
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("basic");
+        basic.then(|| value.clone())
     }
 
     /// A blob or a manifest by digest: immutable, stored once, shared by every repository that
@@ -192,7 +225,7 @@ impl Proxy {
                 }
                 match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
                     Ok(resp) if resp.status() == StatusCode::OK => {
-                        self.granted(&cred, &up.route.host, repo, &up.url);
+                        self.granted(&cred, &up.headers, &up.route.host, repo, &up.url);
                         let current = resp.headers().get(DOCKER_CONTENT_DIGEST);
                         let current = current.and_then(|v| Digest::parse(v.to_str().ok()?));
                         if current.as_ref() == Some(&entry.digest) {
@@ -234,10 +267,58 @@ impl Proxy {
                 }
             }
         }
-        if head {
-            return self.pass(up).await;
+        let asked = match head {
+            true => self.head_tag(up, key.clone(), &cred).await,
+            false => self.fetch_tag(up, key.clone(), &cred).await,
+        };
+        let why = match &asked {
+            Ok(resp) if unavailable(resp.status()) => {
+                format!("upstream answered {}", resp.status())
+            }
+            Ok(_) => return asked,
+            Err(e) => e.to_string(),
+        };
+        // The upstream is down and this exact Accept has no mapping: any mapping of the tag whose
+        // media type the client accepts (another client asked with other Accept values).
+        let types: Vec<&str> = key.accept.split(',').filter(|t| !t.is_empty()).collect();
+        let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
+            .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
+        if let Some((reader, entry)) = fallback {
+            if self.offline_allowed(up, repo, &cred, &why) {
+                warn!(registry = %up.route.host, repo, tag, %why, "serving a stale tag");
+                return Ok(serve_manifest(
+                    reader,
+                    &entry.media_type,
+                    head,
+                    "STALE",
+                    true,
+                ));
+            }
         }
-        self.fetch_tag(up, key, &cred).await
+        asked
+    }
+
+    /// HEADs a manifest by tag and remembers the tag → digest mapping it states (dockerd resolves
+    /// tags this way, then GETs the manifest by digest).
+    async fn head_tag(
+        &self,
+        up: &Up<'_>,
+        key: TagKey,
+        cred: &Credential,
+    ) -> Result<Response<Body>, Error> {
+        let resp = (self.fetch(&Method::HEAD, &up.url, up.headers.clone())).await?;
+        if resp.status() == StatusCode::OK {
+            self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url);
+            let h = resp.headers();
+            let digest =
+                (h.get(DOCKER_CONTENT_DIGEST)).and_then(|v| Digest::parse(v.to_str().ok()?));
+            let media_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            if let (Some(digest), Some(media_type)) = (digest, media_type) {
+                let ttl = self.policy().manifest_ttl;
+                self.cache.put_tag(key, digest, media_type, ttl);
+            }
+        }
+        Ok(relay(resp, up.route, up.host))
     }
 
     /// GETs a manifest by tag, stores it under its digest and maps the tag to it.
@@ -253,7 +334,7 @@ impl Proxy {
         if resp.status() != StatusCode::OK {
             return Ok(relay(resp, up.route, up.host));
         }
-        self.granted(cred, &up.route.host, &key.repo, &up.url);
+        self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url);
         let (parts, body) = resp.into_parts();
         let media_type = (parts.headers.get(header::CONTENT_TYPE))
             .and_then(|v| v.to_str().ok())
@@ -334,7 +415,7 @@ impl Proxy {
         }
         let why = match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
             Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
-                self.granted(cred, registry, repo, &up.url);
+                self.granted(cred, &up.headers, registry, repo, &up.url);
                 return Ok(());
             }
             Ok(resp) if !unavailable(resp.status()) => {
@@ -351,6 +432,11 @@ impl Proxy {
         if self.offline_allowed(up, repo, cred, &why) {
             warn!(%registry, repo, %why, "upstream unavailable: serving from the cache");
             return Ok(());
+        }
+        if cred.is_anonymous() {
+            if let Some(challenge) = self.basic_challenge(registry) {
+                return Err(challenge_response(challenge));
+            }
         }
         let e = Error::Unavailable(why);
         Err(error_response(
@@ -389,18 +475,25 @@ impl Proxy {
 
     /// Records a positive answer; for a credentialed client, finds out once in a while whether
     /// the repository is public (so anonymous clients can be served while the upstream is down).
-    fn granted(&self, cred: &Credential, registry: &str, repo: &str, url: &str) {
+    fn granted(
+        &self,
+        cred: &Credential,
+        headers: &HeaderMap,
+        registry: &str,
+        repo: &str,
+        url: &str,
+    ) {
         self.auth.grant(cred, registry, repo);
-        if !cred.is_anonymous()
-            && self
-                .auth
-                .should_probe(registry, repo, self.policy().offline_auth_window / 4)
-        {
+        let every = self.policy().offline_auth_window / 4;
+        if !cred.is_anonymous() && self.auth.should_probe(registry, repo, every) {
             let client = self.client.clone();
             let auth = self.auth.clone();
             let (registry, repo, url) = (registry.to_owned(), repo.to_owned(), url.to_owned());
+            // With the client's Accept: registries answer 404 to a manifest HEAD without one
+            // when the manifest is an OCI type.
+            let accept = headers.get(header::ACCEPT).cloned();
             tokio::spawn(async move {
-                if super::auth::probe_public(&client, &url, &repo).await {
+                if super::auth::probe_public(&client, &url, &repo, accept).await {
                     info!(%registry, %repo, "repository is public");
                     auth.mark_public(&registry, &repo);
                 }
@@ -438,8 +531,13 @@ impl FillTask {
             let _ = tx.send(Outcome::Relay(resp));
             return;
         }
-        self.proxy
-            .granted(&self.cred, &self.registry, &self.repo, &self.url);
+        (self.proxy).granted(
+            &self.cred,
+            &self.headers,
+            &self.registry,
+            &self.repo,
+            &self.url,
+        );
         let size = (resp.headers().get(header::CONTENT_LENGTH))
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let media_type = (resp.headers().get(header::CONTENT_TYPE))
@@ -469,6 +567,18 @@ impl FillTask {
             Err(e) => warn!(%digest, url = %self.url, error = %e, "not cached"),
         }
     }
+}
+
+/// 401 with `challenge`, in the OCI error format.
+fn challenge_response(challenge: HeaderValue) -> Response<Body> {
+    let mut resp = error_response(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "authentication required",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
+    resp
 }
 
 fn unavailable(status: StatusCode) -> bool {

@@ -90,6 +90,9 @@ pub struct Proxy {
     tokens: tokens::Tokens,
     /// Swapped on reload; std RwLock, never held across .await.
     policy: RwLock<Policy>,
+    /// The last `/v2/` challenge of each registry (offline answers); std RwLock, never held
+    /// across .await.
+    challenges: RwLock<std::collections::HashMap<String, http::HeaderValue>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
 }
@@ -123,6 +126,7 @@ impl Proxy {
             auth: Arc::default(),
             tokens: tokens::Tokens::default(),
             policy: RwLock::new(policy),
+            challenges: RwLock::default(),
             metrics,
             status,
         })

@@ -364,3 +364,97 @@ async fn a_write_error_falls_back_to_pass_through_and_caching_resumes_later() {
     assert_eq!((x_cache(&resp), resp.body()), ("MISS", &blob()));
     assert!(w.app.cache.contains(&digest(&blob_digest())));
 }
+
+/// dockerd resolves a tag with a HEAD, then GETs the manifest by digest; offline, the tag must
+/// still resolve, also for a client whose Accept differs but admits the stored media type.
+#[tokio::test]
+async fn offline_tags_resolve_for_clients_that_head_them_like_dockerd() {
+    let w = World::start().await;
+    let tag = "/v2/library/mut/manifests/latest";
+    let dockerd_accept = [(
+        "accept",
+        "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+    )];
+    let head = w
+        .app
+        .request(HUB, build("HEAD", HUB, tag, &dockerd_accept, Bytes::new()))
+        .await;
+    assert_eq!(head.status(), StatusCode::OK);
+    let digest = head.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(digest, digest_of(&mutable(1, true)));
+    let by_digest = format!("/v2/library/mut/manifests/{digest}");
+    let manifest = w.app.get(HUB, &by_digest, &dockerd_accept).await;
+    assert_eq!(
+        (manifest.status(), manifest.body()),
+        (StatusCode::OK, &mutable(1, true))
+    );
+
+    w.registry
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::time::resume();
+    let head = w
+        .app
+        .request(HUB, build("HEAD", HUB, tag, &dockerd_accept, Bytes::new()))
+        .await;
+    assert_eq!((head.status(), x_cache(&head)), (StatusCode::OK, "STALE"));
+    assert_eq!(head.headers()["docker-content-digest"], digest.as_str());
+    let get = w.app.get(HUB, &by_digest, &dockerd_accept).await;
+    assert_eq!(
+        (get.status(), get.body()),
+        (StatusCode::OK, &mutable(1, true))
+    );
+    // Another client asks by tag for the index type only: the same mapping serves it.
+    let other = w.app.get(HUB, tag, &[("accept", INDEX_TYPE)]).await;
+    assert_eq!(
+        (other.status(), other.body()),
+        (StatusCode::OK, &mutable(1, true))
+    );
+    // One that accepts only single-arch manifests does not get the index.
+    let single = w.app.get(HUB, tag, &[("accept", MANIFEST_TYPE)]).await;
+    assert_eq!(single.status(), StatusCode::BAD_GATEWAY);
+}
+
+/// A repository filled by a client with a token is found public (the probe sends the client's
+/// Accept, without which registries answer 404 for OCI manifests), so anonymous clients are
+/// served while the upstream is down.
+#[tokio::test]
+async fn repositories_found_public_serve_anonymous_clients_offline() {
+    let w = World::start().await;
+    let tag = "/v2/library/mut/manifests/latest";
+    let accept = ("accept", INDEX_TYPE);
+    let filled = w
+        .app
+        .get(HUB, tag, &[accept, ("authorization", TOKEN)])
+        .await;
+    assert_eq!(filled.status(), StatusCode::OK);
+    // The probe runs in the background: wait (bounded) for its anonymous HEAD.
+    for _ in 0..50 {
+        let probed = w
+            .registry
+            .seen(tag)
+            .iter()
+            .any(|s| s.method == "HEAD" && !s.headers.contains_key("authorization"));
+        if probed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    w.registry
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::time::resume();
+    let anonymous = w.app.get(HUB, tag, &[accept]).await;
+    assert_eq!(
+        (anonymous.status(), anonymous.body()),
+        (StatusCode::OK, &mutable(1, true))
+    );
+}

@@ -312,6 +312,27 @@ async fn route(
                 false => unauthorized(port).into(),
             };
         }
+        if let Some(d) = path.strip_prefix("/v2/library/mut/manifests/sha256:") {
+            let known = [mutable(version, true), mutable(version, false)];
+            if let Some(body) = known.iter().find(|b| sha256_hex(b) == d) {
+                let kind = if body.windows(5).any(|w| w == b"index") {
+                    INDEX_TYPE
+                } else {
+                    MANIFEST_TYPE
+                };
+                let digest = digest_of(body);
+                return ok(
+                    body.clone(),
+                    kind,
+                    &[("docker-content-digest", digest.as_str())],
+                )
+                .into();
+            }
+        }
+        if path == "/v2/library/mut/manifests/latest" && !headers.contains_key("accept") {
+            // Like distribution for OCI manifests: without an Accept, not found.
+            return status(StatusCode::NOT_FOUND, &[]).into();
+        }
         if path == "/v2/library/mut/manifests/latest" {
             let body = mutable(version, wants_index);
             let kind = if wants_index {
