@@ -19,6 +19,7 @@ command -v setcap >/dev/null || { echo "docker-image.sh: setcap missing (apt-get
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"     # mktemp -d makes it 0700: the image's / would be closed to uid 10001
 mkdir -p "$root"/{usr/local/bin,etc/regcache,var/lib/regcache/certs,var/lib/regcache/cache,tmp}
 chmod 1777 "$root/tmp"
 install -m 0755 "$bin" "$root/usr/local/bin/regcache"

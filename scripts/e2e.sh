@@ -5,7 +5,8 @@
 #   REGCACHE_BIN=path E2E_KEEP=1 bash scripts/e2e.sh
 #
 # World (everything is minted and generated at run time; no internet is used):
-#   namespace APP  10.77.0.1/24  regcache (dns :53, https :443, admin 127.0.0.1:9090), and the "internet"
+#   namespace APP  10.77.0.1/24  regcache (dns :53, https :443, plain-HTTP mirror :80, admin 0.0.0.0:9090),
+#                  later a dockerd running it with docker-compose, and the "internet"
 #                  as /32s on its loopback: dnsmasq 127.0.0.1:5353 (the upstream resolver),
 #                  CNCF distribution for registry-1.docker.io (token auth + 307 to the CDN), ghcr.io,
 #                  nvcr.io and quay.io (HTTP Basic auth, htpasswd), a token service for auth.docker.io
@@ -24,6 +25,15 @@
 # and what must stay refused stays refused. "INFO: offline: ..." lines record offline cases that are
 # observed but not asserted (each with its log, what regcache logged and answered included).
 #
+# Deployment and onboarding checks: mirror mode (a client dockerd with "registry-mirrors" and ctr with a
+# hosts.toml mirror, both without DNS for registry names and without regcache's CA, pull over plain
+# HTTP); scripts/client-setup.sh in CLI (--dry-run, then --root DIR); with the upstreams back after the
+# offline checks, the appliance's own Docker Hub credentials switched in and out with SIGHUP (anonymous
+# skopeo and dockerd read the private repository only while they are configured); /metrics saved as
+# metrics-after-pulls.txt and checked with promtool; last, the binary stops and the repo's
+# docker-compose.yml runs the appliance (image from scripts/docker-image.sh, uid 10001, file capability
+# for ports 53/443/80) on a dockerd inside APP, and a subset of the client checks runs against it.
+#
 # Prints PASS/FAIL/SKIP/INFO/FINDING lines and ends with "e2e: N passed, M failed"; exit 1 on any FAIL.
 # FINDING lines state observed client behaviour (dockerd's trust for Docker Hub names); each is also a
 # PASS/FAIL check that asserts the behaviour found, so a change in it fails the run.
@@ -32,6 +42,8 @@
 # Environment: REGCACHE_BIN (skip cargo build), E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default
 # /tmp), PYTHON (default /usr/bin/python3), RUST_LOG (passed to regcache when set; unset by default, so
 # regcache's own default filter applies).
+# Tools besides those checked at start (a missing one fails or skips its checks): docker-compose (v1,
+# Debian package docker-compose), setcap/getcap (libcap2-bin), promtool (prometheus), ctr (containerd).
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 
@@ -391,34 +403,38 @@ render "$ASSETS/registry-basic.yml.in" "$UP/quay/config.yml" ROOT="$UP/quay/stor
     REALM="e2e-quay" HTPASSWD="$UP/quay/htpasswd"
 mkdir -p "$UP/hub/storage" "$UP/ghcr/storage" "$UP/nvcr/storage" "$UP/quay/storage"
 
-bg upstream-hub "$APP_NS" docker-registry serve "$UP/hub/config.yml"
-HUB_PID=$!
-bg upstream-ghcr "$APP_NS" docker-registry serve "$UP/ghcr/config.yml"
-GHCR_PID=$!
-bg upstream-nvcr "$APP_NS" docker-registry serve "$UP/nvcr/config.yml"
-NVCR_PID=$!
-bg upstream-quay "$APP_NS" docker-registry serve "$UP/quay/config.yml"
-QUAY_PID=$!
-bg upstream-auth "$APP_NS" "$PY" "$ASSETS/token_server.py" --listen "$AUTH_IP:443" \
-    --tls-cert "$PKI/$AUTH_HOST.crt" --tls-key "$PKI/$AUTH_HOST.key" \
-    --sign-cert "$PKI/token-signing.crt" --sign-key "$PKI/token-signing.key" \
-    --issuer "$TOKEN_ISSUER" --user "$SEED_USER:$SEED_PASS" --private-prefix e2eprivate/
-AUTH_PID=$!
-bg upstream-cdn "$APP_NS" "$PY" "$ASSETS/static_server.py" --listen "$CDN_IP:443" --root "$UP/hub/storage" \
-    --tls-cert "$PKI/$CDN_HOST.crt" --tls-key "$PKI/$CDN_HOST.key"
-CDN_PID=$!
-
 http_code_in() { # WANTED-CODES CURL-ARGS...: curl answers one of the codes (space separated)
     local want=$1 code; shift
     code=$("$@" -o /dev/null -w '%{http_code}') || return 1
     [[ " $want " == *" $code "* ]]
 }
-wait_for "$HUB_HOST" "$HUB_PID" 100 0.1 http_code_in 401 app_curl --max-time 2 "https://$HUB_HOST/v2/" || die "hub upstream"
-wait_for "$GHCR_HOST" "$GHCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$GHCR_HOST/v2/" || die "ghcr upstream"
-wait_for "$NVCR_HOST" "$NVCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$NVCR_HOST/v2/" || die "nvcr upstream"
-wait_for "$QUAY_HOST" "$QUAY_PID" 100 0.1 http_code_in 401 app_curl --max-time 2 "https://$QUAY_HOST/v2/" || die "quay upstream"
-wait_for "$AUTH_HOST" "$AUTH_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$AUTH_HOST/token?service=x" || die "token server"
-wait_for "$CDN_HOST" "$CDN_PID" 100 0.1 http_code_in 404 app_curl --max-time 2 "https://$CDN_HOST/nothing" || die "cdn server"
+# start_upstreams [LOG-SUFFIX]: every upstream process (again after the offline checks, on the same storage)
+start_upstreams() {
+    local sfx=${1:-}
+    bg "upstream-hub$sfx" "$APP_NS" docker-registry serve "$UP/hub/config.yml"
+    HUB_PID=$!
+    bg "upstream-ghcr$sfx" "$APP_NS" docker-registry serve "$UP/ghcr/config.yml"
+    GHCR_PID=$!
+    bg "upstream-nvcr$sfx" "$APP_NS" docker-registry serve "$UP/nvcr/config.yml"
+    NVCR_PID=$!
+    bg "upstream-quay$sfx" "$APP_NS" docker-registry serve "$UP/quay/config.yml"
+    QUAY_PID=$!
+    bg "upstream-auth$sfx" "$APP_NS" "$PY" "$ASSETS/token_server.py" --listen "$AUTH_IP:443" \
+        --tls-cert "$PKI/$AUTH_HOST.crt" --tls-key "$PKI/$AUTH_HOST.key" \
+        --sign-cert "$PKI/token-signing.crt" --sign-key "$PKI/token-signing.key" \
+        --issuer "$TOKEN_ISSUER" --user "$SEED_USER:$SEED_PASS" --private-prefix e2eprivate/
+    AUTH_PID=$!
+    bg "upstream-cdn$sfx" "$APP_NS" "$PY" "$ASSETS/static_server.py" --listen "$CDN_IP:443" --root "$UP/hub/storage" \
+        --tls-cert "$PKI/$CDN_HOST.crt" --tls-key "$PKI/$CDN_HOST.key"
+    CDN_PID=$!
+    wait_for "$HUB_HOST" "$HUB_PID" 100 0.1 http_code_in 401 app_curl --max-time 2 "https://$HUB_HOST/v2/" &&
+        wait_for "$GHCR_HOST" "$GHCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$GHCR_HOST/v2/" &&
+        wait_for "$NVCR_HOST" "$NVCR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$NVCR_HOST/v2/" &&
+        wait_for "$QUAY_HOST" "$QUAY_PID" 100 0.1 http_code_in 401 app_curl --max-time 2 "https://$QUAY_HOST/v2/" &&
+        wait_for "$AUTH_HOST" "$AUTH_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$AUTH_HOST/token?service=x" &&
+        wait_for "$CDN_HOST" "$CDN_PID" 100 0.1 http_code_in 404 app_curl --max-time 2 "https://$CDN_HOST/nothing"
+}
+start_upstreams || die "an upstream did not start (logs/upstream-*.log)"
 info "upstreams up after $((SECONDS - T0)) s"
 
 # ---------------------------------------------------------------------------------------------------
@@ -558,8 +574,20 @@ fi
 
 RC=$W/regcache
 mkdir -p "$RC/state"
-render "$ASSETS/regcache.toml.in" "$RC/config.toml" STATE_DIR="$RC/state" APP_IP="$APP_IP" \
-    DNSMASQ_PORT="$DNSMASQ_PORT" PUBLIC_CA="$PKI/ca.crt" ADMIN_PORT="$ADMIN_PORT"
+render_config() { # OUT STATE-DIR PUBLIC-CA [PASSWORD-FILE]: the e2e config (with Docker Hub credentials
+    # for the appliance when PASSWORD-FILE is given)
+    local creds=''
+    [[ -n ${4:-} ]] && creds=$(printf 'username = "%s"\npassword_file = "%s"' "$SEED_USER" "$4")
+    render "$ASSETS/regcache.toml.in" "$1" STATE_DIR="$2" APP_IP="$APP_IP" DNSMASQ_PORT="$DNSMASQ_PORT" \
+        PUBLIC_CA="$3" ADMIN_PORT="$ADMIN_PORT" HUB_CREDENTIALS="$creds"
+}
+# config.toml is what `serve` reads (and re-reads on SIGHUP): a copy of config-plain.toml, later of
+# config-creds.toml (the appliance's own credentials for Docker Hub) and back
+printf '%s\n' "$SEED_PASS" >"$RC/seed.password"
+chmod 600 "$RC/seed.password"
+render_config "$RC/config-plain.toml" "$RC/state" "$PKI/ca.crt"
+render_config "$RC/config-creds.toml" "$RC/state" "$PKI/ca.crt" "$RC/seed.password"
+cp "$RC/config-plain.toml" "$RC/config.toml"
 
 config_rejects_unknown_key() {
     { cat "$RC/config.toml"; printf '\n[bogus]\nkey = 1\n'; } >"$RC/bad.toml"
@@ -717,8 +745,11 @@ awk '$2 ~ "^/sys/fs/cgroup" && ($3 == "tmpfs" || $3 == "cgroup" || $3 == "cgroup
         printf "mkdir -p %s && mount -n -t %s -o %s %s %s\n", $2, $3, $4, $1, $2 }' /proc/self/mounts >"$D/cgroups.sh"
 export DOCKER_HOST=unix://$D/docker.sock
 DOCKERD_PID='' DOCKER_OK=0
-start_dockerd() { # LOGNAME: dockerd reads the system trust store (/etc/ssl) once, at start
-    bg "$1" "$CLI_NS" sh -c ". '$D/cgroups.sh' && $HERMETIC_MOUNTS && exec dockerd --data-root '$D/data' \
+# start_dockerd LOGNAME [SHELL-COMMANDS]: dockerd reads the system trust store (/etc/ssl) once, at start;
+# SHELL-COMMANDS (mounts) run in its mount namespace before it
+start_dockerd() {
+    local pre=${2:-}
+    bg "$1" "$CLI_NS" sh -c ". '$D/cgroups.sh' && $HERMETIC_MOUNTS && ${pre:+$pre && }exec dockerd --data-root '$D/data' \
         --exec-root '$D/exec' --pidfile '$D/docker.pid' -H 'unix://$D/docker.sock' --config-file '$D/daemon.json' \
         --iptables=false --ip-forward=false --bridge=none --storage-driver=vfs"
     DOCKERD_PID=$!
@@ -993,6 +1024,137 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------------
+# 6b. mirror mode: clients that keep their own DNS and do not trust regcache's CA pull Docker Hub (and,
+# with containerd's ?ns=, other registries') content through the plain-HTTP mirror listener APP_IP:80.
+# They run in a mount namespace with a resolv.conf whose nameserver does not answer, the root
+# namespace's /etc/ssl (without regcache's CA) and empty /etc/docker and /etc/containers: the mirror is
+# their only way to the content.
+
+M=$W/mirror
+mkdir -p "$M/empty" "$M/hosts"
+echo "nameserver 127.0.0.9" >"$M/resolv.conf"
+cp -a /etc/ssl "$M/ssl"
+MIRROR_MOUNTS="mount -n --bind '$M/resolv.conf' /etc/resolv.conf && mount -n --bind '$M/ssl' /etc/ssl \
+&& mount -n --bind '$M/empty' /etc/docker && mount -n --bind '$M/empty' /etc/containers"
+mirror_env() { ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS && $MIRROR_MOUNTS"' && exec "$@"' sh "$@"; }
+mirror_env_is_blind() {
+    if mirror_env timeout 20 getent hosts "$HUB_HOST"; then echo "$HUB_HOST resolves"; return 1; fi
+    if mirror_env curl -sS --max-time 10 -o /dev/null --resolve "$HUB_HOST:443:$APP_IP" "https://$HUB_HOST/v2/"; then
+        echo "TLS to the appliance verifies"; return 1
+    fi
+    local pem
+    pem=$(sed -n 2p "$W/regcache-ca.crt")
+    if mirror_env grep -rlF "$pem" /etc/ssl /etc/docker /etc/containers; then echo "regcache's CA found there"; return 1; fi
+    echo "no DNS for $HUB_HOST, no trust in the appliance's certificate, regcache's CA in none of /etc/ssl, /etc/docker, /etc/containers"
+}
+# the appliance's TLS handshakes (every outcome), from /metrics
+tls_handshakes() {
+    app curl -sSf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^regcache_tls_handshakes_total/ {n += $NF} END {print n + 0}'
+}
+# mirror_pull_logged FUNC ARGS... -- ERE...: FUNC pulls; the access-log lines it added match every ERE,
+# and the appliance counted no TLS handshake meanwhile
+mirror_pull_logged() {
+    local a hs0 hs1 new re args=()
+    while [[ $1 != -- ]]; do args+=("$1"); shift; done
+    shift
+    a=$(wc -l <"$ACCESS_LOG") hs0=$(tls_handshakes)
+    "${args[@]}"
+    sleep 0.3
+    hs1=$(tls_handshakes)
+    new=$(tail -n "+$((a + 1))" "$ACCESS_LOG")
+    echo "access log lines of the pull:"; sed -n '1,12p' <<<"$new"
+    expect_eq "$hs1" "$hs0" "TLS handshakes counted by the appliance during the pull"
+    for re in "$@"; do grep -qE "$re" <<<"$new" || { echo "no access-log line of the pull matches /$re/"; return 1; }; done
+}
+CLI_IP_RE=${CLI_IP//./\\.}
+MIRROR_HUB_RE=" \"registry-1\\.docker\\.io\"\$"
+
+run_check "mirror: the mirror clients' namespace has no DNS for registry names and no trust in regcache's CA" mirror_env_is_blind
+D=$M/docker
+mkdir -p "$D/data" "$D/exec"
+cp "$W/docker/cgroups.sh" "$D/"
+printf '{"registry-mirrors": ["http://%s"], "max-concurrent-downloads": 3, "log-level": "info"}\n' "$APP_IP" >"$D/daemon.json"
+export DOCKER_HOST=unix://$D/docker.sock
+start_dockerd dockerd-mirror "$MIRROR_MOUNTS"
+if [[ $DOCKER_OK == 1 ]]; then
+    run_check "mirror: dockerd with registry-mirrors [\"http://$APP_IP\"] pulls small:1 (digest as pushed; access log: host registry-1.docker.io, no TLS handshake)" \
+        mirror_pull_logged docker_pull_fresh small:1 small -- \
+        "^$CLI_IP_RE - .*\"(GET|HEAD) /v2/library/small/manifests/[^ ]+ HTTP/1\\.1\" 200 [0-9]+ \"[^\"]*\" \"docker/[^\"]*\"$MIRROR_HUB_RE" \
+        "^$CLI_IP_RE - .*\"GET /v2/library/small/blobs/sha256:[0-9a-f]{64} HTTP/1\\.1\" 200 [0-9]+ \"[^\"]*\" \"docker/[^\"]*\"$MIRROR_HUB_RE"
+    # containerd (ctr) against the containerd this dockerd runs, with hosts.toml mirrors (?ns=REGISTRY)
+    CTR_SOCK=$D/exec/containerd/containerd.sock
+    for h in docker.io ghcr.io; do
+        server=https://$h
+        [[ $h == docker.io ]] && server=https://$HUB_HOST
+        mkdir -p "$M/hosts/$h"
+        printf 'server = "%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$server" "$APP_IP" >"$M/hosts/$h/hosts.toml"
+    done
+    ctr_pull() { # REF KEY
+        local got
+        mirror_env timeout 180 ctr --address "$CTR_SOCK" --namespace rce2e images pull --hosts-dir "$M/hosts" \
+            --platform linux/amd64 --snapshotter native "$1"
+        got=$(mirror_env ctr --address "$CTR_SOCK" --namespace rce2e images ls | awk -v r="$1" '$1 == r {print $3}')
+        expect_eq "$got" "${DIGEST[$2]}" "ctr's digest of $1"
+    }
+    if [[ -S $CTR_SOCK ]]; then
+        run_check "mirror: ctr --hosts-dir (hosts.toml [host.\"http://$APP_IP\"]) pulls docker.io/library/small:1 (?ns=docker.io, no TLS)" \
+            mirror_pull_logged ctr_pull docker.io/library/small:1 small -- \
+            "^$CLI_IP_RE - .*\"GET /v2/library/small/blobs/sha256:[0-9a-f]{64}\\?ns=docker\\.io HTTP/1\\.1\" 200 [0-9]+ \"[^\"]*\" \"containerd/[^\"]*\"$MIRROR_HUB_RE"
+        run_check "mirror: ctr --hosts-dir pulls ghcr.io/acme/tool:v1 (?ns=ghcr.io routes to ghcr.io, no TLS)" \
+            mirror_pull_logged ctr_pull ghcr.io/acme/tool:v1 tool -- \
+            "^$CLI_IP_RE - .*\"GET /v2/acme/tool/blobs/sha256:[0-9a-f]{64}\\?ns=ghcr\\.io HTTP/1\\.1\" 200 [0-9]+ \"[^\"]*\" \"containerd/[^\"]*\" \"ghcr\\.io\"\$"
+    else
+        run_check "mirror: dockerd's containerd socket at ${CTR_SOCK#"$W"/} (for ctr)" false
+    fi
+else
+    run_check "mirror: dockerd starts with registry-mirrors (logs/dockerd-mirror.log)" false
+fi
+stop_dockerd
+
+# ---------------------------------------------------------------------------------------------------
+# 6c. client onboarding: scripts/client-setup.sh in the client namespace, against the admin listener
+
+ONBOARD=$W/onboard
+onboard_dry_run() {
+    local out want fp regs h changed
+    touch "$W/onboard.marker"
+    out=$(cli bash "$REPO/scripts/client-setup.sh" --dry-run --port "$ADMIN_PORT" "$APP_IP")
+    echo "$out"
+    want=$(openssl x509 -in "$W/regcache-ca.crt" -noout -fingerprint -sha256 | sed 's/^.*=//')
+    fp=$(sed -n 's/^CA fingerprint: *//p' <<<"$out")
+    expect_eq "$fp" "$want" "CA fingerprint printed (openssl x509 -fingerprint -sha256 of regcache's CA)"
+    regs=$(sed -n 's/^registries: *//p' <<<"$out")
+    for h in "${INTERCEPTED[@]}"; do [[ " $regs " == *" $h "* ]] || { echo "$h not among the registries listed"; return 1; }; done
+    grep -qx 'dry run: nothing was changed' <<<"$out" || { echo "no 'dry run: nothing was changed'"; return 1; }
+    grep -qx "+ write /etc/docker/certs.d/$HUB_HOST/ca.crt" <<<"$out" || { echo "no planned write of docker's certs.d/$HUB_HOST/ca.crt"; return 1; }
+    changed=$(find "/etc/netns/$CLI_NS" /etc/docker /etc/containers /etc/resolv.conf /usr/local/share/ca-certificates \
+        -newer "$W/onboard.marker" 2>/dev/null | head -n 5 || true)
+    [[ -z $changed ]] || { echo "changed by the dry run: $changed"; return 1; }
+}
+onboard_root() {
+    local r=$ONBOARD h f
+    mkdir -p "$r/etc/containerd" "$r/usr/local/share/ca-certificates"
+    echo "nameserver 192.0.2.53" >"$r/etc/resolv.conf"
+    cli bash "$REPO/scripts/client-setup.sh" --port "$ADMIN_PORT" --root "$r" "$APP_IP"
+    echo "--- files under the root:"; (cd "$r" && find . -type f | sort | sed -n '1,60p')
+    for h in "${INTERCEPTED[@]}"; do
+        for f in "etc/docker/certs.d/$h/ca.crt" "etc/containers/certs.d/$h/ca.crt" "etc/containerd/certs.d/$h/regcache-ca.crt"; do
+            cmp "$W/regcache-ca.crt" "$r/$f" || { echo "$f is not regcache's CA"; return 1; }
+        done
+    done
+    grep -qx "server = \"https://$HUB_HOST\"" "$r/etc/containerd/certs.d/docker.io/hosts.toml" \
+        || { echo "containerd's hosts.toml for docker.io does not name $HUB_HOST"; return 1; }
+    cmp "$W/regcache-ca.crt" "$r/usr/local/share/ca-certificates/regcache.crt"
+    echo "--- etc/resolv.conf:"; cat "$r/etc/resolv.conf"
+    expect_eq "$(grep '^nameserver' "$r/etc/resolv.conf" | paste -sd' ')" "nameserver $APP_IP" "nameservers in resolv.conf"
+    expect_eq "$(cat "$r/etc/resolv.conf.before-regcache")" "nameserver 192.0.2.53" "resolv.conf.before-regcache"
+}
+run_check "onboarding: client-setup.sh --dry-run --port $ADMIN_PORT $APP_IP (in CLI) prints the CA's SHA-256 fingerprint and the intercepted registries, changes nothing" \
+    onboard_dry_run
+run_check "onboarding: client-setup.sh --root DIR writes certs.d ca.crt for docker and containers (registry-1.docker.io, docker.io, ...), containerd hosts.toml, the system-store CA and resolv.conf -> $APP_IP" \
+    onboard_root
+
+# ---------------------------------------------------------------------------------------------------
 # 7. offline: every upstream process stopped (the registries, the token service, the CDN; dnsmasq and
 # regcache stay). Clients with fresh state pull the images again by their unchanged names. Last, since
 # nothing after this needs an upstream.
@@ -1130,7 +1292,246 @@ run_check "access log: every line is '\$remote_addr - \$remote_user [\$time_loca
 for host in "$HUB_HOST" "$GHCR_HOST" "$NVCR_HOST" "$QUAY_HOST"; do
     run_check "access log: lines for \"$host\" with 200 blob GETs" access_log_host "$host"
 done
+# ---------------------------------------------------------------------------------------------------
+# 9. online again (the upstream processes restarted on their storage): the appliance's own credentials,
+# switched in and out with SIGHUP; then /metrics after all the pulls
+
+run_check_here "online: every upstream process restarted (same storage)" start_upstreams -online
+D=$W/docker-online
+mkdir -p "$D/data" "$D/exec"
+cp "$W/docker/daemon.json" "$W/docker/cgroups.sh" "$D/"
+export DOCKER_HOST=unix://$D/docker.sock
+start_dockerd dockerd-online      # regcache's CA in its system store again, no login
+
+# reload_regcache CONFIG: copies CONFIG over the file `serve` reads, SIGHUP, waits for "configuration reloaded"
+reload_regcache() {
+    local before i new
+    before=$(wc -l <"$LOGS/regcache.log")
+    cp "$1" "$RC/config.toml"
+    kill -HUP "$REGCACHE_PID"
+    for ((i = 0; i < 50; i++)); do
+        new=$(tail -n "+$((before + 1))" "$LOGS/regcache.log")
+        if grep -q 'configuration reloaded' <<<"$new"; then grep -E 'configuration reloaded|WARN' <<<"$new" | cut -c1-300; return 0; fi
+        if grep -q 'config reload rejected' <<<"$new"; then echo "$new"; return 1; fi
+        sleep 0.2
+    done
+    echo "no 'configuration reloaded' within 10 s of SIGHUP"; tail -n "+$((before + 1))" "$LOGS/regcache.log"; return 1
+}
+no_secret_logged() {
+    local f hits=0
+    for f in "$LOGS/regcache.log" "$ACCESS_LOG"; do
+        if grep -qF "$SEED_PASS" "$f"; then echo "the seed password is in ${f#"$W"/}"; hits=1; fi
+    done
+    [[ $hits == 0 ]]
+}
+SKOPEO_OUT=$W/skopeo-online
+SKOPEO_INSPECT_OPTS=()
+run_check "credentials: SIGHUP with username = \"$SEED_USER\" + password_file for $HUB_HOST logs 'configuration reloaded'" \
+    reload_regcache "$RC/config-creds.toml"
+run_check "credentials: anonymous skopeo copies docker.io/e2eprivate/secret:1 with the appliance's credentials (digest as pushed)" \
+    skopeo_pull docker.io/e2eprivate/secret:1 private
+if [[ $DOCKER_OK == 1 ]]; then
+    run_check "credentials: dockerd without login pulls docker.io/e2eprivate/secret:1 (digest as pushed)" \
+        docker_pull_fresh docker.io/e2eprivate/secret:1 private
+else
+    run_check "online: dockerd starts (logs/dockerd-online.log)" false
+fi
+run_check "credentials: SIGHUP back to a config without credentials logs 'configuration reloaded'" \
+    reload_regcache "$RC/config-plain.toml"
+sleep 2.5   # cache.auth_ttl (2s): what the appliance's credentials confirmed for anonymous clients expires
+run_check "credentials removed: anonymous skopeo cannot read docker.io/e2eprivate/secret:1 again" anonymous_private_denied
+run_check "credentials: the seed password appears in neither the application log nor the access log" no_secret_logged
+# Recorded, not asserted: the anonymous reads above were confirmed with the appliance's credentials,
+# within cache.offline_auth_window; with the credentials gone and the upstreams down, are they still honoured?
+stop_all_upstreams() { local pid; for pid in "$HUB_PID" "$GHCR_PID" "$NVCR_PID" "$QUAY_PID" "$AUTH_PID" "$CDN_PID"; do stop_pid "$pid"; forget_pid "$pid"; done; }
+stop_all_upstreams
+offline_info "after the appliance's credentials were removed, anonymous skopeo inspect of docker.io/e2eprivate/secret:1" \
+    offline-private-after-credentials.log cli_skopeo inspect --no-tags --format '{{.Digest}}' docker://docker.io/e2eprivate/secret:1
+start_upstreams -online2 || run_check "online: every upstream process restarted again" false
+
+METRICS=$W/metrics-after-pulls.txt
+app curl -sS --max-time 10 -o "$METRICS" "http://127.0.0.1:$ADMIN_PORT/metrics" || true
+grep -E '^regcache_(cache_hits_total|cache_misses_total|http_requests_total)[ {]' "$METRICS" | sed 's/^/INFO: metrics: /' || true
+promtool_metrics() {
+    command -v promtool >/dev/null || { echo "promtool missing (Debian package prometheus)"; return 1; }
+    [[ -s $METRICS ]] || { echo "no metrics fetched"; return 1; }
+    echo "$(grep -c '^regcache_' "$METRICS") samples"
+    promtool check metrics <"$METRICS"
+}
+run_check "metrics: /metrics after the pulls (metrics-after-pulls.txt) passes promtool check metrics" promtool_metrics
 run_check_here "regcache exits 0 within 10 s of SIGTERM" stop_regcache
+
+# ---------------------------------------------------------------------------------------------------
+# 10. deployment: the repo's docker-compose.yml, run by docker-compose (v1) on a dockerd inside APP
+# (network_mode: host is APP's network), with the image from scripts/docker-image.sh (nothing is
+# pulled; `up --no-build`), ./certs holding the CA the clients already trust, a fresh ./cache, and
+# ./config/regcache.toml the e2e config. A representative set of the client checks runs against it.
+
+AD=$W/app-docker     # APP's dockerd
+CD=$W/compose        # the compose project folder
+APP_DOCKER_PID='' COMPOSE_UP=0 CID=''
+appdocker() { docker -H "unix://$AD/docker.sock" "$@"; }
+compose() { (cd "$CD" && DOCKER_HOST=unix://$AD/docker.sock timeout 180 docker-compose -p rce2e "$@"); }
+compose_logs() { # the container's stdout (access log) and stderr (application log) into logs/
+    [[ -n $CID ]] && appdocker logs "$CID" >"$LOGS/compose-regcache.access.log" 2>"$LOGS/compose-regcache.log"
+}
+compose_tools() {
+    local t missing=()
+    for t in docker-compose setcap getcap ldd; do command -v "$t" >/dev/null || missing+=("$t"); done
+    [[ ${#missing[@]} == 0 ]] || { echo "missing: ${missing[*]} (apt-get install docker-compose libcap2-bin)"; return 1; }
+    docker-compose version
+}
+start_app_dockerd() {
+    mkdir -p "$AD/data" "$AD/exec"
+    echo '{"log-level": "info"}' >"$AD/daemon.json"
+    bg dockerd-app "$APP_NS" sh -c ". '$W/docker/cgroups.sh' && $HERMETIC_MOUNTS && exec dockerd --data-root '$AD/data' \
+        --exec-root '$AD/exec' --pidfile '$AD/docker.pid' -H 'unix://$AD/docker.sock' --config-file '$AD/daemon.json' \
+        --iptables=false --ip-forward=false --bridge=none --storage-driver=vfs"
+    APP_DOCKER_PID=$!
+    wait_for "dockerd in APP" "$APP_DOCKER_PID" 120 0.5 appdocker info || return 1
+    appdocker version --format 'dockerd {{.Server.Version}} in APP'
+}
+build_image() {
+    DOCKER_HOST=unix://$AD/docker.sock REGCACHE_BIN=$BIN timeout 300 bash "$REPO/scripts/docker-image.sh" regcache:local
+    appdocker image inspect --format '{{json .Config}}' regcache:local
+    expect_eq "$(appdocker image inspect --format '{{.Config.User}}' regcache:local)" 10001:10001 "image user"
+}
+compose_project() {
+    mkdir -p "$CD/certs" "$CD/cache" "$CD/config"
+    cp "$REPO/docker-compose.yml" "$CD/docker-compose.yml"
+    # the CA the direct run created and the clients trust
+    cp "$RC/state/certs/ca.crt" "$RC/state/certs/ca.key" "$CD/certs/"
+    chmod 600 "$CD/certs/ca.key"
+    cp "$PKI/ca.crt" "$CD/config/public-ca.crt"
+    render_config "$CD/config/regcache.toml" /var/lib/regcache /etc/regcache/public-ca.crt
+    chown -R 10001:10001 "$CD/certs" "$CD/cache" "$CD/config"
+}
+compose_up() { # run with run_check_here: sets CID
+    local i state
+    compose up -d --no-build || return 1
+    CID=$(compose ps -q regcache) || return 1
+    [[ -n $CID ]] || { echo "docker-compose ps -q regcache: no container"; return 1; }
+    echo "container $CID"
+    for ((i = 0; i < 60; i++)); do
+        compose_logs
+        grep -q 'listening for https on' "$LOGS/compose-regcache.log" && break
+        state=$(appdocker inspect -f '{{.State.Status}} restarts={{.RestartCount}}' "$CID")
+        [[ $state == running* ]] || { echo "container $state"; break; }
+        sleep 0.5
+    done
+    compose ps
+    grep -E 'listening for|ready' "$LOGS/compose-regcache.log" | cut -c1-200 || true
+    grep -qE 'listening for https on' "$LOGS/compose-regcache.log" || {
+        echo "the appliance did not come up; its log:"; tail -n 20 "$LOGS/compose-regcache.log"; return 1
+    }
+    COMPOSE_UP=1
+}
+# uid 10001 binds 53/443/80 only through the file capability cap_net_bind_service=+ep on the binary
+compose_user_and_caps() {
+    local pid status what
+    pid=$(appdocker inspect -f '{{.State.Pid}}' "$CID")
+    status=$(grep -E '^(Uid|Gid|CapPrm|CapEff|CapBnd):' "/proc/$pid/status")
+    echo "$status"
+    expect_eq "$(appdocker inspect -f '{{.Config.User}}' "$CID")" 10001:10001 "Config.User"
+    expect_eq "$(awk '$1 == "Uid:" {print $2 "/" $3}' <<<"$status")" 10001/10001 "real/effective uid of the serving process"
+    expect_eq "$(awk '$1 == "CapEff:" {print $2}' <<<"$status")" 0000000000000400 "effective capabilities (CAP_NET_BIND_SERVICE only)"
+    what=$(getcap "/proc/$pid/root/usr/local/bin/regcache")
+    echo "getcap: $what"
+    [[ $what == *cap_net_bind_service=ep* ]] || { echo "the binary in the container has no cap_net_bind_service=ep"; return 1; }
+    for what in "dns on $APP_IP:53" "https on $APP_IP:443" "http on $APP_IP:80"; do
+        grep -qF "listening for $what" "$LOGS/compose-regcache.log" || { echo "no 'listening for $what'"; return 1; }
+    done
+    appdocker exec "$CID" /usr/local/bin/regcache --version
+}
+compose_ca() {
+    app curl -sSf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/ca.crt" | cmp - "$W/regcache-ca.crt"
+    echo "admin /ca.crt is the CA in ./certs"
+}
+compose_healthy() {
+    local i h=''
+    for ((i = 0; i < 90; i++)); do
+        h=$(appdocker inspect -f '{{.State.Health.Status}}' "$CID")
+        [[ $h == healthy ]] && break
+        sleep 1
+    done
+    appdocker inspect -f '{{json .State.Health}}' "$CID" | cut -c1-600
+    expect_eq "$h" healthy "health status"
+}
+compose_cache_owned() {
+    local n bad
+    n=$(find "$CD/cache" -type f | wc -l)
+    bad=$(find "$CD/cache" "$CD/certs" ! -uid 10001 | head -n 5)
+    echo "$n files in ./cache"; (cd "$CD" && find cache -maxdepth 3 | sed -n '1,12p')
+    [[ $n -gt 0 ]] || { echo "nothing was cached"; return 1; }
+    [[ -z $bad ]] || { echo "not owned by uid 10001: $bad"; return 1; }
+}
+compose_access_logged() { # HOST...: 200 blob GETs from CLI for each host in the container's access log
+    local h n
+    compose_logs
+    for h in "$@"; do
+        n=$(grep -cE "^$CLI_IP_RE - .*\"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64} HTTP/[0-9.]+\" 200 [0-9]+ .*\"${h//./\\.}\"\$" \
+            "$LOGS/compose-regcache.access.log" || true)
+        echo "$h: $n blob GETs answered 200"
+        [[ $n -gt 0 ]] || return 1
+    done
+}
+compose_down() { # run with run_check_here
+    local code
+    compose stop || return 1
+    code=$(appdocker inspect -f '{{.State.Status}} exit {{.State.ExitCode}}' "$CID")
+    compose_logs
+    echo "after docker-compose stop: $code"
+    compose down || return 1
+    COMPOSE_UP=0
+    expect_eq "$(appdocker ps -aq | wc -l)" 0 "containers left after docker-compose down"
+    expect_eq "$code" "exited exit 0" "container state after stop (regcache exits 0 on SIGTERM)"
+}
+
+run_check "compose: docker-compose (v1), setcap/getcap are installed" compose_tools
+if command -v docker-compose >/dev/null && command -v setcap >/dev/null; then
+    run_check_here "compose: a dockerd runs in the appliance namespace (logs/dockerd-app.log)" start_app_dockerd
+    run_check "compose: scripts/docker-image.sh packages the binary into regcache:local (nothing pulled), user 10001:10001" build_image
+    compose_project
+    run_check_here "compose: docker-compose up -d --no-build starts the appliance from the repo's docker-compose.yml" compose_up
+    if [[ $COMPOSE_UP == 1 ]]; then
+        run_check "compose: the appliance runs as uid 10001 with CapEff = CAP_NET_BIND_SERVICE only and binds $APP_IP:53, :443 and :80" \
+            compose_user_and_caps
+        pid=$(appdocker inspect -f '{{.State.Pid}}' "$CID" 2>/dev/null || true)
+        info "compose: serving process: $(grep -hE '^(Uid|CapEff):' "/proc/$pid/status" 2>/dev/null | tr -s '\t' ' ' | paste -sd' ');" \
+            "in the image: $(getcap "/proc/$pid/root/usr/local/bin/regcache" 2>&1 | sed "s|/proc/$pid/root||")"
+    else
+        compose_logs || true
+        say "FINDING: compose: the appliance did not come up under uid 10001: $(grep -m1 -iE 'error|denied' "$LOGS/compose-regcache.log" 2>/dev/null | cut -c1-300)"
+    fi
+else
+    skip "compose deployment: docker-compose or setcap missing (apt-get install docker-compose libcap2-bin)"
+fi
+if [[ $COMPOSE_UP == 1 ]]; then
+    run_check "compose: admin /ca.crt is the CA put in ./certs" compose_ca
+    run_check "compose: dns: docker.io A -> $APP_IP" dns_expect docker.io A NOERROR "$APP_IP"
+    run_check "compose: dns: ghcr.io A -> $APP_IP" dns_expect ghcr.io A NOERROR "$APP_IP"
+    run_check "compose: dns: $OTHER_HOST forwarded -> $OTHER_IP" dns_expect "$OTHER_HOST" A NOERROR "$OTHER_IP"
+    if [[ $DOCKER_OK == 1 ]]; then
+        run_check "compose: dockerd pulls docker.io/library/small:1 (cold cache)" docker_pull_fresh docker.io/library/small:1 small
+        run_check "compose: dockerd pulls ghcr.io/acme/tool:v1 (cold cache)" docker_pull_fresh ghcr.io/acme/tool:v1 tool
+    fi
+    SKOPEO_OUT=$W/skopeo-compose
+    run_check "compose: skopeo copies docker.io/library/small:1" skopeo_pull docker.io/library/small:1 small
+    P=$W/podman-compose
+    mkdir -p "$P/root" "$P/runroot" "$P/tmp"
+    run_check "compose: podman (fresh --root) pulls docker.io/library/small:1" podman_pull docker.io/library/small:1 small
+    run_check "compose: the container's access log (docker logs) has 200 blob GETs for $HUB_HOST and $GHCR_HOST" \
+        compose_access_logged "$HUB_HOST" "$GHCR_HOST"
+    run_check "compose: ./cache holds the fills, ./cache and ./certs owned by uid 10001" compose_cache_owned
+    run_check "compose: docker inspect health becomes 'healthy' (regcache healthcheck; interval 30s)" compose_healthy
+    run_check_here "compose: docker-compose stop (regcache exits 0) and down (no container left)" compose_down
+fi
+if [[ -n $APP_DOCKER_PID ]]; then
+    [[ $COMPOSE_UP == 1 ]] && { compose down >"$LOGS/compose-down.log" 2>&1 || true; }
+    stop_pid "$APP_DOCKER_PID"; forget_pid "$APP_DOCKER_PID"
+fi
+stop_dockerd
+
 
 info "finished after $((SECONDS - T0)) s"
 say "e2e: $PASSED passed, $FAILED failed"
