@@ -584,76 +584,54 @@ impl Reader {
         self,
         range: Option<(u64, u64)>,
     ) -> impl Stream<Item = Result<Bytes, Error>> + Send {
-        let (offset, end) = range.map_or((0, self.size), |(a, b)| (a, b + 1));
+        let (start, end) = range.map_or((0, self.size), |(a, b)| (a, b + 1));
         let hasher = (self.verify && range.is_none()).then(Hasher::new);
-        let state = ReadState {
-            reader: self,
-            offset,
-            end,
-            hasher,
-            held: None,
-            ahead: None,
-        };
+        let state = (self, start, end, hasher, None::<Bytes>);
         futures_util::stream::unfold(Some(state), |state| async move {
-            let mut st = state?;
-            if st.offset >= st.end {
+            let (reader, offset, end, mut hasher, held) = state?;
+            if offset >= end {
                 // Everything read: release the held-back chunk only if the hash matches.
-                if let Some(h) = st.hasher.take() {
+                if let Some(h) = hasher.take() {
                     let actual = h.finish();
-                    let reader = &st.reader;
                     if actual != reader.digest {
-                        reader.store.discard(&reader.digest, "hash mismatch on read");
-                        let expected = reader.digest.clone();
-                        return Some((Err(Error::DigestMismatch { expected, actual }), None));
+                        reader
+                            .store
+                            .discard(&reader.digest, "hash mismatch on read");
+                        let e = Error::DigestMismatch {
+                            expected: reader.digest.clone(),
+                            actual,
+                        };
+                        return Some((Err(e), None));
                     }
                     reader.store.mark_verified(&reader.digest);
                 }
-                return st.held.take().map(|chunk| (Ok(chunk), None));
+                return held.map(|chunk| (Ok(chunk), None));
             }
-            let read = st.ahead.take().unwrap_or_else(|| st.start_read());
-            let chunk = match read.await {
+            let len = (end - offset).min(CHUNK as u64) as usize;
+            let file = reader.file.clone();
+            let read = tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len)).await;
+            let chunk = match read {
                 Ok(Ok(chunk)) => chunk,
                 Ok(Err(e)) => {
-                    let path = st.reader.store.object_path(&st.reader.digest);
-                    return Some((Err(Error::Io { path, source: e }), None));
+                    let e = Error::Io {
+                        path: reader.store.object_path(&reader.digest),
+                        source: e,
+                    };
+                    return Some((Err(e), None));
                 }
                 Err(e) => return Some((Err(Error::Upstream(e.to_string())), None)),
             };
-            st.offset += chunk.len() as u64;
-            // Read the next chunk while this one is encrypted and sent.
-            if st.offset < st.end {
-                st.ahead = Some(st.start_read());
-            }
-            match st.hasher.as_mut() {
+            let next = offset + chunk.len() as u64;
+            match hasher.as_mut() {
                 Some(h) => {
                     h.update(&chunk);
                     // Emit the previous chunk; hold this one.
-                    let out = st.held.replace(chunk).unwrap_or_default();
-                    Some((Ok(out), Some(st)))
+                    let out = held.unwrap_or_default();
+                    Some((Ok(out), Some((reader, next, end, hasher, Some(chunk)))))
                 }
-                None => Some((Ok(chunk), Some(st))),
+                None => Some((Ok(chunk), Some((reader, next, end, None, None)))),
             }
         })
-    }
-}
-
-/// Where a [`Reader::stream`] stands.
-struct ReadState {
-    reader: Reader,
-    offset: u64,
-    end: u64,
-    hasher: Option<Hasher>,
-    /// The last chunk of an unverified object, held back until the hash matches.
-    held: Option<Bytes>,
-    /// The next chunk's read, started before the current chunk is handed on.
-    ahead: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
-}
-
-impl ReadState {
-    fn start_read(&self) -> tokio::task::JoinHandle<io::Result<Bytes>> {
-        let len = (self.end - self.offset).min(CHUNK as u64) as usize;
-        let (file, offset) = (self.reader.file.clone(), self.offset);
-        tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len))
     }
 }
 
