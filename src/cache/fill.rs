@@ -41,9 +41,19 @@ pub struct Fill {
     /// after the commit renames the file.
     file: Arc<File>,
     state: watch::Sender<FillState>,
+    /// The (registry, repository) whose upstream answered with the object.
+    origin: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl Fill {
+    /// The (registry, repository) the object is being fetched from, once the upstream answered.
+    pub fn origin(&self) -> Option<(String, String)> {
+        self.origin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn state(&self) -> FillState {
         self.state.borrow().clone()
     }
@@ -125,6 +135,7 @@ impl FillWriter {
             digest: digest.clone(),
             file: Arc::new(file),
             state,
+            origin: std::sync::Mutex::default(),
         });
         Ok(Self {
             store,
@@ -148,6 +159,8 @@ impl FillWriter {
         self.size = size;
         self.media_type = media_type.to_owned();
         self.refs = vec![(registry.to_owned(), repo.to_owned())];
+        *self.fill.origin.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((registry.to_owned(), repo.to_owned()));
         self.fill.state.send_replace(FillState::Writing {
             size,
             media_type: media_type.to_owned(),

@@ -289,6 +289,18 @@ impl Store {
         })
     }
 
+    /// Whether the upstream confirmed that `registry`/`repo` has `digest` (it was fetched from
+    /// there, or a check there succeeded).
+    pub fn has_ref(&self, digest: &Digest, registry: &str, repo: &str) -> bool {
+        let state = self.lock();
+        let refs = state
+            .objects
+            .get(digest)
+            .map(|e| e.refs.as_slice())
+            .unwrap_or_default();
+        refs.iter().any(|(r, p)| r == registry && p == repo)
+    }
+
     /// Records that `registry`/`repo` referenced `digest` (for `cache ls` and `purge --repo`).
     pub fn add_ref(&self, digest: &Digest, registry: &str, repo: &str) {
         let mut state = self.lock();

@@ -103,6 +103,30 @@ impl AuthMemory {
     }
 }
 
+/// Whether an upstream answer to a HEAD of `url` says "you may read it": 2xx, or a 302/307 to
+/// another host (a blob handed to a CDN or object store). A redirect on the same host (a login
+/// page of an SSO proxy) and 304 do not count.
+pub fn authorizes(resp: &Response<Incoming>, url: &str) -> bool {
+    let status = resp.status();
+    if status.is_success() {
+        return true;
+    }
+    if status != http::StatusCode::FOUND && status != http::StatusCode::TEMPORARY_REDIRECT {
+        return false;
+    }
+    let authority = |u: &str| {
+        u.parse::<http::Uri>()
+            .ok()?
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+    };
+    let location = resp
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    location.is_some_and(|l| authority(l).is_some() && authority(l) != authority(url))
+}
+
 /// Whether the upstream serves `url` (in `repo`) to anyone: anonymously, or with an anonymous
 /// token from the Bearer realm it names (as Docker Hub does for public images).
 pub async fn probe_public(
@@ -115,7 +139,7 @@ pub async fn probe_public(
     let Some(resp) = head(None).await else {
         return false;
     };
-    if resp.status().is_success() || resp.status().is_redirection() {
+    if authorizes(&resp, url) {
         return true;
     }
     let challenge = (resp.headers().get(WWW_AUTHENTICATE))
@@ -128,7 +152,7 @@ pub async fn probe_public(
         return false;
     };
     let resp = head(Some(format!("Bearer {token}"))).await;
-    resp.is_some_and(|r| r.status().is_success() || r.status().is_redirection())
+    resp.is_some_and(|r| authorizes(&r, url))
 }
 
 async fn head(

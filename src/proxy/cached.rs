@@ -141,15 +141,21 @@ impl Proxy {
         };
         match claim {
             Claim::Hit(reader) => {
-                if let Err(refused) = self.authorize(up, repo, &cred).await {
+                let object = Some((&digest, self.cache.has_ref(&digest, &up.route.host, repo)));
+                if let Err(refused) = self.authorize(up, repo, &cred, object).await {
                     return Ok(refused);
                 }
-                self.cache.add_ref(&digest, &up.route.host, repo);
                 Ok(serve_reader(reader, range.as_ref(), head, "HIT"))
             }
             Claim::Join(fill) => match fill.head().await {
                 FillState::Writing { .. } | FillState::Done { .. } => {
-                    if let Err(refused) = self.authorize(up, repo, &cred).await {
+                    let confirmed = fill
+                        .origin()
+                        .is_some_and(|(r, p)| r == up.route.host && p == repo);
+                    if let Err(refused) = self
+                        .authorize(up, repo, &cred, Some((&digest, confirmed)))
+                        .await
+                    {
                         return Ok(refused);
                     }
                     Ok(serve_fill(fill, "JOIN"))
@@ -212,7 +218,7 @@ impl Proxy {
         if let Some(entry) = self.cache.tag(&key) {
             if let Some(reader) = self.cache.get(&entry.digest) {
                 if entry.fresh_until > tokio::time::Instant::now() {
-                    if let Err(refused) = self.authorize(up, repo, &cred).await {
+                    if let Err(refused) = self.authorize(up, repo, &cred, None).await {
                         return Ok(refused);
                     }
                     return Ok(serve_manifest(
@@ -402,20 +408,32 @@ impl Proxy {
     /// HEAD of the requested object with the client's own credentials. Refusals are relayed
     /// unchanged (401 with WWW-Authenticate). While the upstream is down, clients whose access was
     /// confirmed within the offline window (and public repositories) are served.
+    ///
+    /// For an object (`Some((digest, confirmed))`), remembered answers count only when the
+    /// upstream already confirmed that this repository has this digest (`confirmed`): objects are
+    /// stored once by digest, and a repository the client may read must not unlock a digest it
+    /// does not contain. A HEAD that succeeds records that confirmation.
     async fn authorize(
         &self,
         up: &Up<'_>,
         repo: &str,
         cred: &Credential,
+        object: Option<(&Digest, bool)>,
     ) -> Result<(), Response<Body>> {
         let registry = &up.route.host;
         let ttl = self.policy().auth_ttl;
-        if self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl) {
+        let confirmed = object.is_none_or(|(_, confirmed)| confirmed);
+        let remembered =
+            self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl);
+        if confirmed && remembered {
             return Ok(());
         }
         let why = match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
-            Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
+            Ok(resp) if super::auth::authorizes(&resp, &up.url) => {
                 self.granted(cred, &up.headers, registry, repo, &up.url);
+                if let Some((digest, _)) = object {
+                    self.cache.add_ref(digest, registry, repo);
+                }
                 return Ok(());
             }
             Ok(resp) if !unavailable(resp.status()) => {
@@ -429,7 +447,7 @@ impl Proxy {
             Ok(resp) => format!("upstream answered {}", resp.status()),
             Err(e) => e.to_string(),
         };
-        if self.offline_allowed(up, repo, cred, &why) {
+        if confirmed && self.offline_allowed(up, repo, cred, &why) {
             warn!(%registry, repo, %why, "upstream unavailable: serving from the cache");
             return Ok(());
         }

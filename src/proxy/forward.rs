@@ -200,10 +200,11 @@ impl Proxy {
         };
         // Clients that send no credentials, on the mirror or where the appliance has credentials
         // of its own, are authenticated upstream by the appliance; a client's own always win.
+        // Only for reads: the appliance's credentials never push or delete.
+        let read = up.method == Method::GET || up.method == Method::HEAD;
         let on_behalf = mirror || route.credentials.is_some();
-        if on_behalf && !parts.headers.contains_key(header::AUTHORIZATION) {
-            let read = up.method == Method::GET || up.method == Method::HEAD;
-            if read && classify(parts.uri.path()) == Target::Root {
+        if read && on_behalf && !parts.headers.contains_key(header::AUTHORIZATION) {
+            if classify(parts.uri.path()) == Target::Root {
                 return Ok(local_root("LOCAL"));
             }
             if let Some(value) = self.appliance_auth(route, repo_of(parts.uri.path())).await {

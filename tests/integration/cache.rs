@@ -458,3 +458,51 @@ async fn repositories_found_public_serve_anonymous_clients_offline() {
         (StatusCode::OK, &mutable(1, true))
     );
 }
+
+/// Objects are stored once by digest: a repository a client may read must not unlock a digest
+/// that only another (private) repository contains.
+#[tokio::test]
+async fn a_readable_repository_does_not_unlock_digests_it_does_not_contain() {
+    use crate::support::registry::secret;
+    let w = World::start().await;
+    let secret_digest = digest_of(&secret());
+    let private = format!("/v2/private/app/blobs/{secret_digest}");
+    let filled = w.app.get(HUB, &private, &[("authorization", TOKEN)]).await;
+    assert_eq!(
+        (filled.status(), filled.body()),
+        (StatusCode::OK, &secret())
+    );
+    // library/small is public and this client has read it.
+    assert_eq!(
+        w.app
+            .get(HUB, "/v2/library/small/manifests/1", &[])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let through_public = format!("/v2/library/small/blobs/{secret_digest}");
+    for method in ["GET", "HEAD"] {
+        let resp = w
+            .app
+            .request(HUB, build(method, HUB, &through_public, &[], Bytes::new()))
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "{method}: the upstream's answer, not the cached secret"
+        );
+        assert_ne!(resp.body(), &secret());
+    }
+    let ranged = w
+        .app
+        .get(HUB, &through_public, &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(ranged.status(), StatusCode::NOT_FOUND);
+    // Offline, without a confirmation from the upstream, nothing either.
+    w.registry
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let offline = w.app.get(HUB, &through_public, &[]).await;
+    assert_ne!(offline.status(), StatusCode::OK);
+    assert_ne!(offline.body(), &secret());
+}

@@ -128,6 +128,24 @@ async fn configured_credentials_serve_clients_that_send_none_and_a_clients_own_w
         .await;
     assert_eq!(own.status(), StatusCode::UNAUTHORIZED);
 
+    // Pushes never carry the appliance's credentials.
+    let push = crate::support::build(
+        "POST",
+        hub,
+        "/v2/acme/pushed/blobs/uploads/",
+        &[],
+        bytes::Bytes::new(),
+    );
+    assert_eq!(
+        w.app.request(hub, push).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let upstream = w.registry.seen("/v2/acme/pushed/blobs/uploads/");
+    assert!(
+        upstream[0].headers.get("authorization").is_none(),
+        "no credentials on a push"
+    );
+
     // The password never reaches the logs.
     assert!(!w.app.log.text().contains("s3cret"));
 }

@@ -53,6 +53,15 @@ pub struct Registry {
     pub down: Arc<AtomicBool>,
 }
 
+/// A blob that only the private repository has.
+pub fn secret() -> Bytes {
+    Bytes::from(
+        (0..50_000u32)
+            .map(|i| (i * 29 % 233) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
 pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 pub fn blob2() -> Bytes {
@@ -305,6 +314,12 @@ async fn route(
                 std::time::Duration::ZERO,
                 blob().len(),
             );
+        }
+        if b("private/app", &secret()) {
+            return match authorized {
+                true => ok(secret(), "application/octet-stream", &[]).into(),
+                false => unauthorized(port).into(),
+            };
         }
         if b("private/app", &blob()) {
             return match authorized {
