@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -97,6 +97,13 @@ impl Ca {
             (true, true) => {}
         }
         let ca = Self::load(&crt, &key)?;
+        if ca.permitted.is_empty() {
+            tracing::warn!(
+                path = %crt.display(),
+                "this CA has no name constraints: clients that trust it trust it for every site; \
+                 consider re-creating it (delete ca.crt and ca.key)"
+            );
+        }
         let missing = ca.not_permitted(names);
         if !missing.is_empty() {
             return Err(Error::NamesNotPermitted {
@@ -316,9 +323,14 @@ fn create(dir: &Path, crt: &Path, key_path: &Path, names: &[NamePattern]) -> Res
     ];
     let mut subtrees: Vec<String> = names.iter().map(|n| n.subtree().to_owned()).collect();
     subtrees.dedup();
+    // DNS names only: every IP address is excluded (a name form without a constraint would
+    // otherwise be unconstrained, and a stolen key could vouch for any https://IP).
     params.name_constraints = Some(NameConstraints {
         permitted_subtrees: subtrees.into_iter().map(GeneralSubtree::DnsName).collect(),
-        excluded_subtrees: vec![],
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([0; 4], 0)),
+            GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix([0; 16], 0)),
+        ],
     });
     let cert = params.self_signed(&key)?;
     write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;

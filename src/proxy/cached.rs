@@ -15,11 +15,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::auth::Credential;
-use super::forward::{empty, error_response, local_root, relay, Error, Up};
+use super::forward::{empty, error_response, local_root, redact, relay, Error, Up};
 use super::registry::{classify, normalize_accept, Target};
 use super::{Body, BoxError, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagKey};
 
+/// A download that yields no data for this long is abandoned.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Registries refuse manifests above 4 MiB; so do we (they are read into memory).
 const MAX_MANIFEST: usize = 4 << 20;
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -335,7 +337,7 @@ impl Proxy {
         cred: &Credential,
     ) -> Result<Response<Body>, Error> {
         let resp = self
-            .fetch(&Method::GET, &up.url, up.headers.clone())
+            .fetch(&Method::GET, &up.url, identity(&up.headers))
             .await?;
         if resp.status() != StatusCode::OK {
             return Ok(relay(resp, up.route, up.host));
@@ -365,7 +367,12 @@ impl Proxy {
         }
         // The upstream's own headers (rate limits…) go back to the client too.
         let mut headers = super::forward::forwardable(&parts.headers);
-        object_headers(&mut headers, &media_type, &digest, cache);
+        if cache == "BYPASS" {
+            // Not ours to vouch for: the upstream's headers as they were.
+            headers.insert(X_CACHE, HeaderValue::from_static("BYPASS"));
+        } else {
+            object_headers(&mut headers, &media_type, &digest, cache);
+        }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let mut resp = Response::new(full(body));
         *resp.headers_mut() = headers;
@@ -532,11 +539,10 @@ struct FillTask {
 
 impl FillTask {
     async fn run(self, mut writer: FillWriter, tx: oneshot::Sender<Outcome>) {
-        let resp = match self
+        let fetched = self
             .proxy
-            .fetch(&Method::GET, &self.url, self.headers.clone())
-            .await
-        {
+            .fetch(&Method::GET, &self.url, identity(&self.headers));
+        let resp = match fetched.await {
             Ok(resp) => resp,
             Err(e) => {
                 writer.fail(e.to_string());
@@ -566,7 +572,19 @@ impl FillTask {
         let _ = tx.send(Outcome::Started);
         let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
+        loop {
+            // A stalled upstream must not hold the fill (and every reader joined to it) forever.
+            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(%digest, url = %redact(&self.url), "upstream body stalled: not cached");
+                    writer.fail(format!(
+                        "no data from the upstream for {BODY_IDLE_TIMEOUT:?}"
+                    ));
+                    return;
+                }
+            };
             let data = match frame {
                 Ok(frame) => frame.into_data().unwrap_or_default(),
                 Err(e) => {
@@ -597,6 +615,17 @@ fn challenge_response(challenge: HeaderValue) -> Response<Body> {
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, challenge);
     resp
+}
+
+/// The headers for a fetch that fills the cache: the bytes must be the object's own, not a
+/// compressed transfer of them.
+fn identity(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers
 }
 
 fn unavailable(status: StatusCode) -> bool {

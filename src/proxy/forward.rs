@@ -105,6 +105,10 @@ impl Proxy {
             .as_ref()
             .map_or(host.as_str(), |r| r.host.as_str())
             .to_owned();
+        // Metrics labels and status keys stay bounded: names that are not ours are "unknown".
+        let label = route
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |r| r.host.clone());
         let head = req.method() == Method::HEAD;
         let started = std::time::Instant::now();
         let kind = kind_of(req.uri().path());
@@ -148,14 +152,14 @@ impl Proxy {
         let status_page = self.status.clone();
         let done: Done = Box::new(move |status, bytes| {
             status_page.request(&RequestRecord {
-                registry: &log_host,
+                registry: &label,
                 repo: repo.as_deref(),
                 bytes,
                 from_cache: source == Source::Cache,
                 miss,
             });
             let class = format!("{}xx", status.as_u16() / 100);
-            let registry = log_host;
+            let registry = label;
             let labels = HttpLabels {
                 registry: registry.clone(),
                 method,
@@ -248,7 +252,7 @@ impl Proxy {
             }
             url = next;
         }
-        Err(Error::TooManyRedirects { url })
+        Err(Error::TooManyRedirects { url: redact(&url) })
     }
 
     /// One bodiless request, with a deadline for the response head.
@@ -263,7 +267,7 @@ impl Proxy {
             self.metrics
                 .upstream_error(&self.upstream_label(url), Reason::Timeout);
             Error::Timeout {
-                url: url.to_owned(),
+                url: redact(url),
                 secs: RESPONSE_TIMEOUT.as_secs(),
             }
         })?
@@ -291,10 +295,10 @@ impl Proxy {
         self.metrics.upstream_latency(&registry, took);
         let failure = match &result {
             Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
-                Some(format!("{url}: {}", resp.status()))
+                Some(format!("{}: {}", redact(url), resp.status()))
             }
             Ok(_) => None,
-            Err(e) => Some(format!("{url}: {}", chain(e))),
+            Err(e) => Some(format!("{}: {}", redact(url), chain(e))),
         };
         self.status.upstream(&registry, took, failure);
         match &result {
@@ -324,7 +328,7 @@ impl Proxy {
             }
         }
         result.map_err(|source| Error::Upstream {
-            url: url.to_owned(),
+            url: redact(url),
             source,
         })
     }
@@ -346,6 +350,15 @@ impl Proxy {
             Some("STALE") => m.cache_stale.inc(),
             _ => 0,
         };
+    }
+}
+
+/// A URL without its query, for errors, logs and the status page: blob redirects carry signed
+/// URLs whose query grants access to the object.
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((head, _)) => format!("{head}?…"),
+        None => url.to_owned(),
     }
 }
 
@@ -452,8 +465,8 @@ fn redirect_target(resp: &Response<Incoming>, url: &str) -> Result<Option<String
         return Ok(None);
     };
     let bad = || Error::BadRedirect {
-        url: url.to_owned(),
-        location: String::from_utf8_lossy(location.as_bytes()).into_owned(),
+        url: redact(url),
+        location: redact(&String::from_utf8_lossy(location.as_bytes())),
     };
     let location = location.to_str().map_err(|_| bad())?;
     resolve(url, location).map(Some).ok_or_else(bad)

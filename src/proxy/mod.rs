@@ -173,6 +173,8 @@ impl Proxy {
         let routes = Arc::new(routes.into_iter().map(Arc::new).collect());
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        // Credentials may have changed: tokens obtained with the old ones go.
+        self.tokens.clear();
     }
 }
 

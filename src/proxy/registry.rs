@@ -72,8 +72,23 @@ fn valid_repo(repo: &str) -> bool {
         })
 }
 
-/// An Accept header in a canonical form (media types sorted, parameters dropped), so that
-/// equivalent headers share a tag mapping and different ones never do.
+/// The media types a manifest can have (and `*/*`): only these make a difference to what a
+/// registry answers, so only these distinguish tag mappings — other Accept values are dropped,
+/// and clients cannot create mappings without bound by sending made-up ones.
+const MANIFEST_TYPES: &[&str] = &[
+    "*/*",
+    "application/json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.artifact.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+];
+
+/// An Accept header in a canonical form (known manifest media types, sorted, parameters
+/// dropped), so that equivalent headers share a tag mapping and different ones never do.
 pub fn normalize_accept(values: &[&str]) -> String {
     let mut types: Vec<String> = values
         .iter()
@@ -85,7 +100,7 @@ pub fn normalize_accept(values: &[&str]) -> String {
                 .trim()
                 .to_ascii_lowercase()
         })
-        .filter(|t| !t.is_empty())
+        .filter(|t| MANIFEST_TYPES.contains(&t.as_str()))
         .collect();
     types.sort();
     types.dedup();

@@ -34,6 +34,11 @@ impl Tokens {
         (*until > Instant::now()).then(|| value.clone())
     }
 
+    /// Forgets every token (a reload may have changed the credentials).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn put(&self, key: (String, String), value: HeaderValue, life: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
