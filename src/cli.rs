@@ -39,9 +39,12 @@ pub enum Command {
     },
     /// Exit 0 when the admin listener answers /healthz with 200 (for container healthchecks).
     Healthcheck {
-        /// Admin address to ask.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
-        admin: std::net::SocketAddr,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Admin address to ask; default: admin.listen of the configuration (a wildcard address
+        /// is asked on loopback).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Inspect and maintain the content cache (safe while `serve` runs).
     Cache {

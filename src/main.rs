@@ -79,7 +79,13 @@ fn main() -> ExitCode {
             let path = config::locate(arg.config.as_deref());
             with_config(&arg, |config| serve(config, path))
         }
-        Command::Healthcheck { admin } => healthcheck(admin),
+        Command::Healthcheck { config, admin } => match admin {
+            Some(admin) => healthcheck(admin),
+            None => match load(&config) {
+                Ok(config) => healthcheck(loopback_if_wildcard(config.admin.listen)),
+                Err(code) => code,
+            },
+        },
         Command::Cache { command } => {
             let arg = match &command {
                 CacheCommand::Ls { config, .. } | CacheCommand::Purge { config, .. } => config,
@@ -130,6 +136,16 @@ fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> anyhow::Result<()>) ->
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `0.0.0.0:9090` is asked as `127.0.0.1:9090` (and `[::]` as `[::1]`).
+fn loopback_if_wildcard(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
     }
 }
 

@@ -506,3 +506,34 @@ async fn sighup_reloads_registries_ttls_and_logs_and_rejects_bad_configs() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn healthcheck_asks_the_configured_admin_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = crate::support::dns::Upstream::start().await;
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            "state_dir = \"state\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\nanswer_ipv4 = [\"10.1.1.1\"]\n\
+             upstream = [\"{}\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, _rx, addrs) = spawn_serve(dir.path());
+    // The config's admin port is 0; the real one is what serve announced: write it down.
+    let text = std::fs::read_to_string(dir.path().join("c.toml")).unwrap();
+    let fixed = text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"0.0.0.0:{}\"", addrs["admin"].port()),
+    );
+    std::fs::write(dir.path().join("h.toml"), fixed).unwrap();
+    let out = regcache(&["healthcheck", "--config", "h.toml"], dir.path());
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "asked 127.0.0.1 for 0.0.0.0: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
