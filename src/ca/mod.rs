@@ -32,6 +32,8 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long a leaf is valid; it is re-issued when less than [`LEAF_RENEW_BEFORE`] remains.
 const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
+/// At most this many cached leaves (a `*.suffix` alias admits any number of names).
+const MAX_LEAVES: usize = 4096;
 /// Back-dating of `not_before`, for clients whose clocks run a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
@@ -276,6 +278,10 @@ impl CertResolver {
                     f();
                 }
                 let key = leaf.key.clone();
+                if leaves.len() >= MAX_LEAVES {
+                    // Bounded even under a wildcard alias: renewals and new names start over.
+                    leaves.clear();
+                }
                 leaves.insert(name, leaf);
                 Some(key)
             }

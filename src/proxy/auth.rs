@@ -23,8 +23,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Credential(String);
 
 impl Credential {
+    /// The Authorization header, else a Cookie (some registries authenticate with one): a
+    /// request carrying either is never taken as anonymous.
     pub fn of(headers: &HeaderMap) -> Self {
-        match headers.get(AUTHORIZATION) {
+        match headers
+            .get(AUTHORIZATION)
+            .or_else(|| headers.get(http::header::COOKIE))
+        {
             Some(v) => Self(Digest::of(v.as_bytes()).hex().to_owned()),
             None => Self(String::new()),
         }
@@ -288,6 +293,14 @@ fn split_params(s: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_is_a_credential_too() {
+        let mut h = HeaderMap::new();
+        assert!(Credential::of(&h).is_anonymous());
+        h.insert(http::header::COOKIE, "session=abc".parse().unwrap());
+        assert!(!Credential::of(&h).is_anonymous());
+    }
 
     #[test]
     fn scopes_are_percent_encoded() {

@@ -20,11 +20,19 @@ use crate::config::Credentials;
 /// Tokens that do not say how long they last are kept this long (the spec's default).
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
 
-/// Cached Authorization values per (registry, scope).
+/// At most this many cached Authorization values.
+const MAX_TOKENS: usize = 10_000;
+/// A registry's `/v2/` challenge is asked for again after this long.
+const CHALLENGE_LIFE: Duration = Duration::from_secs(300);
+
+/// Cached Authorization values per (registry, scope), and each registry's challenge.
 #[derive(Default)]
 pub struct Tokens {
     /// std Mutex, never held across .await.
     cache: Mutex<HashMap<(String, String), (HeaderValue, Instant)>>,
+    /// The `WWW-Authenticate` of each registry's `/v2/` (one request per registry, not per
+    /// repository); std Mutex, never held across .await.
+    challenges: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Tokens {
@@ -37,15 +45,37 @@ impl Tokens {
     /// Forgets every token (a reload may have changed the credentials).
     pub fn clear(&self) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn put(&self, key: (String, String), value: HeaderValue, life: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
+        if cache.len() >= MAX_TOKENS {
+            // Bounded whatever repository names clients send: expired ones first, then all.
             let now = Instant::now();
             cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_TOKENS {
+                cache.clear();
+            }
         }
         cache.insert(key, (value, Instant::now() + life));
+    }
+
+    fn challenge(&self, registry: &str) -> Option<String> {
+        let challenges = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        let (challenge, until) = challenges.get(registry)?;
+        (*until > Instant::now()).then(|| challenge.clone())
+    }
+
+    fn put_challenge(&self, registry: &str, challenge: String) {
+        let mut challenges = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        challenges.insert(
+            registry.to_owned(),
+            (challenge, Instant::now() + CHALLENGE_LIFE),
+        );
     }
 }
 
@@ -63,20 +93,27 @@ impl Proxy {
         if let Some(value) = self.tokens.get(&key) {
             return Some(value);
         }
-        let url = format!("{}/v2/", route.upstream);
-        let resp = self
-            .send_timed(&Method::GET, &url, &HeaderMap::new())
-            .await
-            .ok()?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return None;
-        }
-        let challenge = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)?
-            .to_str()
-            .ok()?
-            .to_owned();
+        let challenge = match self.tokens.challenge(&route.host) {
+            Some(challenge) => challenge,
+            None => {
+                let url = format!("{}/v2/", route.upstream);
+                let resp = self
+                    .send_timed(&Method::GET, &url, &HeaderMap::new())
+                    .await
+                    .ok()?;
+                if resp.status() != StatusCode::UNAUTHORIZED {
+                    return None;
+                }
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)?
+                    .to_str()
+                    .ok()?
+                    .to_owned();
+                self.tokens.put_challenge(&route.host, challenge.clone());
+                challenge
+            }
+        };
         let (value, life) = if challenge
             .trim_start()
             .to_ascii_lowercase()
@@ -132,4 +169,31 @@ fn basic(c: &Credentials) -> Option<HeaderValue> {
     let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_cache_stays_bounded() {
+        let tokens = Tokens::default();
+        let value = HeaderValue::from_static("Bearer t");
+        for i in 0..MAX_TOKENS + 5 {
+            tokens.put(
+                ("r".into(), format!("repository:x{i}:pull")),
+                value.clone(),
+                Duration::from_secs(60),
+            );
+        }
+        assert!(tokens.cache.lock().unwrap().len() <= MAX_TOKENS);
+        assert_eq!(
+            tokens.get(&("r".into(), format!("repository:x{}:pull", MAX_TOKENS + 4))),
+            Some(value)
+        );
+        tokens.put_challenge("r", "Bearer realm=x".into());
+        assert_eq!(tokens.challenge("r").as_deref(), Some("Bearer realm=x"));
+        tokens.clear();
+        assert!(tokens.challenge("r").is_none());
+    }
 }
