@@ -260,17 +260,9 @@ impl Proxy {
                             Ok(resp) => format!("upstream answered {}", resp.status()),
                             Err(e) => e.to_string(),
                         };
-                        if self.offline_allowed(up, repo, &cred, &why) {
-                            warn!(registry = %up.route.host, repo, tag, %why, "serving a stale tag");
-                            return Ok(serve_manifest(
-                                reader,
-                                &entry.media_type,
-                                head,
-                                "STALE",
-                                true,
-                            ));
-                        }
-                        return Err(Error::Unavailable(why));
+                        return self
+                            .stale(up, repo, &cred, &why, reader, &entry.media_type)
+                            .ok_or(Error::Unavailable(why));
                     }
                 }
             }
@@ -292,15 +284,8 @@ impl Proxy {
         let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
             .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = fallback {
-            if self.offline_allowed(up, repo, &cred, &why) {
-                warn!(registry = %up.route.host, repo, tag, %why, "serving a stale tag");
-                return Ok(serve_manifest(
-                    reader,
-                    &entry.media_type,
-                    head,
-                    "STALE",
-                    true,
-                ));
+            if let Some(resp) = self.stale(up, repo, &cred, &why, reader, &entry.media_type) {
+                return Ok(resp);
             }
         }
         asked
@@ -327,6 +312,25 @@ impl Proxy {
             }
         }
         Ok(relay(resp, up.route, up.host))
+    }
+
+    /// A stored manifest for a tag while the upstream is unavailable (`why`), for clients whose
+    /// access was established; `None` for the others.
+    fn stale(
+        &self,
+        up: &Up<'_>,
+        repo: &str,
+        cred: &Credential,
+        why: &str,
+        reader: Reader,
+        media_type: &str,
+    ) -> Option<Response<Body>> {
+        if !self.offline_allowed(up, repo, cred, why) {
+            return None;
+        }
+        warn!(registry = %up.route.host, repo, %why, "serving a stale tag");
+        let head = up.method == Method::HEAD;
+        Some(serve_manifest(reader, media_type, head, "STALE", true))
     }
 
     /// GETs a manifest by tag, stores it under its digest and maps the tag to it.

@@ -21,6 +21,13 @@ fn x_cache(resp: &http::Response<Bytes>) -> &str {
         .map_or("-", |v| v.to_str().unwrap())
 }
 
+/// Moves the runtime's clock past the default manifest and auth TTLs (60 s).
+async fn past_the_ttls() {
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::time::resume();
+}
+
 fn digest(s: &str) -> Digest {
     Digest::parse(s).unwrap()
 }
@@ -164,9 +171,7 @@ async fn tags_are_fresh_for_the_ttl_then_revalidated_with_a_head() {
         (1, 0)
     );
 
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(61)).await;
-    tokio::time::resume();
+    past_the_ttls().await;
     let same = w.app.get(HUB, path, &accept).await;
     assert_eq!(
         (x_cache(&same), same.body()),
@@ -183,9 +188,7 @@ async fn tags_are_fresh_for_the_ttl_then_revalidated_with_a_head() {
     w.registry
         .version
         .store(2, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(61)).await;
-    tokio::time::resume();
+    past_the_ttls().await;
     let changed = w.app.get(HUB, path, &accept).await;
     assert_eq!(
         (x_cache(&changed), changed.body()),
@@ -279,9 +282,7 @@ async fn fill_then_go_offline(w: &World) -> (String, String) {
     w.registry
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(61)).await;
-    tokio::time::resume();
+    past_the_ttls().await;
     (tag, blob_path)
 }
 
@@ -395,9 +396,7 @@ async fn offline_tags_resolve_for_clients_that_head_them_like_dockerd() {
     w.registry
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(61)).await;
-    tokio::time::resume();
+    past_the_ttls().await;
     let head = w
         .app
         .request(HUB, build("HEAD", HUB, tag, &dockerd_accept, Bytes::new()))
@@ -449,9 +448,7 @@ async fn repositories_found_public_serve_anonymous_clients_offline() {
     w.registry
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(61)).await;
-    tokio::time::resume();
+    past_the_ttls().await;
     let anonymous = w.app.get(HUB, tag, &[accept]).await;
     assert_eq!(
         (anonymous.status(), anonymous.body()),
