@@ -9,12 +9,17 @@
 #      locally) by skopeo (copy to a fresh oci dir on a tmpfs) and, with BENCH_DOCKERD=1, by dockerd:
 #      straight from the upstream registry, through regcache with an empty cache (cold), and through
 #      regcache again (warm). BENCH_ROUNDS rounds of direct, cold, warm; medians printed.
-#   2. the warm 512 MiB layer over HTTPS with curl (-o /dev/null, %{speed_download}): through regcache
-#      (served from its cache) and straight from the upstream `docker-registry`, interleaved, 3 runs each;
-#      medians and the ratio, plus the CPU time the serving process used per run.
+#   2. the warm 512 MiB layer over HTTPS with curl (-o /dev/null, %{speed_download}): straight from the
+#      upstream `docker-registry`, through regcache (served from its cache) and, unless BENCH_NGINX=0,
+#      through nginx proxy_cache in front of the same upstream (bench/nginx.conf.in: TLS both ways,
+#      sendfile, keepalive upstream pool, cache lock, cache on disk; served from its cache), interleaved,
+#      3 runs each, HTTP/1.1 and HTTP/2; medians and the ratios, plus the CPU time the serving process
+#      (nginx: master and workers) used per run.
 #
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
-#   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, and the
+#   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
+#             (https 10.78.0.1:8443, certificate for nginx.rcbench.test from the per-run public CA; the
+#             client passes the name with curl --resolve), and the
 #             upstream CNCF distribution for nvcr.io on 198.51.100.30 (a /32 on its loopback), TLS with a
 #             per-run public CA; its certificate also names upstream.nvcr.test, a name regcache does not
 #             intercept (its DNS forwards it to dnsmasq), so that clients can reach the upstream directly.
@@ -25,7 +30,9 @@
 # the end (BENCH_KEEP=1 keeps it).
 #
 # Environment: REGCACHE_BIN, BENCH_ROUNDS (default 3, at most 5), BENCH_BLOB_RUNS (default 3, at most 9),
-# BENCH_DOCKERD (default 1), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
+# BENCH_DOCKERD (default 1), BENCH_NGINX (default 1; needs Debian's nginx or nginx-light, whose packaged
+# service is never used: the bench starts its own nginx in its namespace and stops it by PID),
+# BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
 # PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
@@ -44,6 +51,8 @@ ADMIN_PORT=9090
 UP_HOST=nvcr.io
 UP_IP=198.51.100.30
 DIRECT_HOST=upstream.nvcr.test
+NGINX_HOST=nginx.rcbench.test
+NGINX_PORT=8443
 REPO_NAME=bench/big
 TAG=1
 LAYERS_MIB=(16 128 512)
@@ -129,11 +138,17 @@ cleanup() {
 # preflight, build
 
 [[ $(id -u) == 0 ]] || die "must run as root"
-for tool in ip curl openssl skopeo docker-registry dnsmasq flock sha256sum "$PY"; do
+for tool in ip curl openssl skopeo docker-registry dnsmasq flock sha256sum pgrep "$PY"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
+BENCH_NGINX=${BENCH_NGINX:-1}
+NGINX_BIN=$(command -v nginx || true)
+[[ -z $NGINX_BIN && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
+if [[ $BENCH_NGINX == 1 && -z $NGINX_BIN ]]; then
+    info "no nginx (apt-get install nginx-light): no nginx contestant"; BENCH_NGINX=0
+fi
 exec 9<"${BASH_SOURCE[0]}"
 flock -n 9 || die "another bench/run.sh holds the lock"
 trap cleanup EXIT
@@ -184,6 +199,10 @@ export HOME=$W/home DOCKER_CONFIG=$W/home/.docker
     printf 'subjectAltName=DNS:%s,DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
         "$UP_HOST" "$DIRECT_HOST" >up.ext
     openssl x509 -req -in up.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile up.ext -out up.crt
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout nginx.key -out nginx.csr -subj "/CN=$NGINX_HOST"
+    printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        "$NGINX_HOST" >nginx.ext
+    openssl x509 -req -in nginx.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile nginx.ext -out nginx.crt
 ) >"$LOGS/pki.log" 2>&1
 
 [[ -d /etc/netns ]] || { mkdir /etc/netns; NETNS_DIR_CREATED=1; }
@@ -377,52 +396,96 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # 2. warm 512 MiB blob, one curl stream, interleaved
 
+# nginx proxy_cache in front of the same upstream, in the appliance namespace; stopped by PID (cleanup)
+NGINX_PID=''
+if [[ $BENCH_NGINX == 1 ]]; then
+    NG=$W/nginx
+    mkdir -p "$NG/tmp" "$NG/cache"
+    render "$HERE/nginx.conf.in" "$NG/nginx.conf" DIR="$NG" UP_IP="$UP_IP" UP_NAME="$DIRECT_HOST" \
+        LISTEN="$APP_IP:$NGINX_PORT" NAME="$NGINX_HOST" CERT="$PKI/nginx.crt" KEY="$PKI/nginx.key" CA="$PKI/ca.crt"
+    app "$NGINX_BIN" -t -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf" >"$LOGS/nginx-t.log" 2>&1 \
+        || { cat "$LOGS/nginx-t.log" >&2; die "nginx -t"; }
+    bg nginx "$APP_NS" "$NGINX_BIN" -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf"
+    NGINX_PID=$!
+    nginx_v2() { cli curl -sS --max-time 2 --cacert "$PKI/ca.crt" --resolve "$NGINX_HOST:$NGINX_PORT:$APP_IP" \
+        "https://$NGINX_HOST:$NGINX_PORT/v2/" "$@"; }
+    wait_for nginx "$NGINX_PID" 100 0.1 code_is 200 nginx_v2 || die "nginx (logs/nginx.log, nginx/error.log)"
+fi
+nginx_url() { echo "https://$NGINX_HOST:$NGINX_PORT/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
+NGINX_RESOLVE="--resolve $NGINX_HOST:$NGINX_PORT:$APP_IP"
+
 stat_cpu() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6; exit }' /proc/stat; }   # busy idle (jiffies)
-# blob_get URL CA SERVER-PID [CURL-OPTS]: one GET; prints "MB/s server-CPU-s client-CPU-s machine-busy-% x-cache"
-# (machine busy: share of both CPUs not idle during the GET, everything included)
+tree_cpu_secs() { # PID: CPU seconds of PID and its children (nginx's workers)
+    local p sum kids
+    sum=$(cpu_secs "$1")
+    kids=$(pgrep -P "$1" 2>/dev/null || true)
+    for p in $kids; do sum=$(awk -v a="$sum" -v b="$(cpu_secs "$p" 2>/dev/null || echo 0)" 'BEGIN { print a + b }'); done
+    echo "$sum"
+}
+# blob_get URL CA SERVER-PID [CURL-OPTS]: one GET; prints "MB/s server-CPU-s client-CPU-s machine-busy-% x-cache x-cache-status"
+# (machine busy: share of both CPUs not idle during the GET, everything included; "-" for a header not sent)
 blob_get() {
-    local out c0 c1 code speed size xc s0 s1 ct TIMEFORMAT='%U %S'
-    c0=$(cpu_secs "$3") s0=$(stat_cpu)
+    local out c0 c1 code speed size xc xcs s0 s1 ct TIMEFORMAT='%U %S'
+    c0=$(tree_cpu_secs "$3") s0=$(stat_cpu)
+    # shellcheck disable=SC2086
     { time cli curl -sS --max-time 120 ${4:-} --cacert "$2" -o /dev/null \
-        -w '%{http_code} %{speed_download} %{size_download} %header{x-cache}' "$1" >"$W/curl.out" 2>"$W/curl.err"; } 2>"$W/curl.time" \
+        -w '%{http_code} %{speed_download} %{size_download} x%header{x-cache} x%header{x-cache-status}' "$1" \
+        >"$W/curl.out" 2>"$W/curl.err"; } 2>"$W/curl.time" \
         || die "curl $1: $(cat "$W/curl.err")"
-    c1=$(cpu_secs "$3") s1=$(stat_cpu)
-    read -r code speed size xc <"$W/curl.out"
+    c1=$(tree_cpu_secs "$3") s1=$(stat_cpu)
+    read -r code speed size xc xcs <"$W/curl.out"
+    xc=${xc#x} xcs=${xcs#x}
     ct=$(awk '{ print $1 + $2 }' "$W/curl.time")
     [[ $code == 200 && $size == "$BIG_SIZE" ]] || die "curl $1: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
-    awk -v s="$speed" -v a="$c0" -v b="$c1" -v ct="$ct" -v s0="$s0" -v s1="$s1" -v x="${xc:--}" 'BEGIN {
+    awk -v s="$speed" -v a="$c0" -v b="$c1" -v ct="$ct" -v s0="$s0" -v s1="$s1" -v x="${xc:--}" -v y="${xcs:--}" 'BEGIN {
         split(s0, p, " "); split(s1, q, " "); busy = q[1] - p[1]; idle = q[2] - p[2]
-        printf "%.0f %.2f %.2f %.0f %s\n", s / 1e6, b - a, ct, (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), x }'
+        printf "%.0f %.2f %.2f %.0f %s %s\n", s / 1e6, b - a, ct, (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), x, y }'
 }
-# make sure both copies are in the page cache and the cached copy is complete
+# make sure every copy is in the page cache and each cached copy is complete; nginx: the first GET fills
+# its cache (MISS), the second must come from it (HIT)
 out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID")
 out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID")
-# HTTP/1.1 and HTTP/2 (both servers offer h2 in ALPN; curl's default picks it), each run: direct, regcache
+PATHS=(direct via)
+if [[ $BENCH_NGINX == 1 ]]; then
+    PATHS+=(nginx)
+    out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "$NGINX_RESOLVE")
+    info "nginx warm-up GET: x-cache-status ${out##* }"
+    out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "$NGINX_RESOLVE")
+    [[ ${out##* } == HIT ]] || die "nginx did not serve the blob from its cache after one GET (x-cache-status ${out##* })"
+    info "nginx cache after warm-up: $(du -sh "$NG/cache" | cut -f1)"
+fi
+# HTTP/1.1 and HTTP/2 (all servers offer h2 in ALPN; curl's default picks it), each run: direct, regcache, nginx
 declare -A MBS=() CPU=() CCPU=() BUSY=()
 for ((i = 1; i <= BLOB_RUNS; i++)); do
     for proto in http1.1 http2; do
-        for path in direct via; do
-            if [[ $path == direct ]]; then
-                out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID" "--$proto")
-            else
-                out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" "--$proto")
-            fi
-            read -r mbs cpu ccpu busy xc <<<"$out"
-            [[ $path == direct || $xc == HIT ]] || die "the warm blob GET through regcache answered x-cache: $xc"
+        for path in "${PATHS[@]}"; do
+            case $path in
+            direct) out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID" "--$proto") ;;
+            via) out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" "--$proto") ;;
+            nginx) out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "--$proto $NGINX_RESOLVE") ;;
+            esac
+            read -r mbs cpu ccpu busy xc xcs <<<"$out"
+            [[ $path != via || $xc == HIT ]] || die "the warm blob GET through regcache answered x-cache: $xc"
+            [[ $path != nginx || $xcs == HIT ]] || die "the warm blob GET through nginx answered x-cache-status: $xcs"
             k=${path}_$proto
             MBS[$k]+=" $mbs" CPU[$k]+=" $cpu" CCPU[$k]+=" $ccpu" BUSY[$k]+=" $busy"
-            info "blob run $i $proto $path: $mbs MB/s, server CPU $cpu s, curl CPU $ccpu s, machine busy $busy % (x-cache $xc)"
+            info "blob run $i $proto $path: $mbs MB/s, server CPU $cpu s, curl CPU $ccpu s, machine busy $busy % (x-cache $xc, x-cache-status $xcs)"
         done
     done
 done
+NGINX_VERSION=''
+if [[ $BENCH_NGINX == 1 ]]; then
+    NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
+    stop_pid "$NGINX_PID"; forget_pid "$NGINX_PID"
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # report
 
-NGINX_MBS=980   # NOTES-e2e.md: tuned nginx proxy_cache, same machine kind, warm 512 MiB blob, one stream
 say ""
 say "regcache benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) CPUs  $(uname -r)"
 say "binary: $BIN_DESC"
+[[ -n $NGINX_VERSION ]] && say "nginx: $NGINX_VERSION, bench/nginx.conf.in (proxy_cache on disk, sendfile, keepalive upstream pool, cache lock)"
 say "image: $UP_HOST/$REPO_NAME:$TAG, $((IMAGE_BYTES >> 20)) MiB of blobs (layers ${LAYERS_MIB[*]} MiB, random, gzip)"
 say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the bench alone keeps it near 1-2;"
 say "  higher means something else shared the CPUs)"
@@ -442,20 +505,33 @@ done
 say ""
 say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, one curl stream, MB/s (median of $BLOB_RUNS; runs interleaved)"
 cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values
-printf "  %-9s %-31s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" protocol server median "runs (MB/s)" "server CPU s" "curl CPU s" "machine busy %"
+printf "  %-9s %-33s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" protocol server median "runs (MB/s)" "server CPU s" "curl CPU s" "machine busy %"
 for proto in http1.1 http2; do
-    for path in direct via; do
+    for path in "${PATHS[@]}"; do
         k=${path}_$proto
-        name="direct from docker-registry"
-        [[ $path == via ]] && name="through regcache (x-cache HIT)"
+        case $path in
+        direct) name="direct from docker-registry" ;;
+        via) name="through regcache (x-cache HIT)" ;;
+        nginx) name="through nginx (cache-status HIT)" ;;
+        esac
         # shellcheck disable=SC2086
-        printf "  %-9s %-31s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" "$proto" "$name" "$(median ${MBS[$k]})" "${MBS[$k]# }" \
+        printf "  %-9s %-33s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" "$proto" "$name" "$(median ${MBS[$k]})" "${MBS[$k]# }" \
             "${CPU[$k]# }" "${CCPU[$k]# }" "${BUSY[$k]# }"
     done
     # shellcheck disable=SC2086
-    say "  $proto: regcache / direct = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[direct_$proto]})");" \
-        "regcache / nginx proxy_cache (~980 MB/s in NOTES-e2e.md) = $(ratio "$(median ${MBS[via_$proto]})" "$NGINX_MBS")"
+    line="  $proto: regcache / direct = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[direct_$proto]})")"
+    if [[ $BENCH_NGINX == 1 ]]; then
+        # shellcheck disable=SC2086
+        line+="; regcache / nginx = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[nginx_$proto]})")"
+        # shellcheck disable=SC2086
+        line+="; nginx / direct = $(ratio "$(median ${MBS[nginx_$proto]})" "$(median ${MBS[direct_$proto]})") (all measured in this run)"
+    else
+        line+=" (no nginx in this run: BENCH_NGINX=0 or nginx not installed)"
+    fi
+    say "$line"
 done
 say ""
-info "finished after $((SECONDS - T0)) s; disk at the end: upstream $(du -sh "$UP/storage" | cut -f1), cache $(du -sh "$RC/cache" | cut -f1)"
+ng_disk=''
+[[ $BENCH_NGINX == 1 ]] && ng_disk=", nginx cache $(du -sh "$NG/cache" | cut -f1)"
+info "finished after $((SECONDS - T0)) s; disk at the end: upstream $(du -sh "$UP/storage" | cut -f1), cache $(du -sh "$RC/cache" | cut -f1)$ng_disk"
 OK=1
