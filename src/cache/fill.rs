@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use super::store::{io_err, meta_path, meta_text, read_exact_at, write_atomic, Store};
+use super::chunk;
+use super::store::{io_err, meta_path, meta_text, write_atomic, Store};
 use super::{Digest, Error, Hasher, CHUNK};
 
 /// Where a fill stands.
@@ -84,12 +85,8 @@ impl Fill {
                 };
                 if offset < readable {
                     let len = (readable - offset).min(CHUNK as u64) as usize;
-                    let file = fill.file.clone();
-                    let read =
-                        tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len));
-                    let chunk = match read.await {
-                        Ok(Ok(chunk)) => chunk,
-                        Ok(Err(e)) => return Some((Err(Error::Upstream(e.to_string())), None)),
+                    let chunk = match chunk::read(fill.file.clone(), offset, len).await {
+                        Ok(chunk) => chunk,
                         Err(e) => return Some((Err(Error::Upstream(e.to_string())), None)),
                     };
                     let next = offset + chunk.len() as u64;

@@ -16,6 +16,7 @@
 //! - `tags/<sha256 of key>`: `registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line
 //! - `tmp/`: fills in progress
 
+mod chunk;
 mod fill;
 mod store;
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::fill::{Fill, FillWriter};
-use super::{Digest, Error, Hasher, CHUNK};
+use super::{chunk, Digest, Error, Hasher, CHUNK};
 use crate::metrics::Metrics;
 
 /// After a write error, caching pauses this long before it is tried again.
@@ -620,18 +620,15 @@ impl Reader {
                 return held.map(|chunk| (Ok(chunk), None));
             }
             let len = (end - offset).min(CHUNK as u64) as usize;
-            let file = reader.file.clone();
-            let read = tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len)).await;
-            let chunk = match read {
-                Ok(Ok(chunk)) => chunk,
-                Ok(Err(e)) => {
+            let chunk = match chunk::read(reader.file.clone(), offset, len).await {
+                Ok(chunk) => chunk,
+                Err(e) => {
                     let e = Error::Io {
                         path: reader.store.object_path(&reader.digest),
                         source: e,
                     };
                     return Some((Err(e), None));
                 }
-                Err(e) => return Some((Err(Error::Upstream(e.to_string())), None)),
             };
             let next = offset + chunk.len() as u64;
             match hasher.as_mut() {
@@ -645,22 +642,6 @@ impl Reader {
             }
         })
     }
-}
-
-pub(super) fn read_exact_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "object shorter than indexed",
-            ));
-        }
-        done += n;
-    }
-    Ok(buf.into())
 }
 
 fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
