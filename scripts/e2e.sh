@@ -799,7 +799,7 @@ fi
 
 cli_skopeo() { isolated "$CLI_NS" timeout 300 skopeo "$@"; }
 SKOPEO_OUT=$W/skopeo     # oci dirs of skopeo copy
-SKOPEO_INSPECT_OPTS=()   # --no-tags offline: the tag list (/tags/list) is not cached, it passes through
+SKOPEO_INSPECT_OPTS=()   # extra options for skopeo inspect (none: it also lists the tags, offline too)
 skopeo_pull() { # REF KEY
     local got
     got=$(cli_skopeo inspect "${SKOPEO_INSPECT_OPTS[@]}" --format '{{.Digest}}' "docker://$1")
@@ -1219,7 +1219,7 @@ fi
 stop_dockerd
 
 SKOPEO_OUT=$W/skopeo-offline
-SKOPEO_INSPECT_OPTS=(--no-tags)
+SKOPEO_INSPECT_OPTS=()   # without --no-tags: /tags/list is answered from the cached tag mappings
 run_check "offline: skopeo (new oci dir) copies docker.io/library/small:1" offline_evidence skopeo_pull docker.io/library/small:1 small
 run_check "offline: skopeo copies ghcr.io/acme/tool:v1" offline_evidence skopeo_pull ghcr.io/acme/tool:v1 tool
 run_check "offline: skopeo copies nvcr.io/nvidia/tiny:25.03" offline_evidence skopeo_pull nvcr.io/nvidia/tiny:25.03 tiny

@@ -487,6 +487,21 @@ impl Store {
         found.map(|(_, t)| t.clone())
     }
 
+    /// The tags of a repository that map to a stored manifest, sorted: what an offline
+    /// `/tags/list` can truthfully say.
+    pub fn tags_of(&self, registry: &str, repo: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut tags: Vec<String> = (state.tags.iter())
+            .filter(|(k, t)| {
+                k.registry == registry && k.repo == repo && state.objects.contains_key(&t.digest)
+            })
+            .map(|(k, _)| k.tag.clone())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
     /// Maps `key` to `digest`, fresh for `ttl`, and persists the mapping.
     pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
         let text = format!(

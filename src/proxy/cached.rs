@@ -64,8 +64,45 @@ impl Proxy {
                 None if reference.contains(':') => self.pass(&up).await,
                 None => self.tag(&up, repo, reference).await,
             },
+            Target::Tags { repo } => self.tags(&up, repo).await,
             Target::Other => self.pass(&up).await,
         }
+    }
+
+    /// `/tags/list`: relayed while the upstream answers. While it is down, the tags this cache
+    /// holds a manifest for, to clients whose access was established (`skopeo inspect` lists
+    /// tags), marked stale; a repository with none of its tags cached stays an error.
+    async fn tags(&self, up: &Up<'_>, repo: &str) -> Result<Response<Body>, Error> {
+        let (why, answer) = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
+            Ok(resp) if !unavailable(resp.status()) => {
+                return Ok(relay(resp, up.route, up.host));
+            }
+            Ok(resp) => (format!("upstream answered {}", resp.status()), Ok(resp)),
+            Err(e) => (e.to_string(), Err(e)),
+        };
+        let tags = self.cache.tags_of(&up.route.host, repo);
+        let cred = Credential::of(&up.headers);
+        if tags.is_empty() || !self.offline_allowed(up, repo, &cred, &why) {
+            return answer.map(|resp| relay(resp, up.route, up.host));
+        }
+        warn!(registry = %up.route.host, repo, %why, "serving a stale tag list");
+        let query = up.url.split_once('?').map_or("", |(_, q)| q);
+        let body = serde_json::json!({ "name": repo, "tags": page(tags, query) });
+        let mut resp = Response::new(match up.method == Method::HEAD {
+            true => empty(),
+            false => full(Bytes::from(body.to_string())),
+        });
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(X_CACHE, HeaderValue::from_static("STALE"));
+        h.insert(
+            header::WARNING,
+            HeaderValue::from_static("110 - \"Response is Stale\""),
+        );
+        Ok(resp)
     }
 
     /// `/v2/`: relayed while the upstream answers; answered locally when it is down.
@@ -749,6 +786,23 @@ fn serve_manifest(
     resp
 }
 
+/// One page of a sorted tag list, as `?n=<count>&last=<tag>` asks (the distribution spec's
+/// pagination); the whole list without them.
+fn page(tags: Vec<String>, query: &str) -> Vec<String> {
+    let param = |name: &str| {
+        (query.split('&'))
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let last = param("last");
+    let n = param("n").and_then(|n| n.parse::<usize>().ok());
+    let after = tags
+        .into_iter()
+        .filter(|t| last.as_ref().is_none_or(|last| t.as_str() > last.as_str()));
+    after.take(n.unwrap_or(usize::MAX)).collect()
+}
+
 /// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`, inclusive.
 fn parse_range(value: &HeaderValue, size: u64) -> Option<(u64, u64)> {
     let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
@@ -775,6 +829,16 @@ fn parse_range(value: &HeaderValue, size: u64) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_lists_page_like_the_distribution_spec() {
+        let tags = || vec!["1".to_owned(), "2".to_owned(), "latest".to_owned()];
+        assert_eq!(page(tags(), ""), tags());
+        assert_eq!(page(tags(), "n=2"), ["1", "2"]);
+        assert_eq!(page(tags(), "n=2&last=2"), ["latest"]);
+        assert_eq!(page(tags(), "last=latest"), Vec::<String>::new());
+        assert_eq!(page(tags(), "n=x"), tags());
+    }
 
     #[test]
     fn ranges_parse_like_rfc_9110() {

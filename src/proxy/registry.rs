@@ -9,7 +9,9 @@ pub enum Target<'a> {
     Manifest { repo: &'a str, reference: &'a str },
     /// `/v2/<repo>/blobs/<digest>`.
     Blob { repo: &'a str, digest: &'a str },
-    /// Anything else (uploads, tags/list, catalog, tokens…): passed through.
+    /// `/v2/<repo>/tags/list`.
+    Tags { repo: &'a str },
+    /// Anything else (uploads, catalog, referrers, tokens…): passed through.
     Other,
 }
 
@@ -21,6 +23,9 @@ pub fn classify(path: &str) -> Target<'_> {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Target::Other;
     };
+    if let Some(repo) = rest.strip_suffix("/tags/list").filter(|r| valid_repo(r)) {
+        return Target::Tags { repo };
+    }
     // The endpoint is the last `/manifests/` or `/blobs/` (repositories may contain either word).
     let last = [("/manifests/", false), ("/blobs/", true)]
         .into_iter()
@@ -47,7 +52,9 @@ pub fn classify(path: &str) -> Target<'_> {
 /// The repository a request path is about, for any `/v2/<repo>/…` endpoint.
 pub fn repo_of(path: &str) -> Option<&str> {
     match classify(path) {
-        Target::Manifest { repo, .. } | Target::Blob { repo, .. } => Some(repo),
+        Target::Manifest { repo, .. } | Target::Blob { repo, .. } | Target::Tags { repo } => {
+            Some(repo)
+        }
         Target::Root => None,
         Target::Other => {
             let rest = path.strip_prefix("/v2/")?;
@@ -130,7 +137,9 @@ mod tests {
         );
         assert_eq!(classify("/v2/a/blobs/uploads/"), Target::Other);
         assert_eq!(classify("/v2/a/blobs/uploads"), Target::Other);
-        assert_eq!(classify("/v2/a/tags/list"), Target::Other);
+        assert_eq!(classify("/v2/a/b/tags/list"), Target::Tags { repo: "a/b" });
+        assert_eq!(classify("/v2/A/tags/list"), Target::Other);
+        assert_eq!(classify("/v2/tags/list"), Target::Other);
         assert_eq!(classify("/v2/../x/blobs/sha256:00"), Target::Other);
         assert_eq!(classify("/v2/A/manifests/1"), Target::Other);
         assert_eq!(classify("/token"), Target::Other);

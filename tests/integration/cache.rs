@@ -312,6 +312,16 @@ async fn with_the_upstream_down_cached_content_is_still_served() {
         w.app.get(HUB, &uncached, &[]).await.status(),
         StatusCode::BAD_GATEWAY
     );
+    // The tag list: the tags the cache holds (skopeo inspect asks for it).
+    let tags = w.app.get(HUB, "/v2/library/small/tags/list", &[]).await;
+    assert_eq!((tags.status(), x_cache(&tags)), (StatusCode::OK, "STALE"));
+    let list: serde_json::Value = serde_json::from_slice(tags.body()).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!({ "name": "library/small", "tags": ["1"] })
+    );
+    let none = w.app.get(HUB, "/v2/library/other/tags/list", &[]).await;
+    assert_eq!(none.status(), StatusCode::BAD_GATEWAY, "nothing cached");
 }
 
 #[tokio::test]
@@ -328,6 +338,10 @@ async fn with_offline_off_the_upstream_being_down_is_an_error() {
     );
     assert_eq!(
         w.app.get(HUB, &blob_path, &[]).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        (w.app.get(HUB, "/v2/library/small/tags/list", &[]).await).status(),
         StatusCode::BAD_GATEWAY
     );
 }
