@@ -14,7 +14,15 @@
 #      through nginx proxy_cache in front of the same upstream (bench/nginx.conf.in: TLS both ways,
 #      sendfile, keepalive upstream pool, cache lock, cache on disk; served from its cache), interleaved,
 #      3 runs each, HTTP/1.1 and HTTP/2; medians and the ratios, plus the CPU time the serving process
-#      (nginx: master and workers) used per run.
+#      (nginx: master and workers) and curl used per run. Per protocol also a "client ceiling" line: for
+#      each path, blob size / median curl CPU seconds (what curl alone would allow on these CPUs) and the
+#      measured median as a percentage of it.
+#   3. unless BENCH_STREAMS=0, the same warm layer fetched by BENCH_STREAMS concurrent
+#      `curl --http1.1 -o /dev/null` GETs started together (one shell in the client namespace starts them
+#      all): aggregate MB/s = streams x size / wall time from the start of the first to the end of the
+#      last; direct, regcache, nginx interleaved, BENCH_BLOB_RUNS runs each; medians and the ratios, plus
+#      server CPU and curl CPU per GET (delta / streams) and machine busy %. Every stream must answer 200
+#      with the full size, and through regcache x-cache: HIT, through nginx x-cache-status: HIT.
 #
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
 #   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
@@ -29,7 +37,8 @@
 # ~0.7 GB regcache cache, dockerd's vfs store up to ~1.4 GB during a pull; the work dir is removed at
 # the end (BENCH_KEEP=1 keeps it).
 #
-# Environment: REGCACHE_BIN, BENCH_ROUNDS (default 3, at most 5), BENCH_BLOB_RUNS (default 3, at most 9),
+# Environment: REGCACHE_BIN, BENCH_ROUNDS (default 3, at most 5), BENCH_BLOB_RUNS (default 3, at most 9;
+# used by sections 2 and 3), BENCH_STREAMS (default 4; 2..8 parallel streams in section 3, 0 skips it),
 # BENCH_DOCKERD (default 1), BENCH_NGINX (default 1; needs Debian's nginx or nginx-light, whose packaged
 # service is never used: the bench starts its own nginx in its namespace and stops it by PID),
 # BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
@@ -60,6 +69,8 @@ ROUNDS=${BENCH_ROUNDS:-3}
 BLOB_RUNS=${BENCH_BLOB_RUNS:-3}
 [[ $ROUNDS =~ ^[1-5]$ ]] || { echo "BENCH_ROUNDS must be 1..5" >&2; exit 2; }
 [[ $BLOB_RUNS =~ ^[1-9]$ ]] || { echo "BENCH_BLOB_RUNS must be 1..9" >&2; exit 2; }
+STREAMS=${BENCH_STREAMS:-4}
+[[ $STREAMS =~ ^[02-8]$ ]] || { echo "BENCH_STREAMS must be 0 (skip) or 2..8" >&2; exit 2; }
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
     SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE REGISTRY_AUTH_FILE DOCKER_HOST || true
@@ -100,7 +111,7 @@ stop_pid() {
     alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.2; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     wait "$pid" 2>/dev/null || true
 }
 forget_pid() {
@@ -229,7 +240,6 @@ echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
 bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --user=root --pid-file="$W/dnsmasq.pid" \
     --port "$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
     --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" --address=/#/
-DNSMASQ_PID=$!
 
 render() { # TEMPLATE OUT KEY=VALUE...
     local tmpl=$1 out=$2 kv text; shift 2
@@ -330,6 +340,7 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+path_label() { case $1 in via) echo regcache ;; *) echo "$1" ;; esac; }
 cpu_secs() { # PID: user+system CPU seconds so far
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
@@ -341,6 +352,7 @@ cpu_secs() { # PID: user+system CPU seconds so far
 skopeo_pull() { # REF LOGNAME: prints seconds
     local t0 t1
     t0=$(now)
+    # shellcheck disable=SC2016
     ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
         sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1 \
         || die "skopeo copy docker://$1 (logs/$2.log)"
@@ -473,6 +485,76 @@ for ((i = 1; i <= BLOB_RUNS; i++)); do
         done
     done
 done
+# ---------------------------------------------------------------------------------------------------
+# 3. warm 512 MiB blob, BENCH_STREAMS parallel curl --http1.1 streams, interleaved
+
+# run in the client namespace by one shell, so that no per-stream `ip netns exec` sits between the starts:
+# PAR_SH STREAMS OUT-PREFIX CURL-ARGS...; starts STREAMS curls at once, waits for all (each bounded by
+# --max-time), prints "start end" (epoch seconds: before the first start, after the last end); exits 1
+# if any curl failed. Stream J writes OUT-PREFIX.J.out (-w) and OUT-PREFIX.J.err.
+# shellcheck disable=SC2016
+PAR_SH='n=$1 out=$2; shift 2
+pids=()
+t0=$(date +%s.%N)
+for ((j = 1; j <= n; j++)); do
+    curl -sS --max-time 120 -o /dev/null \
+        -w "%{http_code} %{size_download} x%header{x-cache} x%header{x-cache-status}" "$@" >"$out.$j.out" 2>"$out.$j.err" &
+    pids+=("$!")
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+t1=$(date +%s.%N)
+echo "$t0 $t1"
+exit "$rc"'
+# blob_par URL CA SERVER-PID CHECK [CURL-OPTS]: STREAMS concurrent GETs of URL; every stream must answer
+# 200 with the full size and, when CHECK is x-cache or x-cache-status (not "-"), that header HIT. Prints
+# "aggregate-MB/s server-CPU-s-per-GET curl-CPU-s-per-GET machine-busy-% wall-s"
+blob_par() {
+    local url=$1 ca=$2 spid=$3 check=$4 c0 c1 s0 s1 ct j code size xc xcs TIMEFORMAT='%U %S'
+    local -a opts=()
+    # shellcheck disable=SC2206
+    [[ -n ${5:-} ]] && opts=($5)
+    rm -f "$W"/par.*
+    c0=$(tree_cpu_secs "$spid") s0=$(stat_cpu)
+    { time cli bash -c "$PAR_SH" par-streams "$STREAMS" "$W/par" "${opts[@]}" --cacert "$ca" "$url" \
+        >"$W/par.wall" 2>"$W/par.err"; } 2>"$W/par.time" \
+        || die "parallel GETs of $url: $(cat "$W/par.err" "$W"/par.*.err 2>/dev/null)"
+    c1=$(tree_cpu_secs "$spid") s1=$(stat_cpu)
+    for ((j = 1; j <= STREAMS; j++)); do
+        code='' size='' xc='' xcs=''
+        read -r code size xc xcs <"$W/par.$j.out" || true
+        xc=${xc#x} xcs=${xcs#x}
+        [[ $code == 200 && $size == "$BIG_SIZE" ]] \
+            || die "parallel GET $j of $STREAMS, $url: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
+        case $check in
+        x-cache) [[ $xc == HIT ]] || die "parallel GET $j of $STREAMS through regcache answered x-cache: ${xc:--}" ;;
+        x-cache-status) [[ $xcs == HIT ]] || die "parallel GET $j of $STREAMS through nginx answered x-cache-status: ${xcs:--}" ;;
+        esac
+    done
+    ct=$(awk '{ print $1 + $2 }' "$W/par.time")
+    read -r t0 t1 <"$W/par.wall" || true
+    awk -v n="$STREAMS" -v size="$BIG_SIZE" -v t0="$t0" -v t1="$t1" -v a="$c0" -v b="$c1" -v ct="$ct" \
+        -v s0="$s0" -v s1="$s1" 'BEGIN {
+        split(s0, p, " "); split(s1, q, " "); busy = q[1] - p[1]; idle = q[2] - p[2]; w = t1 - t0
+        printf "%.0f %.2f %.2f %.0f %.2f\n", (w > 0 ? n * size / w / 1e6 : 0), (b - a) / n, ct / n,
+            (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), w }'
+}
+declare -A PMBS=() PCPU=() PCCPU=() PBUSY=()
+if ((STREAMS > 0)); then
+    for ((i = 1; i <= BLOB_RUNS; i++)); do
+        for path in "${PATHS[@]}"; do
+            case $path in
+            direct) out=$(blob_par "$(direct_url)" "$PKI/ca.crt" "$UP_PID" - --http1.1) ;;
+            via) out=$(blob_par "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" x-cache --http1.1) ;;
+            nginx) out=$(blob_par "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" x-cache-status "--http1.1 $NGINX_RESOLVE") ;;
+            esac
+            read -r mbs cpu ccpu busy wall <<<"$out"
+            PMBS[$path]+=" $mbs" PCPU[$path]+=" $cpu" PCCPU[$path]+=" $ccpu" PBUSY[$path]+=" $busy"
+            info "parallel run $i $path: $STREAMS streams, $mbs MB/s aggregate in $wall s, server CPU $cpu s/GET, curl CPU $ccpu s/GET, machine busy $busy %"
+        done
+    done
+fi
+
 NGINX_VERSION=''
 if [[ $BENCH_NGINX == 1 ]]; then
     NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
@@ -504,7 +586,8 @@ for client in skopeo dockerd; do
 done
 say ""
 say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, one curl stream, MB/s (median of $BLOB_RUNS; runs interleaved)"
-cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values
+cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values (at least its header's)
+((cw >= 13)) || cw=13
 printf "  %-9s %-33s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" protocol server median "runs (MB/s)" "server CPU s" "curl CPU s" "machine busy %"
 for proto in http1.1 http2; do
     for path in "${PATHS[@]}"; do
@@ -529,7 +612,48 @@ for proto in http1.1 http2; do
         line+=" (no nginx in this run: BENCH_NGINX=0 or nginx not installed)"
     fi
     say "$line"
+    # what curl alone would allow: blob size / median curl CPU seconds, and the measured median against it
+    line="  $proto client ceiling (size / curl CPU):" sep=''
+    for path in "${PATHS[@]}"; do
+        k=${path}_$proto
+        # shellcheck disable=SC2086
+        line+="$sep $(path_label "$path") $(awk -v s="$BIG_SIZE" -v c="$(median ${CCPU[$k]})" -v m="$(median ${MBS[$k]})" 'BEGIN {
+            if (c > 0) printf "%.0f MB/s (measured = %.0f %%)", s / c / 1e6, 100 * m * c * 1e6 / s; else print "n/a" }')"
+        sep=','
+    done
+    say "$line"
 done
+if ((STREAMS > 0)); then
+    say ""
+    say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, $STREAMS parallel curl --http1.1 streams started together, aggregate MB/s"
+    say "  ($STREAMS x size / wall time from the start of the first stream to the end of the last; median of $BLOB_RUNS; runs"
+    say "  interleaved; CPU per GET = CPU delta over the run / $STREAMS)"
+    pw=$((cw >= 17 ? cw : 17))
+    printf "  %-33s %6s  %-${cw}s %-${pw}s %-${pw}s %s\n" server median "runs (MB/s)" "server CPU s/GET" "curl CPU s/GET" "machine busy %"
+    for path in "${PATHS[@]}"; do
+        case $path in
+        direct) name="direct from docker-registry" ;;
+        via) name="through regcache (x-cache HIT)" ;;
+        nginx) name="through nginx (cache-status HIT)" ;;
+        esac
+        # shellcheck disable=SC2086
+        printf "  %-33s %6s  %-${cw}s %-${pw}s %-${pw}s %s\n" "$name" "$(median ${PMBS[$path]})" "${PMBS[$path]# }" \
+            "${PCPU[$path]# }" "${PCCPU[$path]# }" "${PBUSY[$path]# }"
+    done
+    line="  $STREAMS streams:"
+    if [[ $BENCH_NGINX == 1 ]]; then
+        # shellcheck disable=SC2086
+        line+=" regcache / nginx = $(ratio "$(median ${PMBS[via]})" "$(median ${PMBS[nginx]})");"
+    fi
+    # shellcheck disable=SC2086
+    line+=" regcache / direct = $(ratio "$(median ${PMBS[via]})" "$(median ${PMBS[direct]})")"
+    if [[ $BENCH_NGINX == 1 ]]; then
+        line+=" (all measured in this run)"
+    else
+        line+=" (all measured in this run; no nginx: BENCH_NGINX=0 or nginx not installed)"
+    fi
+    say "$line"
+fi
 say ""
 ng_disk=''
 [[ $BENCH_NGINX == 1 ]] && ng_disk=", nginx cache $(du -sh "$NG/cache" | cut -f1)"
