@@ -1206,6 +1206,8 @@ if [[ $DOCKER_OK == 1 ]]; then
     run_check "offline: dockerd (fresh data root) pulls docker.io/library/small:1" \
         offline_evidence docker_pull_fresh docker.io/library/small:1 small
     run_check "offline: dockerd pulls small:1 (short name)" offline_evidence docker_pull_fresh small:1 small
+    run_check "offline: dockerd pulls docker.io/library/alpine-ish:latest (OCI index)" \
+        offline_evidence docker_pull docker.io/library/alpine-ish:latest alpine
     run_check "offline: dockerd pulls ghcr.io/acme/tool:v1" offline_evidence docker_pull ghcr.io/acme/tool:v1 tool
     run_check "offline: dockerd pulls nvcr.io/nvidia/tiny:25.03" offline_evidence docker_pull nvcr.io/nvidia/tiny:25.03 tiny
     # by digest: no tag to resolve (dockerd resolves a tag with a HEAD of the manifest first)
@@ -1221,12 +1223,16 @@ stop_dockerd
 SKOPEO_OUT=$W/skopeo-offline
 SKOPEO_INSPECT_OPTS=()   # without --no-tags: /tags/list is answered from the cached tag mappings
 run_check "offline: skopeo (new oci dir) copies docker.io/library/small:1" offline_evidence skopeo_pull docker.io/library/small:1 small
+run_check "offline: skopeo copies docker.io/library/alpine-ish:latest (OCI index)" \
+    offline_evidence skopeo_pull docker.io/library/alpine-ish:latest alpine
 run_check "offline: skopeo copies ghcr.io/acme/tool:v1" offline_evidence skopeo_pull ghcr.io/acme/tool:v1 tool
 run_check "offline: skopeo copies nvcr.io/nvidia/tiny:25.03" offline_evidence skopeo_pull nvcr.io/nvidia/tiny:25.03 tiny
 
 P=$W/podman-offline
 mkdir -p "$P/root" "$P/runroot" "$P/tmp"
 run_check "offline: podman (fresh --root) pulls docker.io/library/small:1" offline_evidence podman_pull docker.io/library/small:1 small
+run_check "offline: podman pulls docker.io/library/alpine-ish:latest (OCI index)" \
+    offline_evidence podman_pull docker.io/library/alpine-ish:latest alpine
 run_check "offline: podman pulls ghcr.io/acme/tool:v1" offline_evidence podman_pull ghcr.io/acme/tool:v1 tool
 run_check "offline: podman pulls nvcr.io/nvidia/tiny:25.03" offline_evidence podman_pull nvcr.io/nvidia/tiny:25.03 tiny
 
@@ -1261,8 +1267,6 @@ offline_info() { # WHAT LOGNAME FUNC ARGS...
 }
 offline_info "skopeo inspect (with the tag list) of ghcr.io/acme/tool:v1" offline-inspect-tags.log \
     cli_skopeo inspect "docker://ghcr.io/acme/tool:v1"
-offline_info "skopeo copy of docker.io/library/alpine-ish:latest (OCI index, pulled earlier)" offline-alpine-ish.log \
-    skopeo_pull docker.io/library/alpine-ish:latest alpine
 offline_info "skopeo --creds inspect of $QUAY_REF (Basic auth; /v2/ is answered locally without a challenge)" \
     offline-quay-creds.log cli_skopeo inspect --creds "$QUAY_USER:$QUAY_PASS" --format '{{.Digest}}' "docker://$QUAY_REF"
 

@@ -138,9 +138,9 @@ pub async fn probe_public(
     client: &Client,
     url: &str,
     repo: &str,
-    accept: Option<http::HeaderValue>,
+    accept: &[http::HeaderValue],
 ) -> bool {
-    let head = |auth| head(client, url, auth, accept.clone());
+    let head = |auth| head(client, url, auth, accept);
     let Some(resp) = head(None).await else {
         return false;
     };
@@ -164,11 +164,11 @@ async fn head(
     client: &Client,
     url: &str,
     auth: Option<String>,
-    accept: Option<http::HeaderValue>,
+    accept: &[http::HeaderValue],
 ) -> Option<Response<Incoming>> {
     let mut req = Request::builder().method(Method::HEAD).uri(url);
-    if let Some(accept) = accept {
-        req = req.header(http::header::ACCEPT, accept);
+    for value in accept {
+        req = req.header(http::header::ACCEPT, value);
     }
     if let Some(auth) = auth {
         req = req.header(AUTHORIZATION, auth);

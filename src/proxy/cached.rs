@@ -555,11 +555,13 @@ impl Proxy {
             let client = self.client.clone();
             let auth = self.auth.clone();
             let (registry, repo, url) = (registry.to_owned(), repo.to_owned(), url.to_owned());
-            // With the client's Accept: registries answer 404 to a manifest HEAD without one
-            // when the manifest is an OCI type.
-            let accept = headers.get(header::ACCEPT).cloned();
+            // With the client's Accept, every value of it (dockerd sends one header per media
+            // type): registries answer 404 to a manifest HEAD whose Accept does not admit the
+            // manifest's type, an OCI index say.
+            let accept: Vec<HeaderValue> =
+                headers.get_all(header::ACCEPT).iter().cloned().collect();
             tokio::spawn(async move {
-                if super::auth::probe_public(&client, &url, &repo, accept).await {
+                if super::auth::probe_public(&client, &url, &repo, &accept).await {
                     info!(%registry, %repo, "repository is public");
                     auth.mark_public(&registry, &repo);
                 }

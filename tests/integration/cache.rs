@@ -470,6 +470,47 @@ async fn repositories_found_public_serve_anonymous_clients_offline() {
     );
 }
 
+/// dockerd sends one Accept header per media type; the public probe must send them all, or a
+/// registry answers 404 for an index (its type is not in the first) and the repository is never
+/// found public: anonymous Docker Hub pulls of multi-arch images then fail offline.
+#[tokio::test]
+async fn the_public_probe_sends_every_accept_header() {
+    let w = World::start().await;
+    let tag = "/v2/library/mut/manifests/latest";
+    let accept = [
+        ("accept", "application/vnd.oci.image.manifest.v1+json"),
+        ("accept", INDEX_TYPE),
+    ];
+    let mut headers = accept.to_vec();
+    headers.push(("authorization", TOKEN));
+    let filled = w.app.get(HUB, tag, &headers).await;
+    assert_eq!(filled.body(), &mutable(1, true));
+    let probed = || {
+        (w.registry.seen(tag).iter()).any(|s| {
+            s.method == "HEAD"
+                && !s.headers.contains_key("authorization")
+                && s.headers.get_all("accept").iter().count() == 2
+        })
+    };
+    for _ in 0..50 {
+        if probed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(probed(), "an anonymous HEAD with both Accept headers");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    w.registry
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    past_the_ttls().await;
+    let anonymous = w.app.get(HUB, tag, &accept).await;
+    assert_eq!(
+        (anonymous.status(), anonymous.body()),
+        (StatusCode::OK, &mutable(1, true))
+    );
+}
+
 /// Objects are stored once by digest: a repository a client may read must not unlock a digest
 /// that only another (private) repository contains.
 #[tokio::test]

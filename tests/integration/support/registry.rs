@@ -344,8 +344,10 @@ async fn route(
                 .into();
             }
         }
-        if path == "/v2/library/mut/manifests/latest" && !headers.contains_key("accept") {
-            // Like distribution for OCI manifests: without an Accept, not found.
+        let wants_manifest = (headers.get_all("accept").iter())
+            .any(|v| v.to_str().unwrap_or_default().contains(MANIFEST_TYPE));
+        if path == "/v2/library/mut/manifests/latest" && !wants_index && !wants_manifest {
+            // Like distribution for OCI manifests: without an Accept that admits one, not found.
             return status(StatusCode::NOT_FOUND, &[]).into();
         }
         if path == "/v2/library/mut/manifests/latest" {
