@@ -12,7 +12,7 @@
 #   2. the warm 512 MiB layer over HTTPS with curl (-o /dev/null, %{speed_download}): straight from the
 #      upstream `docker-registry`, through regcache (served from its cache) and, unless BENCH_NGINX=0,
 #      through nginx proxy_cache in front of the same upstream (bench/nginx.conf.in: TLS both ways,
-#      sendfile, keepalive upstream pool, cache lock, cache on disk; served from its cache), interleaved,
+#      sendfile, 1 MiB output buffers, keepalive upstream pool, cache lock, cache on disk; served from its cache), interleaved,
 #      3 runs each, HTTP/1.1 and HTTP/2; medians and the ratios, plus the CPU time the serving process
 #      (nginx: master and workers) and curl used per run. Per protocol also a "client ceiling" line: for
 #      each path, blob size / median curl CPU seconds (what curl alone would allow on these CPUs) and the
@@ -567,7 +567,7 @@ fi
 say ""
 say "regcache benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) CPUs  $(uname -r)"
 say "binary: $BIN_DESC"
-[[ -n $NGINX_VERSION ]] && say "nginx: $NGINX_VERSION, bench/nginx.conf.in (proxy_cache on disk, sendfile, keepalive upstream pool, cache lock)"
+[[ -n $NGINX_VERSION ]] && say "nginx: $NGINX_VERSION, bench/nginx.conf.in (proxy_cache on disk, sendfile, output_buffers 2 1m, keepalive upstream pool, cache lock)"
 say "image: $UP_HOST/$REPO_NAME:$TAG, $((IMAGE_BYTES >> 20)) MiB of blobs (layers ${LAYERS_MIB[*]} MiB, random, gzip)"
 say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the bench alone keeps it near 1-2;"
 say "  higher means something else shared the CPUs)"
