@@ -12,17 +12,19 @@
 #   2. the warm 512 MiB layer over HTTPS with curl (-o /dev/null, %{speed_download}): straight from the
 #      upstream `docker-registry`, through regcache (served from its cache) and, unless BENCH_NGINX=0,
 #      through nginx proxy_cache in front of the same upstream (bench/nginx.conf.in: TLS both ways,
-#      sendfile, 1 MiB output buffers, keepalive upstream pool, cache lock, cache on disk; served from its cache), interleaved,
-#      3 runs each, HTTP/1.1 and HTTP/2; medians and the ratios, plus the CPU time the serving process
+#      sendfile, 1 MiB output buffers, keepalive upstream pool, cache lock, cache on disk; served from
+#      its cache), interleaved, BENCH_BLOB_RUNS runs each, HTTP/1.1 and HTTP/2; medians and the ratios, plus the CPU time the serving process
 #      (nginx: master and workers) and curl used per run. Per protocol also a "client ceiling" line: for
 #      each path, blob size / median curl CPU seconds (what curl alone would allow on these CPUs) and the
-#      measured median as a percentage of it.
+#      measured median as a percentage of it; and a "server capacity" line: blob size / median server
+#      CPU seconds, what one core of each server moves when the clients run elsewhere.
 #   3. unless BENCH_STREAMS=0, the same warm layer fetched by BENCH_STREAMS concurrent
 #      `curl --http1.1 -o /dev/null` GETs started together (one shell in the client namespace starts them
 #      all): aggregate MB/s = streams x size / wall time from the start of the first to the end of the
 #      last; direct, regcache, nginx interleaved, BENCH_BLOB_RUNS runs each; medians and the ratios, plus
-#      server CPU and curl CPU per GET (delta / streams) and machine busy %. Every stream must answer 200
-#      with the full size, and through regcache x-cache: HIT, through nginx x-cache-status: HIT.
+#      server CPU and curl CPU per GET (delta / streams), server capacity and machine busy %. Every
+#      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
+#      x-cache-status: HIT.
 #
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
 #   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
@@ -341,6 +343,23 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 path_label() { case $1 in via) echo regcache ;; *) echo "$1" ;; esac; }
+# capacity_line PREFIX CPU-ARRAY-NAME KEY-SUFFIX: what each server moves per second of its own CPU
+# (blob size / median server CPU per GET), the serving capacity of one core when the clients run
+# elsewhere, and regcache's against nginx's
+capacity_line() {
+    local -n cpus=$2
+    local line="$1 server capacity (size / server CPU, MB/s per core):" sep='' path c
+    declare -A cap=()
+    for path in "${PATHS[@]}"; do
+        # shellcheck disable=SC2086
+        c=$(median ${cpus[$path$3]})
+        cap[$path]=$(awk -v s="$BIG_SIZE" -v c="$c" 'BEGIN { if (c > 0) printf "%.0f", s / c / 1e6; else print 0 }')
+        line+="$sep $(path_label "$path") ${cap[$path]}"
+        sep=','
+    done
+    [[ -n ${cap[nginx]:-} ]] && line+="; regcache / nginx = $(ratio "${cap[via]}" "${cap[nginx]}")"
+    echo "$line"
+}
 cpu_secs() { # PID: user+system CPU seconds so far
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
@@ -622,6 +641,7 @@ for proto in http1.1 http2; do
         sep=','
     done
     say "$line"
+    say "$(capacity_line "  $proto" CPU "_$proto")"
 done
 if ((STREAMS > 0)); then
     say ""
@@ -640,6 +660,7 @@ if ((STREAMS > 0)); then
         printf "  %-33s %6s  %-${cw}s %-${pw}s %-${pw}s %s\n" "$name" "$(median ${PMBS[$path]})" "${PMBS[$path]# }" \
             "${PCPU[$path]# }" "${PCCPU[$path]# }" "${PBUSY[$path]# }"
     done
+    say "$(capacity_line "  $STREAMS streams" PCPU '')"
     line="  $STREAMS streams:"
     if [[ $BENCH_NGINX == 1 ]]; then
         # shellcheck disable=SC2086
