@@ -111,12 +111,11 @@ impl Proxy {
             metrics,
             status,
         } = parts;
-        let mut tls = ServerConfig::builder_with_provider(Arc::new(server_suites(&provider)))
+        let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(certs);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tls.ignore_client_order = true;
         Ok(Self {
             routes: RwLock::new(Arc::new(routes.into_iter().map(Arc::new).collect())),
             client,
@@ -332,55 +331,9 @@ where
     }
 }
 
-/// The provider with AES-128-GCM first, then AES-256-GCM, then the rest, for the server side.
-/// Blobs are hundreds of megabytes: AES-128 is as safe for them and costs both ends fewer
-/// rounds per byte (Go clients, docker and podman, put it first anyway; curl asks AES-256 first).
-fn server_suites(provider: &CryptoProvider) -> CryptoProvider {
-    use rustls::CipherSuite as S;
-    let rank = |suite: S| match suite {
-        S::TLS13_AES_128_GCM_SHA256
-        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
-        S::TLS13_AES_256_GCM_SHA384
-        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
-        _ => 2,
-    };
-    let mut provider = provider.clone();
-    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
-    provider
-}
-
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host; // an IPv6 literal never names a registry
     }
     host.rsplit_once(':').map_or(host, |(name, _)| name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_server_prefers_aes_128_gcm_and_keeps_every_suite() {
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let ordered = server_suites(&provider);
-        let names = |p: &CryptoProvider| {
-            p.cipher_suites
-                .iter()
-                .map(|s| s.suite())
-                .collect::<Vec<_>>()
-        };
-        let (before, after) = (names(&provider), names(&ordered));
-        assert_eq!(after[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-        assert_ne!(
-            before[0], after[0],
-            "the default order already had AES-128 first"
-        );
-        let mut sorted = (before.clone(), after.clone());
-        sorted.0.sort_by_key(|s| u16::from(*s));
-        sorted.1.sort_by_key(|s| u16::from(*s));
-        assert_eq!(sorted.0, sorted.1);
-    }
 }
