@@ -25,6 +25,9 @@ use super::CHUNK;
 
 /// Buffers kept for reuse: enough for a few streams, each with a chunk or two in flight.
 const POOL_MAX: usize = 32;
+/// Reads smaller than this (a reader following a fill gets what the upstream just sent, often
+/// 16 KiB) get a buffer of their own size: a pooled 1 MiB buffer would be held for each.
+const POOLED_MIN: usize = CHUNK / 8;
 
 fn pool() -> &'static Mutex<Vec<Vec<u8>>> {
     static POOL: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
@@ -41,6 +44,12 @@ struct Pooled {
 impl Pooled {
     fn take(len: usize) -> Self {
         debug_assert!(len <= CHUNK);
+        if len < POOLED_MIN {
+            return Self {
+                buf: vec![0; len],
+                len,
+            };
+        }
         let reused = pool().lock().unwrap_or_else(|e| e.into_inner()).pop();
         let buf = reused.unwrap_or_else(|| vec![0; CHUNK]);
         Self { buf, len }
@@ -55,6 +64,9 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
+        if self.buf.len() != CHUNK {
+            return;
+        }
         let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < POOL_MAX {
             pool.push(std::mem::take(&mut self.buf));
@@ -120,18 +132,39 @@ mod tests {
 
     #[tokio::test]
     async fn reads_chunks_and_reuses_buffers() {
-        let mut file = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..CHUNK + 4096).map(|i| (i % 251) as u8).collect();
-        file.write_all(&data).unwrap();
-        let file = Arc::new(file);
-        for _ in 0..3 {
+        // Two files with different bytes, read alternately: a pooled buffer that was not fully
+        // overwritten would show the other file's bytes.
+        let files: Vec<(Arc<File>, Vec<u8>)> = (0..2)
+            .map(|seed| {
+                let mut file = tempfile::tempfile().unwrap();
+                let data: Vec<u8> = (0..CHUNK + 4096)
+                    .map(|i| ((i + seed * 97) % 251) as u8)
+                    .collect();
+                file.write_all(&data).unwrap();
+                (Arc::new(file), data)
+            })
+            .collect();
+        for round in 0..4 {
+            let (file, data) = &files[round % 2];
             let first = read(file.clone(), 0, CHUNK).await.unwrap();
             assert_eq!(&first[..], &data[..CHUNK]);
             let tail = read(file.clone(), CHUNK as u64, 4096).await.unwrap();
             assert_eq!(&tail[..], &data[CHUNK..]);
-            // A reused buffer still holds the old bytes past `len`; they must not show.
-            assert_eq!(tail.len(), 4096);
+            let middle = read(file.clone(), 12_345, POOLED_MIN + 1).await.unwrap();
+            assert_eq!(&middle[..], &data[12_345..12_345 + POOLED_MIN + 1]);
         }
+    }
+
+    #[test]
+    fn a_read_the_page_cache_cannot_answer_is_finished_by_a_blocking_read() {
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        // What the async path does after a short RWF_NOWAIT read: the rest, waiting for the disk.
+        let mut buf = vec![0u8; 8192];
+        let done = cached_prefix(&file, &mut buf[..4096], 0);
+        read_exact_at(&file, &mut buf[done..], done as u64).unwrap();
+        assert_eq!(buf, data);
     }
 
     #[tokio::test]
