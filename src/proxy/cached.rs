@@ -74,7 +74,9 @@ impl Proxy {
     /// tags), marked stale; a repository with none of its tags cached stays an error.
     async fn tags(&self, up: &Up<'_>, repo: &str) -> Result<Response<Body>, Error> {
         let (why, answer) = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
-            Ok(resp) if !unavailable(resp.status()) => {
+            // A rate-limited client gets the 429: a partial list passed off as the list would
+            // mislead tools that watch tags; only an outage makes it the best answer there is.
+            Ok(resp) if !unavailable(resp.status()) || resp.status() == 429 => {
                 return Ok(relay(resp, up.route, up.host));
             }
             Ok(resp) => (format!("upstream answered {}", resp.status()), Ok(resp)),
@@ -87,12 +89,23 @@ impl Proxy {
         }
         warn!(registry = %up.route.host, repo, %why, "serving a stale tag list");
         let query = up.url.split_once('?').map_or("", |(_, q)| q);
-        let body = serde_json::json!({ "name": repo, "tags": page(tags, query) });
+        let (tags, more) = page(tags, query);
+        let body = Bytes::from(serde_json::json!({ "name": repo, "tags": tags }).to_string());
+        let length = body.len();
         let mut resp = Response::new(match up.method == Method::HEAD {
             true => empty(),
-            false => full(Bytes::from(body.to_string())),
+            false => full(body),
         });
         let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let (true, Some(last)) = (more, tags.last()) {
+            // The distribution spec's pagination: where the next page starts.
+            let n = tags.len();
+            let next = format!("</v2/{repo}/tags/list?n={n}&last={last}>; rel=\"next\"");
+            if let Ok(next) = HeaderValue::from_str(&next) {
+                h.insert(header::LINK, next);
+            }
+        }
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -789,8 +802,8 @@ fn serve_manifest(
 }
 
 /// One page of a sorted tag list, as `?n=<count>&last=<tag>` asks (the distribution spec's
-/// pagination); the whole list without them.
-fn page(tags: Vec<String>, query: &str) -> Vec<String> {
+/// pagination; the whole list without them), and whether more tags follow it.
+fn page(tags: Vec<String>, query: &str) -> (Vec<String>, bool) {
     let param = |name: &str| {
         (query.split('&'))
             .filter_map(|kv| kv.split_once('='))
@@ -799,10 +812,13 @@ fn page(tags: Vec<String>, query: &str) -> Vec<String> {
     };
     let last = param("last");
     let n = param("n").and_then(|n| n.parse::<usize>().ok());
-    let after = tags
-        .into_iter()
-        .filter(|t| last.as_ref().is_none_or(|last| t.as_str() > last.as_str()));
-    after.take(n.unwrap_or(usize::MAX)).collect()
+    let mut after: Vec<String> = (tags.into_iter())
+        .filter(|t| last.as_ref().is_none_or(|last| t.as_str() > last.as_str()))
+        .collect();
+    let n = n.unwrap_or(usize::MAX);
+    let more = after.len() > n;
+    after.truncate(n);
+    (after, more)
 }
 
 /// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`, inclusive.
@@ -835,11 +851,13 @@ mod tests {
     #[test]
     fn tag_lists_page_like_the_distribution_spec() {
         let tags = || vec!["1".to_owned(), "2".to_owned(), "latest".to_owned()];
-        assert_eq!(page(tags(), ""), tags());
-        assert_eq!(page(tags(), "n=2"), ["1", "2"]);
-        assert_eq!(page(tags(), "n=2&last=2"), ["latest"]);
-        assert_eq!(page(tags(), "last=latest"), Vec::<String>::new());
-        assert_eq!(page(tags(), "n=x"), tags());
+        let strs = |(p, more): (Vec<String>, bool)| (p.join(" "), more);
+        assert_eq!(strs(page(tags(), "")), ("1 2 latest".into(), false));
+        assert_eq!(strs(page(tags(), "n=2")), ("1 2".into(), true));
+        assert_eq!(strs(page(tags(), "n=3")), ("1 2 latest".into(), false));
+        assert_eq!(strs(page(tags(), "n=2&last=2")), ("latest".into(), false));
+        assert_eq!(strs(page(tags(), "last=latest")), ("".into(), false));
+        assert_eq!(strs(page(tags(), "n=x")), ("1 2 latest".into(), false));
     }
 
     #[test]

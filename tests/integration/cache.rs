@@ -347,6 +347,20 @@ async fn with_offline_off_the_upstream_being_down_is_an_error() {
 }
 
 #[tokio::test]
+async fn offline_tag_lists_need_access_established_within_the_window() {
+    let w = World::start_with("[cache]\noffline_auth_window = \"30s\"").await;
+    let (tag, _) = fill_then_go_offline(&w).await;
+    // 61 s have passed: this client's access is older than the window.
+    let list = w.app.get(HUB, "/v2/library/small/tags/list", &[]).await;
+    assert_eq!(list.status(), StatusCode::BAD_GATEWAY);
+    assert!(!String::from_utf8_lossy(list.body()).contains("\"tags\""));
+    assert_eq!(
+        w.app.get(HUB, &tag, &[]).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[tokio::test]
 async fn least_recently_used_objects_are_evicted_under_max_size() {
     let w = World::start_with("[cache]\nmax_size = \"400KB\"").await;
     let one = format!("/v2/library/small/blobs/{}", blob_digest());
