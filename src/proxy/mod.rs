@@ -7,6 +7,7 @@ pub mod access_log;
 mod auth;
 mod cached;
 mod forward;
+mod records;
 mod registry;
 mod tokens;
 pub mod upstream;
@@ -285,9 +286,21 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watc
         sni,
         mirror: false,
     };
-    serve_http(proxy, TokioIo::new(tls), ctx, watcher)
+    // HTTP/2 writes frame by frame; see `records` for why its records are coalesced.
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http(
+            proxy,
+            TokioIo::new(records::Records::new(tls)),
+            ctx,
+            watcher,
+        )
         .instrument(span)
         .await;
+    } else {
+        serve_http(proxy, TokioIo::new(tls), ctx, watcher)
+            .instrument(span)
+            .await;
+    }
 }
 
 async fn mirror_connection(

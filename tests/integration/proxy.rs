@@ -296,6 +296,56 @@ async fn http2_clients_are_served_too() {
     assert_eq!(body, manifest());
 }
 
+/// Over HTTP/2 the appliance coalesces frames into whole TLS records (proxy::records): bodies
+/// must still arrive whole and at once, cold and warm, several streams on one connection, with
+/// small responses between them.
+#[tokio::test]
+async fn http2_streams_carry_whole_bodies_through_record_coalescing() {
+    use http_body_util::BodyExt;
+    let w = World::start().await;
+    let tls = w.app.tls("registry-1.docker.io", &[b"h2"]).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let get = |path: String| {
+        let mut sender = sender.clone();
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("https://registry-1.docker.io{path}"))
+                .header("authorization", TOKEN)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            (status, resp.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    let blob_path = format!("/v2/library/small/blobs/{}", blob_digest());
+    let rounds = async {
+        for _ in 0..3 {
+            let (a, b, c, d) = tokio::join!(
+                get(blob_path.clone()),
+                get("/v2/library/small/manifests/1".to_owned()),
+                get(blob_path.clone()),
+                get("/v2/".to_owned()),
+            );
+            assert_eq!((a.0, a.1.len()), (StatusCode::OK, blob().len()));
+            assert_eq!(a.1, blob());
+            assert_eq!((b.0, b.1), (StatusCode::OK, manifest()));
+            assert_eq!(c.1, blob());
+            assert_eq!(d.0, StatusCode::OK);
+        }
+    };
+    // Bounded: a partial record held back for good would hang the streams.
+    tokio::time::timeout(std::time::Duration::from_secs(30), rounds)
+        .await
+        .expect("HTTP/2 responses completed");
+}
+
 #[tokio::test]
 async fn each_request_is_logged_in_the_main_format_with_the_registry_last() {
     let w = World::start().await;
