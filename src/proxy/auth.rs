@@ -198,16 +198,29 @@ pub(super) async fn read_token(resp: Response<Incoming>) -> Option<(String, Opti
     if !resp.status().is_success() {
         return None;
     }
-    let body = Limited::new(resp.into_body(), 1 << 20)
+    let body = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
         .collect()
         .await
         .ok()?
         .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    parse_token_response(&body)
+}
+
+/// A token service's answer is read up to this size (Docker Hub's are about 5 KiB).
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+/// Tokens longer than this are not kept (they go into every request's headers).
+const MAX_TOKEN: usize = 64 << 10;
+
+/// The token and its lifetime from a token service's JSON body (`token` or `access_token`,
+/// `expires_in` of any size or type: a lifetime that is not a whole number of seconds is ignored).
+pub fn parse_token_response(body: &[u8]) -> Option<(String, Option<u64>)> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
     let token = json
         .get("token")
         .or_else(|| json.get("access_token"))?
-        .as_str()?;
+        .as_str()
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)?;
+    http::HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
     Some((
         token.to_owned(),
         json.get("expires_in").and_then(|v| v.as_u64()),

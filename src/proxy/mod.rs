@@ -4,9 +4,10 @@
 //! Does not bind: [`serve`] takes bound listeners and a shutdown token.
 
 pub mod access_log;
-mod auth;
+pub mod auth;
 mod cached;
 mod forward;
+pub mod manifest;
 mod records;
 mod registry;
 mod tokens;

@@ -158,10 +158,14 @@ impl Proxy {
         let life = expires_in
             .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
             .saturating_sub(Duration::from_secs(10))
-            .max(Duration::from_secs(5));
+            .max(Duration::from_secs(5))
+            .min(MAX_TOKEN_LIFE);
         Some((HeaderValue::try_from(format!("Bearer {token}")).ok()?, life))
     }
 }
+
+/// A token is kept at most this long, whatever `expires_in` says (any number must not overflow).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
 
 fn basic(c: &Credentials) -> Option<HeaderValue> {
     let raw = format!("{}:{}", c.username, c.password.expose());
