@@ -464,8 +464,13 @@ impl Store {
 
     // ---- tags ----------------------------------------------------------------------------------
 
+    /// The mapping of `key`, when the manifest it names is stored and was fetched from, or
+    /// confirmed in, that very registry and repository (a mapping recorded from a HEAD waits
+    /// until the bytes are fetched and verified).
     pub fn tag(&self, key: &TagKey) -> Option<TagEntry> {
-        self.lock().tags.get(key).cloned()
+        let state = self.lock();
+        let entry = state.tags.get(key)?;
+        held_for(&state, &entry.digest, &key.registry, &key.repo).then(|| entry.clone())
     }
 
     /// Any mapping of `tag` (whatever Accept it was made for) whose object is stored and whose
@@ -483,7 +488,7 @@ impl Store {
         };
         let found = (state.tags.iter())
             .filter(|(k, _)| k.registry == registry && k.repo == repo && k.tag == tag)
-            .find(|(_, t)| fits(t) && state.objects.contains_key(&t.digest));
+            .find(|(_, t)| fits(t) && held_for(&state, &t.digest, registry, repo));
         found.map(|(_, t)| t.clone())
     }
 
@@ -493,7 +498,7 @@ impl Store {
         let state = self.lock();
         let mut tags: Vec<String> = (state.tags.iter())
             .filter(|(k, t)| {
-                k.registry == registry && k.repo == repo && state.objects.contains_key(&t.digest)
+                k.registry == registry && k.repo == repo && held_for(&state, &t.digest, registry, repo)
             })
             .map(|(k, _)| k.tag.clone())
             .collect();
@@ -597,6 +602,13 @@ impl Drop for Reader {
 }
 
 impl Reader {
+    /// The object's first byte (`None` when empty or unreadable): evidence a CDN's ranged answer
+    /// is compared with.
+    pub fn first_byte(&self) -> Option<u8> {
+        let mut b = [0u8; 1];
+        (self.file.read_at(&mut b, 0).ok()? == 1).then_some(b[0])
+    }
+
     /// The whole object into memory (for manifests, which are small).
     pub async fn read_all(self) -> Result<Bytes, Error> {
         use futures_util::TryStreamExt;
@@ -657,6 +669,12 @@ impl Reader {
             }
         })
     }
+}
+
+/// Whether `digest` is stored and referenced by `registry`/`repo`.
+fn held_for(state: &State, digest: &Digest, registry: &str, repo: &str) -> bool {
+    let entry = state.objects.get(digest);
+    entry.is_some_and(|e| e.refs.iter().any(|(r, p)| r == registry && p == repo))
 }
 
 fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, Method, Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use super::forward::empty;
 use super::upstream::Client;
 use crate::cache::Digest;
 
+/// How long a token service may take to answer the anonymous probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A client's credential, hashed; empty for anonymous clients.
@@ -42,145 +43,107 @@ impl Credential {
 
 type RepoKey = (String, String);
 
-/// When each positive answer was last seen.
+/// Each memory holds at most this many entries; past it the older half is forgotten (a client
+/// that asks for many repositories cannot grow it without bound).
+const MAX_ENTRIES: usize = 100_000;
+
+/// When each positive answer was last seen. Grants are recorded only on evidence that the
+/// upstream served content to that credential (see `confirm`), never on a redirect alone.
 #[derive(Default)]
 pub struct AuthMemory {
     /// std Mutex, never held across .await.
     granted: Mutex<HashMap<(Credential, RepoKey), Instant>>,
-    /// Repositories the upstream serves to anyone.
+    /// Repositories the upstream serves to anyone. std Mutex, never held across .await.
     public: Mutex<HashMap<RepoKey, Instant>>,
-    /// When each repository was last probed for being public.
+    /// When each repository was last probed for being public. std Mutex, never held across .await.
     probed: Mutex<HashMap<RepoKey, Instant>>,
 }
 
+/// Inserts into a bounded memory: over [`MAX_ENTRIES`], the older half goes.
+fn remember<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Instant>>, key: K) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.insert(key, Instant::now());
+    if map.len() > MAX_ENTRIES {
+        let mut times: Vec<Instant> = map.values().copied().collect();
+        let middle = times.len() / 2;
+        let (_, cutoff, _) = times.select_nth_unstable(middle);
+        let cutoff = *cutoff;
+        map.retain(|_, t| *t > cutoff);
+    }
+}
+
+fn seen_within<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, Instant>>,
+    key: &K,
+    within: Duration,
+) -> bool {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(key).is_some_and(|t| t.elapsed() <= within)
+}
+
+fn repo_key(registry: &str, repo: &str) -> RepoKey {
+    (registry.to_owned(), repo.to_owned())
+}
+
 impl AuthMemory {
-    /// The upstream served `repo` to `cred` just now.
+    /// The upstream served content of `repo` to `cred` just now.
     pub fn grant(&self, cred: &Credential, registry: &str, repo: &str) {
-        let key = (cred.clone(), (registry.to_owned(), repo.to_owned()));
-        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        granted.insert(key, Instant::now());
-        if granted.len() > 100_000 {
-            // Bounded: forget the oldest half rather than grow without limit.
-            let mut times: Vec<Instant> = granted.values().copied().collect();
-            times.sort();
-            let cutoff = times[times.len() / 2];
-            granted.retain(|_, t| *t > cutoff);
-        }
-        drop(granted);
+        remember(&self.granted, (cred.clone(), repo_key(registry, repo)));
         if cred.is_anonymous() {
             self.mark_public(registry, repo);
         }
     }
 
+    /// The upstream refused `repo` to `cred` (401/403): whatever it granted before is gone,
+    /// offline too.
+    pub fn revoke(&self, cred: &Credential, registry: &str, repo: &str) {
+        let key = (cred.clone(), repo_key(registry, repo));
+        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        granted.remove(&key);
+        drop(granted);
+        if cred.is_anonymous() {
+            let mut public = self.public.lock().unwrap_or_else(|e| e.into_inner());
+            public.remove(&repo_key(registry, repo));
+        }
+    }
+
     /// Whether `cred` was granted `repo` within `within`.
     pub fn granted(&self, cred: &Credential, registry: &str, repo: &str, within: Duration) -> bool {
-        let key = (cred.clone(), (registry.to_owned(), repo.to_owned()));
-        let granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        granted.get(&key).is_some_and(|t| t.elapsed() <= within)
+        let key = (cred.clone(), repo_key(registry, repo));
+        seen_within(&self.granted, &key, within)
     }
 
     pub fn mark_public(&self, registry: &str, repo: &str) {
-        let key = (registry.to_owned(), repo.to_owned());
-        self.public
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Instant::now());
+        remember(&self.public, repo_key(registry, repo));
     }
 
     /// Whether `repo` was seen public within `within`.
     pub fn public(&self, registry: &str, repo: &str, within: Duration) -> bool {
-        let key = (registry.to_owned(), repo.to_owned());
-        let public = self.public.lock().unwrap_or_else(|e| e.into_inner());
-        public.get(&key).is_some_and(|t| t.elapsed() <= within)
+        seen_within(&self.public, &repo_key(registry, repo), within)
     }
 
     /// True at most once per `every` for a repository: whether to probe it for being public.
     pub fn should_probe(&self, registry: &str, repo: &str, every: Duration) -> bool {
-        let key = (registry.to_owned(), repo.to_owned());
-        let mut probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
-        match probed.get(&key) {
-            Some(t) if t.elapsed() < every => false,
-            _ => {
-                probed.insert(key, Instant::now());
-                true
-            }
+        let key = repo_key(registry, repo);
+        if seen_within(&self.probed, &key, every) {
+            return false;
         }
+        remember(&self.probed, key);
+        true
+    }
+
+    /// How many entries the memories hold (grants, public, probed).
+    pub fn len(&self) -> (usize, usize, usize) {
+        fn len<K>(m: &Mutex<HashMap<K, Instant>>) -> usize {
+            m.lock().unwrap_or_else(|e| e.into_inner()).len()
+        }
+        (len(&self.granted), len(&self.public), len(&self.probed))
     }
 }
 
-/// Whether an upstream answer to a HEAD of `url` says "you may read it": 2xx, or a 302/307 to
-/// another host (a blob handed to a CDN or object store). A redirect on the same host (a login
-/// page of an SSO proxy) and 304 do not count.
-pub fn authorizes(resp: &Response<Incoming>, url: &str) -> bool {
-    let status = resp.status();
-    if status.is_success() {
-        return true;
-    }
-    if status != http::StatusCode::FOUND && status != http::StatusCode::TEMPORARY_REDIRECT {
-        return false;
-    }
-    let authority = |u: &str| {
-        u.parse::<http::Uri>()
-            .ok()?
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-    };
-    let location = resp
-        .headers()
-        .get(http::header::LOCATION)
-        .and_then(|v| v.to_str().ok());
-    location.is_some_and(|l| authority(l).is_some() && authority(l) != authority(url))
-}
-
-/// Whether the upstream serves `url` (in `repo`) to anyone: anonymously, or with an anonymous
-/// token from the Bearer realm it names (as Docker Hub does for public images).
-pub async fn probe_public(
-    client: &Client,
-    url: &str,
-    repo: &str,
-    accept: &[http::HeaderValue],
-) -> bool {
-    let head = |auth| head(client, url, auth, accept);
-    let Some(resp) = head(None).await else {
-        return false;
-    };
-    if authorizes(&resp, url) {
-        return true;
-    }
-    let challenge = (resp.headers().get(WWW_AUTHENTICATE))
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_challenge);
-    let Some(challenge) = challenge else {
-        return false;
-    };
-    let Some(token) = anonymous_token(client, &challenge, repo).await else {
-        return false;
-    };
-    let resp = head(Some(format!("Bearer {token}"))).await;
-    resp.is_some_and(|r| authorizes(&r, url))
-}
-
-async fn head(
-    client: &Client,
-    url: &str,
-    auth: Option<String>,
-    accept: &[http::HeaderValue],
-) -> Option<Response<Incoming>> {
-    let mut req = Request::builder().method(Method::HEAD).uri(url);
-    for value in accept {
-        req = req.header(http::header::ACCEPT, value);
-    }
-    if let Some(auth) = auth {
-        req = req.header(AUTHORIZATION, auth);
-    }
-    let req = req.body(empty()).ok()?;
-    tokio::time::timeout(PROBE_TIMEOUT, client.request(req))
-        .await
-        .ok()?
-        .ok()
-}
-
-async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> Option<String> {
+/// An anonymous pull token for `repo` from the Bearer realm `challenge` names (as Docker Hub
+/// hands out for public images).
+pub(super) async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> Option<String> {
     let url = challenge.token_url(&format!("repository:{repo}:pull"));
     if !url.starts_with("https://") {
         return None;
@@ -352,5 +315,23 @@ mod tests {
         assert!(m.granted(&cred, "r", "a/b", Duration::from_secs(3600)));
         m.grant(&Credential(String::new()), "r", "pub");
         assert!(m.public("r", "pub", Duration::from_secs(1)));
+        m.revoke(&cred, "r", "a/b");
+        assert!(!m.granted(&cred, "r", "a/b", Duration::from_secs(3600)));
+        m.revoke(&Credential(String::new()), "r", "pub");
+        assert!(!m.public("r", "pub", Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn memories_stay_bounded() {
+        let m = AuthMemory::default();
+        for i in 0..(MAX_ENTRIES + 10) {
+            let cred = Credential(format!("c{i}"));
+            m.grant(&cred, "r", &format!("repo{i}"));
+            m.should_probe("r", &format!("repo{i}"), Duration::from_secs(60));
+            m.mark_public("r", &format!("repo{i}"));
+        }
+        let (granted, public, probed) = m.len();
+        assert!(granted <= MAX_ENTRIES && public <= MAX_ENTRIES && probed <= MAX_ENTRIES);
+        assert!(granted > 0 && public > 0 && probed > 0);
     }
 }

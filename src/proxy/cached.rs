@@ -15,16 +15,15 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::auth::Credential;
+use super::confirm::{unavailable, Expect, Outage, Verdict, DOCKER_CONTENT_DIGEST};
+use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
 use super::forward::{empty, error_response, local_root, redact, relay, Error, Up};
 use super::registry::{classify, normalize_accept, Target};
 use super::{Body, BoxError, Proxy};
-use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagKey};
+use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagEntry, TagKey};
 
 /// A download that yields no data for this long is abandoned.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Registries refuse manifests above 4 MiB; so do we (they are read into memory).
-const MAX_MANIFEST: usize = 4 << 20;
-const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Says where a response came from: HIT, MISS, JOIN, REVALIDATED, STALE, BYPASS.
 const X_CACHE: &str = "x-cache";
 
@@ -73,21 +72,21 @@ impl Proxy {
     /// holds a manifest for, to clients whose access was established (`skopeo inspect` lists
     /// tags), marked stale; a repository with none of its tags cached stays an error.
     async fn tags(&self, up: &Up<'_>, repo: &str) -> Result<Response<Body>, Error> {
-        let (why, answer) = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
-            // A rate-limited client gets the 429: a partial list passed off as the list would
-            // mislead tools that watch tags; only an outage makes it the best answer there is.
-            Ok(resp) if !unavailable(resp.status()) || resp.status() == 429 => {
-                return Ok(relay(resp, up.route, up.host));
-            }
-            Ok(resp) => (format!("upstream answered {}", resp.status()), Ok(resp)),
-            Err(e) => (e.to_string(), Err(e)),
+        let (outage, answer) = match self.fetch(&up.method, &up.url, up.headers.clone()).await {
+            Ok(resp) => match Outage::of(&resp) {
+                // A rate-limited client gets the 429: a partial list passed off as the list would
+                // mislead tools that watch tags; only an outage makes it the best answer there is.
+                Some(outage) if !outage.throttled => (outage, Ok(resp)),
+                _ => return Ok(relay(resp, up.route, up.host)),
+            },
+            Err(e) => (Outage::unreachable(e.to_string()), Err(e)),
         };
         let tags = self.cache.tags_of(&up.route.host, repo);
         let cred = Credential::of(&up.headers);
-        if tags.is_empty() || !self.offline_allowed(up, repo, &cred, &why) {
+        if tags.is_empty() || !self.offline_allowed(up, repo, &cred, &outage) {
             return answer.map(|resp| relay(resp, up.route, up.host));
         }
-        warn!(registry = %up.route.host, repo, %why, "serving a stale tag list");
+        warn!(registry = %up.route.host, repo, why = %outage.why, "serving a stale tag list");
         let query = up.url.split_once('?').map_or("", |(_, q)| q);
         let (tags, more) = page(tags, query);
         let body = Bytes::from(serde_json::json!({ "name": repo, "tags": tags }).to_string());
@@ -193,27 +192,38 @@ impl Proxy {
         };
         match claim {
             Claim::Hit(reader) => {
-                let object = Some((&digest, self.cache.has_ref(&digest, &up.route.host, repo)));
-                if let Err(refused) = self.authorize(up, repo, &cred, object).await {
+                let expect = Expect {
+                    digest: Some(digest.clone()),
+                    size: Some(reader.size),
+                    first: reader.first_byte(),
+                };
+                let confirmed = self.cache.has_ref(&digest, &up.route.host, repo);
+                if let Err(refused) = self.authorize(up, repo, &cred, &expect, confirmed).await {
                     return Ok(refused);
                 }
                 Ok(serve_reader(reader, range.as_ref(), head, "HIT"))
             }
-            Claim::Join(fill) => match fill.head().await {
-                FillState::Writing { .. } | FillState::Done { .. } => {
-                    let confirmed = fill
-                        .origin()
-                        .is_some_and(|(r, p)| r == up.route.host && p == repo);
-                    if let Err(refused) = self
-                        .authorize(up, repo, &cred, Some((&digest, confirmed)))
-                        .await
-                    {
-                        return Ok(refused);
-                    }
-                    Ok(serve_fill(fill, "JOIN"))
+            Claim::Join(fill) => {
+                let size = match fill.head().await {
+                    FillState::Writing { size, .. } => size,
+                    FillState::Done { size, .. } => Some(size),
+                    _ => return self.pass(up).await,
+                };
+                // Only a fill from this very repository counts as the upstream's word that the
+                // repository has this digest; any other is checked upstream first.
+                let confirmed = fill
+                    .origin()
+                    .is_some_and(|(r, p)| r == up.route.host && p == repo);
+                let expect = Expect {
+                    digest: Some(digest.clone()),
+                    size,
+                    first: None,
+                };
+                if let Err(refused) = self.authorize(up, repo, &cred, &expect, confirmed).await {
+                    return Ok(refused);
                 }
-                _ => self.pass(up).await,
-            },
+                Ok(serve_fill(fill, "JOIN"))
+            }
             Claim::Lead(writer) => self.lead(up, repo, cred, writer).await,
             Claim::Bypass => self.pass(up).await,
         }
@@ -269,64 +279,19 @@ impl Proxy {
         let head = up.method == Method::HEAD;
         if let Some(entry) = self.cache.tag(&key) {
             if let Some(reader) = self.cache.get(&entry.digest) {
-                if entry.fresh_until > tokio::time::Instant::now() {
-                    if let Err(refused) = self.authorize(up, repo, &cred, None).await {
-                        return Ok(refused);
-                    }
-                    return Ok(serve_manifest(
-                        reader,
-                        &entry.media_type,
-                        head,
-                        "HIT",
-                        false,
-                    ));
-                }
-                match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
-                    Ok(resp) if resp.status() == StatusCode::OK => {
-                        self.granted(&cred, &up.headers, &up.route.host, repo, &up.url);
-                        let current = resp.headers().get(DOCKER_CONTENT_DIGEST);
-                        let current = current.and_then(|v| Digest::parse(v.to_str().ok()?));
-                        if current.as_ref() == Some(&entry.digest) {
-                            self.cache.refresh_tag(&key, self.policy().manifest_ttl);
-                            return Ok(serve_manifest(
-                                reader,
-                                &entry.media_type,
-                                head,
-                                "REVALIDATED",
-                                false,
-                            ));
-                        }
-                        // Changed, or the upstream did not say: fetch it below.
-                        let result = crate::metrics::Revalidation::Changed;
-                        let labels = crate::metrics::RevalidationLabels { result };
-                        self.metrics
-                            .cache_revalidations
-                            .get_or_create(&labels)
-                            .inc();
-                    }
-                    Ok(resp) if !unavailable(resp.status()) => return self.refused(up, resp).await,
-                    outcome => {
-                        let why = match outcome {
-                            Ok(resp) => format!("upstream answered {}", resp.status()),
-                            Err(e) => e.to_string(),
-                        };
-                        return self
-                            .stale(up, repo, &cred, &why, reader, &entry.media_type)
-                            .ok_or(Error::Unavailable(why));
-                    }
-                }
+                return self.cached_tag(up, repo, &cred, &key, entry, reader).await;
             }
         }
         let asked = match head {
             true => self.head_tag(up, key.clone(), &cred).await,
             false => self.fetch_tag(up, key.clone(), &cred).await,
         };
-        let why = match &asked {
-            Ok(resp) if unavailable(resp.status()) => {
-                format!("upstream answered {}", resp.status())
-            }
-            Ok(_) => return asked,
-            Err(e) => e.to_string(),
+        let outage = match &asked {
+            Ok(resp) => match Outage::of(resp) {
+                Some(outage) => outage,
+                None => return asked,
+            },
+            Err(e) => Outage::unreachable(e.to_string()),
         };
         // The upstream is down and this exact Accept has no mapping: any mapping of the tag whose
         // media type the client accepts (another client asked with other Accept values).
@@ -334,58 +299,127 @@ impl Proxy {
         let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
             .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = fallback {
-            if let Some(resp) = self.stale(up, repo, &cred, &why, reader, &entry.media_type) {
+            if let Some(resp) = self.stale(up, repo, &cred, &outage, reader, &entry.media_type) {
                 return Ok(resp);
             }
         }
         asked
     }
 
-    /// HEADs a manifest by tag and remembers the tag → digest mapping it states (dockerd resolves
-    /// tags this way, then GETs the manifest by digest).
+    /// A tag this cache maps to a stored manifest: served while fresh (to clients the upstream
+    /// lets read the repository), else revalidated with a HEAD that must name the same digest;
+    /// any other answer is fetched anew, and an outage serves it stale to established clients.
+    async fn cached_tag(
+        self: &Arc<Self>,
+        up: &Up<'_>,
+        repo: &str,
+        cred: &Credential,
+        key: &TagKey,
+        entry: TagEntry,
+        reader: Reader,
+    ) -> Result<Response<Body>, Error> {
+        let head = up.method == Method::HEAD;
+        let expect = Expect {
+            digest: Some(entry.digest.clone()),
+            size: Some(reader.size),
+            first: None,
+        };
+        if entry.fresh_until > tokio::time::Instant::now() {
+            if let Err(refused) = self.authorize(up, repo, cred, &expect, true).await {
+                return Ok(refused);
+            }
+            let media_type = &entry.media_type;
+            return Ok(serve_manifest(reader, media_type, head, "HIT", false));
+        }
+        let outage = match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                if digest_header(resp.headers()).as_ref() == Some(&entry.digest) {
+                    self.granted(cred, &up.headers, &up.route.host, repo, &up.url, &expect);
+                    self.cache.refresh_tag(key, self.policy().manifest_ttl);
+                    let media_type = &entry.media_type;
+                    return Ok(serve_manifest(reader, media_type, head, "REVALIDATED", false));
+                }
+                // Changed, or the upstream did not say: fetch it (never serve another object).
+                let result = crate::metrics::Revalidation::Changed;
+                let labels = crate::metrics::RevalidationLabels { result };
+                self.metrics
+                    .cache_revalidations
+                    .get_or_create(&labels)
+                    .inc();
+                return match head {
+                    true => self.head_tag(up, key.clone(), cred).await,
+                    false => self.fetch_tag(up, key.clone(), cred).await,
+                };
+            }
+            Ok(resp) => match Outage::of(&resp) {
+                Some(outage) => outage,
+                None => {
+                    self.forget_if_refused(cred, &up.route.host, repo, resp.status());
+                    return Ok(self.refused(up, Some(resp)).await);
+                }
+            },
+            Err(e) => Outage::unreachable(e.to_string()),
+        };
+        let stale = self.stale(up, repo, cred, &outage, reader, &entry.media_type);
+        stale.ok_or(Error::Unavailable(outage.why))
+    }
+
+    /// HEADs a manifest by tag and records the tag → digest mapping it states (dockerd resolves
+    /// tags this way, then GETs the manifest by digest). The mapping is used only once the
+    /// manifest with that digest is fetched from this repository and verified; a grant only when
+    /// it is already held for this repository.
     async fn head_tag(
-        &self,
+        self: &Arc<Self>,
         up: &Up<'_>,
         key: TagKey,
         cred: &Credential,
     ) -> Result<Response<Body>, Error> {
         let resp = (self.fetch(&Method::HEAD, &up.url, up.headers.clone())).await?;
-        if resp.status() == StatusCode::OK {
-            self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url);
-            let h = resp.headers();
-            let digest =
-                (h.get(DOCKER_CONTENT_DIGEST)).and_then(|v| Digest::parse(v.to_str().ok()?));
-            let media_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            if let (Some(digest), Some(media_type)) = (digest, media_type) {
-                let ttl = self.policy().manifest_ttl;
-                self.cache.put_tag(key, digest, media_type, ttl);
+        let (registry, repo) = (&up.route.host, &key.repo);
+        self.forget_if_refused(cred, registry, repo, resp.status());
+        let h = resp.headers();
+        let media_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let media_type = media_type.filter(|t| manifest_type(t));
+        if let (StatusCode::OK, Some(digest), Some(media_type)) =
+            (resp.status(), digest_header(h), media_type)
+        {
+            if self.cache.has_ref(&digest, registry, repo) {
+                let expect = Expect {
+                    digest: Some(digest.clone()),
+                    ..Expect::default()
+                };
+                self.granted(cred, &up.headers, registry, repo, &up.url, &expect);
             }
+            let ttl = self.policy().manifest_ttl;
+            self.cache.put_tag(key, digest, media_type, ttl);
         }
         Ok(relay(resp, up.route, up.host))
     }
 
-    /// A stored manifest for a tag while the upstream is unavailable (`why`), for clients whose
-    /// access was established; `None` for the others.
+    /// A stored manifest for a tag while the upstream is unavailable, for clients whose access
+    /// was established; `None` for the others.
     fn stale(
         &self,
         up: &Up<'_>,
         repo: &str,
         cred: &Credential,
-        why: &str,
+        outage: &Outage,
         reader: Reader,
         media_type: &str,
     ) -> Option<Response<Body>> {
-        if !self.offline_allowed(up, repo, cred, why) {
+        if !self.offline_allowed(up, repo, cred, outage) {
             return None;
         }
-        warn!(registry = %up.route.host, repo, %why, "serving a stale tag");
+        warn!(registry = %up.route.host, repo, why = %outage.why, "serving a stale tag");
         let head = up.method == Method::HEAD;
         Some(serve_manifest(reader, media_type, head, "STALE", true))
     }
 
-    /// GETs a manifest by tag, stores it under its digest and maps the tag to it.
+    /// GETs a manifest by tag; when the bytes are a manifest whose digest the upstream's header
+    /// (if any) agrees with, stores them under their digest, maps the tag to it and records the
+    /// grant. Anything else (a login page, a mismatch) is relayed and neither stored nor granted.
     async fn fetch_tag(
-        &self,
+        self: &Arc<Self>,
         up: &Up<'_>,
         key: TagKey,
         cred: &Credential,
@@ -394,9 +428,9 @@ impl Proxy {
             .fetch(&Method::GET, &up.url, identity(&up.headers))
             .await?;
         if resp.status() != StatusCode::OK {
+            self.forget_if_refused(cred, &up.route.host, &key.repo, resp.status());
             return Ok(relay(resp, up.route, up.host));
         }
-        self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url);
         let (parts, body) = resp.into_parts();
         let media_type = (parts.headers.get(header::CONTENT_TYPE))
             .and_then(|v| v.to_str().ok())
@@ -407,17 +441,25 @@ impl Proxy {
             .map_err(|e| Error::Unavailable(format!("reading the manifest: {e}")))?
             .to_bytes();
         let digest = Digest::of(&body);
-        let claimed = parts
-            .headers
-            .get(DOCKER_CONTENT_DIGEST)
-            .and_then(|v| v.to_str().ok());
+        let claimed = digest_header(&parts.headers);
         let mut cache = "MISS";
-        if claimed.is_some_and(|c| c != digest.to_string()) {
-            warn!(%digest, claimed, url = %up.url, "manifest digest mismatch: not cached");
+        if claimed.as_ref().is_some_and(|c| *c != digest) {
+            warn!(%digest, ?claimed, url = %redact(&up.url), "manifest digest mismatch: not cached");
             cache = "BYPASS";
-        } else if self.store_manifest(&digest, &body, &media_type, &key) {
-            self.cache
-                .put_tag(key, digest.clone(), &media_type, self.policy().manifest_ttl);
+        } else if !is_manifest(&body, &media_type) {
+            warn!(%digest, %media_type, url = %redact(&up.url), "not a manifest: not cached");
+            cache = "BYPASS";
+        } else {
+            if self.store_manifest(&digest, &body, &media_type, &key) {
+                let ttl = self.policy().manifest_ttl;
+                self.cache.put_tag(key.clone(), digest.clone(), &media_type, ttl);
+            }
+            let expect = Expect {
+                digest: Some(digest.clone()),
+                size: Some(body.len() as u64),
+                first: body.first().copied(),
+            };
+            self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url, &expect);
         }
         // The upstream's own headers (rate limits…) go back to the client too.
         let mut headers = super::forward::forwardable(&parts.headers);
@@ -465,51 +507,46 @@ impl Proxy {
         }
     }
 
-    /// Whether the upstream would serve `repo` to this client. Remembered answers first; else a
-    /// HEAD of the requested object with the client's own credentials. Refusals are relayed
-    /// unchanged (401 with WWW-Authenticate). While the upstream is down, clients whose access was
-    /// confirmed within the offline window (and public repositories) are served.
-    ///
-    /// For an object (`Some((digest, confirmed))`), remembered answers count only when the
-    /// upstream already confirmed that this repository has this digest (`confirmed`): objects are
-    /// stored once by digest, and a repository the client may read must not unlock a digest it
-    /// does not contain. A HEAD that succeeds records that confirmation.
+    /// Whether the upstream would serve this object (`expect`) in `repo` to this client.
+    /// Remembered answers count only when the upstream already confirmed that this repository
+    /// has this digest (`confirmed`): objects are stored once by digest for every registry, and
+    /// a repository the client may read must not unlock a digest it does not contain. Otherwise
+    /// the upstream is asked ([`Proxy::check`]) with the client's own credentials; its refusals
+    /// are relayed (401 with WWW-Authenticate). While the upstream is down, clients whose access
+    /// was established are served (see [`Proxy::offline_allowed`]).
     async fn authorize(
-        &self,
+        self: &Arc<Self>,
         up: &Up<'_>,
         repo: &str,
         cred: &Credential,
-        object: Option<(&Digest, bool)>,
+        expect: &Expect,
+        confirmed: bool,
     ) -> Result<(), Response<Body>> {
         let registry = &up.route.host;
         let ttl = self.policy().auth_ttl;
-        let confirmed = object.is_none_or(|(_, confirmed)| confirmed);
         let remembered =
             self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl);
         if confirmed && remembered {
             return Ok(());
         }
-        let why = match self.send_timed(&Method::HEAD, &up.url, &up.headers).await {
-            Ok(resp) if super::auth::authorizes(&resp, &up.url) => {
-                self.granted(cred, &up.headers, registry, repo, &up.url);
-                if let Some((digest, _)) = object {
+        let outage = match self.check(&up.url, &up.headers, expect).await {
+            Verdict::Served => {
+                self.granted(cred, &up.headers, registry, repo, &up.url, expect);
+                if let Some(digest) = &expect.digest {
                     self.cache.add_ref(digest, registry, repo);
                 }
                 return Ok(());
             }
-            Ok(resp) if !unavailable(resp.status()) => {
-                return Err(match self.refused(up, resp).await {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
-                    }
-                });
+            Verdict::Denied { first, refused } => {
+                if refused {
+                    self.auth.revoke(cred, registry, repo);
+                }
+                return Err(self.refused(up, first).await);
             }
-            Ok(resp) => format!("upstream answered {}", resp.status()),
-            Err(e) => e.to_string(),
+            Verdict::Unavailable(outage) => outage,
         };
-        if confirmed && self.offline_allowed(up, repo, cred, &why) {
-            warn!(%registry, repo, %why, "upstream unavailable: serving from the cache");
+        if confirmed && self.offline_allowed(up, repo, cred, &outage) {
+            warn!(%registry, repo, why = %outage.why, "upstream unavailable: serving from the cache");
             return Ok(());
         }
         if cred.is_anonymous() {
@@ -517,66 +554,82 @@ impl Proxy {
                 return Err(challenge_response(challenge));
             }
         }
-        let e = Error::Unavailable(why);
-        Err(error_response(
-            StatusCode::BAD_GATEWAY,
-            "UNAVAILABLE",
-            &e.to_string(),
-        ))
+        let message = Error::Unavailable(outage.why).to_string();
+        Err(match outage.throttled {
+            true => error_response(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", &message),
+            false => error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &message),
+        })
     }
 
-    /// The upstream's answer to a HEAD check was a refusal (401, 403, 404…): relay it for a HEAD;
-    /// for a GET, ask again with a GET so that the client gets the upstream's whole answer (a
-    /// HEAD response carries a Content-Length but no body).
-    async fn refused(
-        &self,
-        up: &Up<'_>,
-        head: Response<Incoming>,
-    ) -> Result<Response<Body>, Error> {
-        if up.method == Method::HEAD {
-            return Ok(relay(head, up.route, up.host));
+    /// The upstream did not serve the object: for a HEAD, its own first answer when there is one
+    /// (a 401 with its challenge); otherwise the request is passed through, so that the client
+    /// gets the upstream's whole answer, whatever it is, and nothing from the cache.
+    async fn refused(&self, up: &Up<'_>, first: Option<Response<Incoming>>) -> Response<Body> {
+        if let (true, Some(resp)) = (up.method == Method::HEAD, first) {
+            return relay(resp, up.route, up.host);
         }
-        drop(head);
-        self.pass(up).await
+        match self.pass(up).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string()),
+        }
     }
 
-    fn offline_allowed(&self, up: &Up<'_>, repo: &str, cred: &Credential, why: &str) -> bool {
-        let window = self.policy().offline_auth_window;
+    /// A 401 or 403 from the registry: this credential's remembered grant is void.
+    fn forget_if_refused(&self, cred: &Credential, registry: &str, repo: &str, status: StatusCode) {
+        if matches!(status.as_u16(), 401 | 403) {
+            self.auth.revoke(cred, registry, repo);
+        }
+    }
+
+    /// Who is served from the cache while the upstream cannot answer: with `cache.offline` on,
+    /// repositories seen public within `offline_auth_window`, and clients whose credential the
+    /// upstream served this repository within that window. A throttled upstream (429, or 503
+    /// with Retry-After) is no outage: any client can exhaust the quota the site shares, so it
+    /// extends no credential's grant past `auth_ttl` (public repositories stay served).
+    fn offline_allowed(&self, up: &Up<'_>, repo: &str, cred: &Credential, outage: &Outage) -> bool {
+        let policy = self.policy();
+        let window = policy.offline_auth_window;
+        let grants = match outage.throttled {
+            true => policy.auth_ttl.min(window),
+            false => window,
+        };
         let registry = &up.route.host;
-        let ok = self.policy().offline
+        let ok = policy.offline
             && (self.auth.public(registry, repo, window)
-                || self.auth.granted(cred, registry, repo, window));
+                || self.auth.granted(cred, registry, repo, grants));
         if !ok {
-            info!(%registry, repo, why, "upstream unavailable and this client's access is not established");
+            info!(%registry, repo, why = %outage.why, "upstream unavailable and this client's access is not established");
         }
         ok
     }
 
-    /// Records a positive answer; for a credentialed client, finds out once in a while whether
-    /// the repository is public (so anonymous clients can be served while the upstream is down).
+    /// Records a grant (the upstream served `expect` to `cred`); for a credentialed client,
+    /// finds out once in a while whether the repository is public (so anonymous clients can be
+    /// served while the upstream is down), by the same evidence.
     fn granted(
-        &self,
+        self: &Arc<Self>,
         cred: &Credential,
         headers: &HeaderMap,
         registry: &str,
         repo: &str,
         url: &str,
+        expect: &Expect,
     ) {
         self.auth.grant(cred, registry, repo);
         let every = self.policy().offline_auth_window / 4;
         if !cred.is_anonymous() && self.auth.should_probe(registry, repo, every) {
-            let client = self.client.clone();
-            let auth = self.auth.clone();
+            let proxy = self.clone();
             let (registry, repo, url) = (registry.to_owned(), repo.to_owned(), url.to_owned());
             // With the client's Accept, every value of it (dockerd sends one header per media
             // type): registries answer 404 to a manifest HEAD whose Accept does not admit the
             // manifest's type, an OCI index say.
             let accept: Vec<HeaderValue> =
                 headers.get_all(header::ACCEPT).iter().cloned().collect();
+            let expect = expect.clone();
             tokio::spawn(async move {
-                if super::auth::probe_public(&client, &url, &repo, &accept).await {
+                if proxy.probe_public(&url, &repo, &accept, &expect).await {
                     info!(%registry, %repo, "repository is public");
-                    auth.mark_public(&registry, &repo);
+                    proxy.auth.mark_public(&registry, &repo);
                 }
             });
         }
@@ -607,17 +660,12 @@ impl FillTask {
             }
         };
         if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            (self.proxy).forget_if_refused(&self.cred, &self.registry, &self.repo, status);
             writer.decline();
             let _ = tx.send(Outcome::Relay(resp));
             return;
         }
-        (self.proxy).granted(
-            &self.cred,
-            &self.headers,
-            &self.registry,
-            &self.repo,
-            &self.url,
-        );
         let size = (resp.headers().get(header::CONTENT_LENGTH))
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let media_type = (resp.headers().get(header::CONTENT_TYPE))
@@ -628,6 +676,7 @@ impl FillTask {
         let _ = tx.send(Outcome::Started);
         let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
+        let (mut first, mut written) = (None, 0u64);
         loop {
             // A stalled upstream must not hold the fill (and every reader joined to it) forever.
             let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
@@ -649,6 +698,8 @@ impl FillTask {
                     return;
                 }
             };
+            first = first.or(data.first().copied());
+            written += data.len() as u64;
             if let Err(e) = writer.write(&data) {
                 writer.fail(e.to_string());
                 return;
@@ -656,8 +707,19 @@ impl FillTask {
         }
         match writer.finish() {
             Ok(()) => info!(%digest, registry = %self.registry, repo = %self.repo, "cached"),
-            Err(e) => warn!(%digest, url = %self.url, error = %e, "not cached"),
+            Err(e) => {
+                warn!(%digest, url = %redact(&self.url), error = %e, "not cached");
+                return;
+            }
         }
+        // Only now, with the bytes verified against the digest, is this a grant.
+        let expect = Expect {
+            digest: Some(digest),
+            size: Some(written),
+            first,
+        };
+        let (cred, headers) = (&self.cred, &self.headers);
+        (self.proxy).granted(cred, headers, &self.registry, &self.repo, &self.url, &expect);
     }
 }
 
@@ -684,8 +746,9 @@ fn identity(headers: &HeaderMap) -> HeaderMap {
     headers
 }
 
-fn unavailable(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+/// The digest a `Docker-Content-Digest` header names.
+fn digest_header(h: &HeaderMap) -> Option<Digest> {
+    Digest::parse(h.get(DOCKER_CONTENT_DIGEST)?.to_str().ok()?)
 }
 
 fn full(bytes: Bytes) -> Body {

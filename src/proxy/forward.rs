@@ -23,7 +23,7 @@ use crate::metrics::{
 use crate::status::RequestRecord;
 
 /// How many redirects a GET/HEAD follows before giving up.
-const MAX_REDIRECTS: usize = 5;
+pub(super) const MAX_REDIRECTS: usize = 5;
 /// How long to wait for an upstream's response headers to a GET or HEAD.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -247,8 +247,9 @@ impl Proxy {
             };
             debug!(from = %url, to = %next, status = %resp.status(), "following redirect");
             if authority(&next) != authority(&url) {
-                // Credentials for the registry must not leak to a CDN or object store.
-                headers.remove(header::AUTHORIZATION);
+                // Credentials for the registry (Authorization, cookies, token headers) must not
+                // leak to a CDN, an object store or a login host.
+                headers = super::confirm::cross_host(&headers);
             }
             url = next;
         }
@@ -455,7 +456,7 @@ pub(super) fn forwardable(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// Where a GET/HEAD redirect points, resolved against `url`; `None` when it is not a redirect.
-fn redirect_target(resp: &Response<Incoming>, url: &str) -> Result<Option<String>, Error> {
+pub(super) fn redirect_target(resp: &Response<Incoming>, url: &str) -> Result<Option<String>, Error> {
     let status = resp.status();
     let followed = [301, 302, 303, 307, 308];
     if !followed.contains(&status.as_u16()) {
@@ -491,7 +492,7 @@ fn resolve(base: &str, location: &str) -> Option<String> {
     target.parse::<Uri>().ok().map(|_| target)
 }
 
-fn authority(url: &str) -> Option<String> {
+pub(super) fn authority(url: &str) -> Option<String> {
     url.parse::<Uri>()
         .ok()?
         .authority()

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod auth;
 mod cached;
+mod confirm;
 mod forward;
 pub mod manifest;
 mod records;
