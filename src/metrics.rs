@@ -162,6 +162,8 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     pub cache_digest_mismatches: Counter,
     pub cache_write_errors: Counter,
+    /// Cold requests passed through uncached because the fill caps were reached.
+    pub cache_fills_capped: Counter,
     pub cache_stored_bytes: Gauge,
     pub cache_stored_objects: Gauge,
     pub cache_max_bytes: Gauge,
@@ -197,6 +199,7 @@ impl Metrics {
             cache_evictions: Counter::default(),
             cache_digest_mismatches: Counter::default(),
             cache_write_errors: Counter::default(),
+            cache_fills_capped: Counter::default(),
             cache_stored_bytes: Gauge::default(),
             cache_stored_objects: Gauge::default(),
             cache_max_bytes: Gauge::default(),
@@ -293,6 +296,11 @@ impl Metrics {
             "cache_write_errors",
             "Cache writes that failed (caching pauses after one)",
             self.cache_write_errors.clone(),
+        );
+        r.register(
+            "cache_fills_capped",
+            "Cold requests passed through uncached: limits.max_fills or max_fills_per_registry reached, or no room within cache.max_size",
+            self.cache_fills_capped.clone(),
         );
         r.register_with_unit(
             "cache_stored",

@@ -55,6 +55,11 @@ impl Fill {
             .clone()
     }
 
+    /// How many clients are reading along (or waiting for the response head).
+    pub fn readers(&self) -> usize {
+        self.state.receiver_count()
+    }
+
     pub fn state(&self) -> FillState {
         self.state.borrow().clone()
     }
@@ -165,6 +170,12 @@ impl FillWriter {
         });
     }
 
+    /// Sets `size` bytes aside within the cache's size cap (evicting to make room); false when
+    /// they cannot be, and the object should not be cached.
+    pub fn reserve(&mut self, size: u64) -> bool {
+        self.store.reserve(&self.fill.digest, size)
+    }
+
     /// The upstream did not answer with the object; readers must ask for themselves.
     pub fn decline(mut self) {
         self.end(FillState::Declined);
@@ -174,6 +185,20 @@ impl FillWriter {
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         if data.is_empty() {
             return Ok(());
+        }
+        let end = self.written + data.len() as u64;
+        // In steps of 8 MiB where there is room (one lock per step, not per write).
+        let reserve = |end: u64| {
+            let digest = &self.fill.digest;
+            self.store.reserve(digest, end.next_multiple_of(8 << 20))
+                || self.store.reserve(digest, end)
+        };
+        if self.size.is_none_or(|size| end > size) && !reserve(end) {
+            // A body longer than announced, or of unknown length, outgrew the cache's room.
+            return Err(Error::NoRoom {
+                digest: self.fill.digest.clone(),
+                size: end,
+            });
         }
         let result = self
             .store

@@ -23,7 +23,7 @@ mod store;
 use std::fmt;
 
 pub use fill::{Fill, FillState, FillWriter};
-pub use store::{Claim, ObjectInfo, Reader, Store, TagEntry, TagKey, VerifyReport};
+pub use store::{Claim, FillLimits, ObjectInfo, Reader, Store, TagEntry, TagKey, VerifyReport};
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).
 pub const CHUNK: usize = 1 << 20;
@@ -47,6 +47,8 @@ pub enum Error {
     Upstream(String),
     #[error("caching is paused after a write error; serving without the cache")]
     WritesPaused,
+    #[error("no room for {digest} ({size} bytes) within cache.max_size")]
+    NoRoom { digest: Digest, size: u64 },
 }
 
 /// A sha256 content digest (`sha256:` and 64 lower-case hex digits). Other algorithms are not

@@ -77,8 +77,35 @@ struct State {
     objects: HashMap<Digest, Entry>,
     total: u64,
     fills: HashMap<Digest, Arc<Fill>>,
+    /// The registry each fill fetches from (for the per-registry cap).
+    fill_registry: HashMap<Digest, String>,
+    /// Bytes set aside on disk for each fill under way; counted against `max_size`.
+    reserved: HashMap<Digest, u64>,
+    reserved_total: u64,
     tags: HashMap<TagKey, TagEntry>,
 }
+
+/// How many upstream downloads may fill the cache at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillLimits {
+    /// In all.
+    pub max_fills: usize,
+    /// For one registry.
+    pub max_fills_per_registry: usize,
+}
+
+impl Default for FillLimits {
+    fn default() -> Self {
+        Self {
+            max_fills: 64,
+            max_fills_per_registry: 16,
+        }
+    }
+}
+
+/// An object is remembered as fetched from at most this many repositories; past it the oldest
+/// reference goes (its repository is then checked upstream again).
+pub const MAX_REFS: usize = 1024;
 
 /// The content store. Share it as `Arc<Store>`.
 pub struct Store {
@@ -91,6 +118,8 @@ pub struct Store {
     write_failing: AtomicBool,
     /// Test hook: fail the next writes with this error kind.
     fault: Mutex<Option<io::ErrorKind>>,
+    /// std Mutex, never held across .await.
+    limits: Mutex<FillLimits>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -162,11 +191,15 @@ impl Store {
                 objects,
                 total,
                 fills: HashMap::new(),
+                fill_registry: HashMap::new(),
+                reserved: HashMap::new(),
+                reserved_total: 0,
                 tags,
             }),
             paused_until: Mutex::new(None),
             write_failing: AtomicBool::new(false),
             fault: Mutex::new(None),
+            limits: Mutex::new(FillLimits::default()),
             metrics,
         });
         store
@@ -218,8 +251,21 @@ impl Store {
         self.lock().objects.contains_key(digest)
     }
 
+    /// Sets the caps on concurrent fills (config load and reload).
+    pub fn set_fill_limits(&self, limits: FillLimits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
     /// Hit, join, lead or bypass, decided atomically so that one fetch serves every asker.
     pub fn claim(self: &Arc<Self>, digest: &Digest) -> Result<Claim, Error> {
+        self.claim_for(digest, "")
+    }
+
+    /// Like [`Store::claim`] for an object of `registry`: past the fill caps (in all, or for
+    /// this registry) the answer is Bypass, so that clients that start many cold downloads
+    /// and leave cannot hold the disk or the uplink.
+    pub fn claim_for(self: &Arc<Self>, digest: &Digest, registry: &str) -> Result<Claim, Error> {
+        let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = self.lock();
         if let Some(fill) = state.fills.get(digest) {
             return Ok(Claim::Join(fill.clone()));
@@ -236,6 +282,14 @@ impl Store {
         if self.paused() {
             return Ok(Claim::Bypass);
         }
+        let same = (state.fill_registry.values())
+            .filter(|r| *r == registry)
+            .count();
+        if state.fills.len() >= limits.max_fills || same >= limits.max_fills_per_registry {
+            tracing::debug!(%digest, registry, "fill caps reached: passed through uncached");
+            self.metrics.cache_fills_capped.inc();
+            return Ok(Claim::Bypass);
+        }
         let writer = match FillWriter::create(self.clone(), digest) {
             Ok(writer) => writer,
             Err(e) => {
@@ -244,6 +298,7 @@ impl Store {
             }
         };
         state.fills.insert(digest.clone(), writer.fill().clone());
+        (state.fill_registry).insert(digest.clone(), registry.to_owned());
         Ok(Claim::Lead(writer))
     }
 
@@ -311,12 +366,48 @@ impl Store {
             return;
         }
         entry.refs.push((registry.to_owned(), repo.to_owned()));
-        let meta = meta_text(&entry.media_type, &entry.refs);
-        drop(state);
         let path = meta_path(&self.object_path(digest));
-        if let Err(e) = write_atomic(&path, meta.as_bytes()) {
+        let written = if entry.refs.len() > MAX_REFS {
+            entry.refs.remove(0);
+            let meta = meta_text(&entry.media_type, &entry.refs);
+            drop(state);
+            write_atomic(&path, meta.as_bytes())
+        } else {
+            // One line appended: no rewrite of every reference per new one.
+            drop(state);
+            append_line(&path, &format!("{registry} {repo}\n"))
+        };
+        if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot record a reference");
         }
+    }
+
+    /// Sets `bytes` of disk aside for a fill of `digest` (more, if it already has some),
+    /// evicting unpinned objects to make room; false when even that cannot make room within
+    /// `max_size` (the fill should then not be cached).
+    pub(super) fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
+        let mut state = self.lock();
+        let had = state.reserved.get(digest).copied().unwrap_or(0);
+        let more = bytes.saturating_sub(had);
+        let need = state.total + state.reserved_total + more;
+        if need > self.max_size {
+            state.reserved_total += more;
+            self.evict(&mut state);
+            state.reserved_total -= more;
+        }
+        if state.total + state.reserved_total + more > self.max_size {
+            return false;
+        }
+        state.reserved_total += more;
+        state.reserved.insert(digest.clone(), had + more);
+        true
+    }
+
+    fn release(state: &mut State, digest: &Digest) {
+        state.fills.remove(digest);
+        state.fill_registry.remove(digest);
+        let reserved = state.reserved.remove(digest).unwrap_or(0);
+        state.reserved_total -= reserved;
     }
 
     /// Called by a fill that verified its content: index it and evict down to the size cap.
@@ -328,7 +419,7 @@ impl Store {
         refs: Vec<(String, String)>,
     ) {
         let mut state = self.lock();
-        state.fills.remove(digest);
+        Self::release(&mut state, digest);
         let old = state.objects.insert(
             digest.clone(),
             Entry {
@@ -350,7 +441,7 @@ impl Store {
 
     /// Called by a fill that did not commit.
     pub(super) fn fill_ended(&self, digest: &Digest) {
-        self.lock().fills.remove(digest);
+        Self::release(&mut self.lock(), digest);
     }
 
     fn unpin(&self, digest: &Digest) {
@@ -399,8 +490,10 @@ impl Store {
     }
 
     /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
+    /// Fills under way count with the bytes they reserved.
     fn evict(&self, state: &mut State) {
-        if state.total <= self.max_size {
+        let fits = |state: &State| state.total + state.reserved_total <= self.max_size;
+        if fits(state) {
             return;
         }
         let mut candidates: Vec<(SystemTime, Digest)> = (state.objects.iter())
@@ -409,7 +502,7 @@ impl Store {
             .collect();
         candidates.sort();
         for (_, digest) in candidates {
-            if state.total <= self.max_size {
+            if fits(state) {
                 break;
             }
             tracing::info!(%digest, "evicted (cache.max_size)");
@@ -498,7 +591,9 @@ impl Store {
         let state = self.lock();
         let mut tags: Vec<String> = (state.tags.iter())
             .filter(|(k, t)| {
-                k.registry == registry && k.repo == repo && held_for(&state, &t.digest, registry, repo)
+                k.registry == registry
+                    && k.repo == repo
+                    && held_for(&state, &t.digest, registry, repo)
             })
             .map(|(k, _)| k.tag.clone())
             .collect();
@@ -705,6 +800,15 @@ pub(super) fn meta_text(media_type: &str, refs: &[(String, String)]) -> String {
         text.push_str(&format!("{registry} {repo}\n"));
     }
     text
+}
+
+/// Appends one line to `path` (created if missing).
+fn append_line(path: &Path, line: &str) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    file.write_all(line.as_bytes())
 }
 
 /// Writes `path` through a temp file and rename.

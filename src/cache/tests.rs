@@ -318,3 +318,61 @@ async fn verify_rehashes_and_purge_selects_by_repository() {
     assert_eq!((n, bytes), (1, 2000));
     assert_eq!(store.usage(), (0, 0));
 }
+
+#[tokio::test]
+async fn fills_are_capped_in_all_and_per_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    store.set_fill_limits(FillLimits {
+        max_fills: 3,
+        max_fills_per_registry: 2,
+    });
+    let d = |i: u8| Digest::of(&[i]);
+    let claim = |i: u8, registry: &str| store.claim_for(&d(i), registry).unwrap();
+    let _a = match claim(1, "r1") {
+        Claim::Lead(w) => w,
+        _ => panic!("first fill leads"),
+    };
+    let b = match claim(2, "r1") {
+        Claim::Lead(w) => w,
+        _ => panic!("second fill of r1 leads"),
+    };
+    assert!(matches!(claim(3, "r1"), Claim::Bypass), "r1's cap");
+    let _c = match claim(4, "r2") {
+        Claim::Lead(w) => w,
+        _ => panic!("another registry still fills"),
+    };
+    assert!(matches!(claim(5, "r3"), Claim::Bypass), "the overall cap");
+    assert!(
+        matches!(claim(2, "r1"), Claim::Join(_)),
+        "joining is not capped"
+    );
+    drop(b);
+    assert!(matches!(claim(3, "r1"), Claim::Lead(_)), "room again");
+}
+
+#[tokio::test]
+async fn fills_reserve_their_bytes_within_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 10_000).unwrap();
+    let old = fill(&store, &data(4_000, 1)).await;
+    let (d1, d2) = (Digest::of(&data(7_000, 2)), Digest::of(&data(7_000, 3)));
+    let mut w1 = lead(&store, &d1);
+    assert!(w1.reserve(7_000), "room, with the old object evicted");
+    assert!(!store.contains(&old), "evicted for the reservation");
+    let mut w2 = lead(&store, &d2);
+    assert!(!w2.reserve(7_000), "the first fill's bytes are spoken for");
+    drop(w1);
+    assert!(w2.reserve(7_000), "released when the first fill ended");
+    // A body of unknown length cannot outgrow the room either.
+    let d3 = Digest::of(&data(20_000, 4));
+    let mut w3 = lead(&store, &d3);
+    w3.start(None, "application/octet-stream", "reg", "lib/a");
+    let content = data(20_000, 4);
+    let failed = content
+        .chunks(1000)
+        .map(|c| w3.write(c))
+        .find(|r| r.is_err());
+    assert!(matches!(failed, Some(Err(Error::NoRoom { .. }))));
+    assert!(tmp_files(dir.path()) >= 1);
+}

@@ -143,7 +143,11 @@ impl AuthMemory {
 
 /// An anonymous pull token for `repo` from the Bearer realm `challenge` names (as Docker Hub
 /// hands out for public images).
-pub(super) async fn anonymous_token(client: &Client, challenge: &Challenge, repo: &str) -> Option<String> {
+pub(super) async fn anonymous_token(
+    client: &Client,
+    challenge: &Challenge,
+    repo: &str,
+) -> Option<String> {
     let url = challenge.token_url(&format!("repository:{repo}:pull"));
     if !url.starts_with("https://") {
         return None;

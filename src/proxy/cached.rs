@@ -16,12 +16,15 @@ use tracing::{info, warn};
 
 use super::auth::Credential;
 use super::confirm::{unavailable, Expect, Outage, Verdict, DOCKER_CONTENT_DIGEST};
-use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
 use super::forward::{empty, error_response, local_root, redact, relay, Error, Up};
+use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
 use super::registry::{classify, normalize_accept, Target};
 use super::{Body, BoxError, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader, TagEntry, TagKey};
 
+/// A download that no client has read for this long is stopped (clients that retry a pull come
+/// back within seconds and join it again).
+const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 /// A download that yields no data for this long is abandoned.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Says where a response came from: HIT, MISS, JOIN, REVALIDATED, STALE, BYPASS.
@@ -182,7 +185,7 @@ impl Proxy {
                 None => return self.pass(up).await,
             }
         } else {
-            match self.cache.claim(&digest) {
+            match self.cache.claim_for(&digest, &up.route.host) {
                 Ok(claim) => claim,
                 Err(e) => {
                     warn!(error = %e, "cache unavailable for this request");
@@ -337,7 +340,13 @@ impl Proxy {
                     self.granted(cred, &up.headers, &up.route.host, repo, &up.url, &expect);
                     self.cache.refresh_tag(key, self.policy().manifest_ttl);
                     let media_type = &entry.media_type;
-                    return Ok(serve_manifest(reader, media_type, head, "REVALIDATED", false));
+                    return Ok(serve_manifest(
+                        reader,
+                        media_type,
+                        head,
+                        "REVALIDATED",
+                        false,
+                    ));
                 }
                 // Changed, or the upstream did not say: fetch it (never serve another object).
                 let result = crate::metrics::Revalidation::Changed;
@@ -452,14 +461,22 @@ impl Proxy {
         } else {
             if self.store_manifest(&digest, &body, &media_type, &key) {
                 let ttl = self.policy().manifest_ttl;
-                self.cache.put_tag(key.clone(), digest.clone(), &media_type, ttl);
+                self.cache
+                    .put_tag(key.clone(), digest.clone(), &media_type, ttl);
             }
             let expect = Expect {
                 digest: Some(digest.clone()),
                 size: Some(body.len() as u64),
                 first: body.first().copied(),
             };
-            self.granted(cred, &up.headers, &up.route.host, &key.repo, &up.url, &expect);
+            self.granted(
+                cred,
+                &up.headers,
+                &up.route.host,
+                &key.repo,
+                &up.url,
+                &expect,
+            );
         }
         // The upstream's own headers (rate limits…) go back to the client too.
         let mut headers = super::forward::forwardable(&parts.headers);
@@ -489,6 +506,10 @@ impl Proxy {
                 true
             }
             Ok(Claim::Lead(mut writer)) => {
+                if !writer.reserve(body.len() as u64) {
+                    writer.decline();
+                    return false;
+                }
                 writer.start(
                     Some(body.len() as u64),
                     media_type,
@@ -672,12 +693,32 @@ impl FillTask {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
+        if size.is_some_and(|size| !writer.reserve(size)) {
+            // Larger than the cache can hold now: this client gets it straight from upstream.
+            self.proxy.metrics.cache_fills_capped.inc();
+            warn!(digest = %writer.fill().digest, ?size, "no room within cache.max_size: not cached");
+            writer.decline();
+            let _ = tx.send(Outcome::Relay(resp));
+            return;
+        }
         writer.start(size, &media_type, &self.registry, &self.repo);
         let _ = tx.send(Outcome::Started);
         let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
         let (mut first, mut written) = (None, 0u64);
+        let mut alone_since: Option<tokio::time::Instant> = None;
         loop {
+            // Every client left and none came back: the uplink is not spent for nobody.
+            match (writer.fill().readers(), alone_since) {
+                (0, None) => alone_since = Some(tokio::time::Instant::now()),
+                (0, Some(t)) if t.elapsed() > ABANDONED_AFTER => {
+                    info!(%digest, "every client left the download: not cached");
+                    writer.fail("every client left".into());
+                    return;
+                }
+                (0, Some(_)) => {}
+                _ => alone_since = None,
+            }
             // A stalled upstream must not hold the fill (and every reader joined to it) forever.
             let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
                 Ok(Some(frame)) => frame,
@@ -719,7 +760,14 @@ impl FillTask {
             first,
         };
         let (cred, headers) = (&self.cred, &self.headers);
-        (self.proxy).granted(cred, headers, &self.registry, &self.repo, &self.url, &expect);
+        (self.proxy).granted(
+            cred,
+            headers,
+            &self.registry,
+            &self.repo,
+            &self.url,
+            &expect,
+        );
     }
 }
 

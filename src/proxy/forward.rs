@@ -456,7 +456,10 @@ pub(super) fn forwardable(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// Where a GET/HEAD redirect points, resolved against `url`; `None` when it is not a redirect.
-pub(super) fn redirect_target(resp: &Response<Incoming>, url: &str) -> Result<Option<String>, Error> {
+pub(super) fn redirect_target(
+    resp: &Response<Incoming>,
+    url: &str,
+) -> Result<Option<String>, Error> {
     let status = resp.status();
     let followed = [301, 302, 303, 307, 308];
     if !followed.contains(&status.as_u16()) {

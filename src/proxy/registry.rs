@@ -34,7 +34,7 @@ pub fn classify(path: &str) -> Target<'_> {
     if let Some((at, marker, is_blob)) = last {
         let repo = &rest[..at];
         let reference = &rest[at + marker.len()..];
-        if !valid_repo(repo) || reference.is_empty() || reference.contains('/') {
+        if !valid_repo(repo) || !valid_reference(reference) {
             return Target::Other;
         }
         return match is_blob {
@@ -67,9 +67,40 @@ pub fn repo_of(path: &str) -> Option<&str> {
     }
 }
 
-/// Repository names: lower-case path components of `[a-z0-9._-]`, never `.` or `..`.
+/// The distribution spec's bounds: repository names up to 255 characters (with the registry's
+/// name, which is shorter than this slack), tags up to 128, digests of known algorithms well
+/// under 256. Anything longer is passed through for the upstream to refuse, never cached.
+const MAX_REPO: usize = 255;
+const MAX_TAG: usize = 128;
+const MAX_DIGEST: usize = 255;
+
+/// A tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`) or a digest (`algorithm:encoded`).
+fn valid_reference(reference: &str) -> bool {
+    let b = reference.as_bytes();
+    match reference.split_once(':') {
+        Some((algorithm, encoded)) => {
+            reference.len() <= MAX_DIGEST
+                && !algorithm.is_empty()
+                && !encoded.is_empty()
+                && (algorithm.bytes())
+                    .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'+' | b'.' | b'_' | b'-'))
+                && (encoded.bytes())
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'=' | b'_' | b'-'))
+        }
+        None => {
+            !b.is_empty()
+                && b.len() <= MAX_TAG
+                && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+                && (b.iter()).all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        }
+    }
+}
+
+/// Repository names: lower-case path components of `[a-z0-9._-]`, never `.` or `..`, at most
+/// [`MAX_REPO`] characters.
 fn valid_repo(repo: &str) -> bool {
     !repo.is_empty()
+        && repo.len() <= MAX_REPO
         && repo.split('/').all(|c| {
             !c.is_empty()
                 && c != "."
@@ -143,6 +174,16 @@ mod tests {
         assert_eq!(classify("/v2/../x/blobs/sha256:00"), Target::Other);
         assert_eq!(classify("/v2/A/manifests/1"), Target::Other);
         assert_eq!(classify("/token"), Target::Other);
+        // The spec's bounds: longer names, tags and digests are not ours to cache.
+        let long_repo = format!("/v2/{}/manifests/1", "a".repeat(256));
+        assert_eq!(classify(&long_repo), Target::Other);
+        let long_tag = format!("/v2/a/manifests/{}", "t".repeat(129));
+        assert_eq!(classify(&long_tag), Target::Other);
+        let ok_tag = format!("/v2/a/manifests/{}", "t".repeat(128));
+        assert!(matches!(classify(&ok_tag), Target::Manifest { .. }));
+        assert_eq!(classify("/v2/a/manifests/.hidden"), Target::Other);
+        assert_eq!(classify("/v2/a/manifests/a%2Fb"), Target::Other);
+        assert_eq!(classify("/v2/a/blobs/sha256:"), Target::Other);
         // A repository may itself contain "blobs" or "manifests" components.
         assert_eq!(
             classify("/v2/x/manifests/y/blobs/sha256:1"),

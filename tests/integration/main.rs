@@ -11,3 +11,4 @@ mod metrics;
 mod mirror;
 mod proxy;
 mod status_page;
+mod trust;

@@ -398,7 +398,7 @@ async fn the_admin_listener_serves_health_and_the_ca() {
     let names = get("/registries").await;
     let body = names.split("\r\n\r\n").nth(1).unwrap();
     assert_eq!(
-        body, "registry-1.docker.io\ndocker.io\nghcr.io\n",
+        body, "registry-1.docker.io\ndocker.io\nghcr.io\nregistry.k8s.io\nquay.io\n",
         "exact names only"
     );
 }

@@ -47,7 +47,13 @@ impl Upstream {
                 .or_default()
                 .push(Record::from_rdata(name(n), ttl, rdata));
         };
-        for host in ["registry.test.", "cdn.test.", "auth.test."] {
+        let odd = super::registry::ODD_HOSTS.iter().map(|h| format!("{h}."));
+        for host in ["registry.test.", "cdn.test.", "auth.test."]
+            .map(str::to_owned)
+            .into_iter()
+            .chain(odd)
+        {
+            let host = host.as_str();
             add(host, RecordType::A, RData::A(A(Ipv4Addr::LOCALHOST)), 300);
         }
         let alias = RData::CNAME(CNAME(name("alias.example.test.")));

@@ -286,7 +286,9 @@ impl World {
 
     /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
     pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
-        let pki = Pki::new(&["registry.test", "cdn.test", "auth.test"]);
+        let mut names = vec!["registry.test", "cdn.test", "auth.test"];
+        names.extend(registry::ODD_HOSTS);
+        let pki = Pki::new(&names);
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let registry = registry::Registry::start(&pki).await;
@@ -299,7 +301,9 @@ impl World {
             "[upstream]\nextra_ca = [{ca:?}]\n{extra}\n\
              [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\", \"*.mirror.test\"]\n\
              upstream = \"https://registry.test:{port}\"\n{hub_keys}\n\
-             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n",
+             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n\
+             [[registry]]\nhost = \"registry.k8s.io\"\nupstream = \"https://k8s.test:{port}\"\n\
+             [[registry]]\nhost = \"quay.io\"\nupstream = \"https://sso.test:{port}\"\n",
             ca = ca_file.path().display().to_string(),
             port = registry.addr.port(),
         );

@@ -51,7 +51,16 @@ pub struct Registry {
     pub version: Arc<AtomicUsize>,
     /// While set, every connection is closed at once (the upstream is "down").
     pub down: Arc<AtomicBool>,
+    /// While set, every request is answered 429 (the site's shared quota is spent).
+    pub throttled: Arc<AtomicBool>,
+    /// While set, `TOKEN` is refused like any other credential (it was revoked).
+    pub revoked: Arc<AtomicBool>,
 }
+
+/// Hosts of the fake upstream that behave like odd real registries: `k8s.test` redirects every
+/// `/v2/` request to a bucket on `store.test` (as registry.k8s.io does), which answers 404 for what
+/// it does not hold; `sso.test` sends every request to a login page on `login.test` (200, HTML).
+pub const ODD_HOSTS: &[&str] = &["k8s.test", "store.test", "sso.test", "login.test"];
 
 /// A blob that only the private repository has.
 pub fn secret() -> Bytes {
@@ -129,8 +138,15 @@ impl Registry {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let version = Arc::new(AtomicUsize::new(1));
         let down = Arc::new(AtomicBool::new(false));
+        let throttled = Arc::new(AtomicBool::new(false));
+        let revoked = Arc::new(AtomicBool::new(false));
         let log = seen.clone();
-        let (v, d) = (version.clone(), down.clone());
+        let (v, d, t, r) = (
+            version.clone(),
+            down.clone(),
+            throttled.clone(),
+            revoked.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -144,18 +160,28 @@ impl Registry {
                 let log = log.clone();
                 let v = v.clone();
                 let d = d.clone();
+                let t = t.clone();
+                let r = r.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |mut req: Request<Incoming>| {
+                        if r.load(Ordering::SeqCst) {
+                            req.headers_mut().remove("authorization");
+                        }
                         let log = log.clone();
                         let version = v.load(Ordering::SeqCst);
                         let down = d.load(Ordering::SeqCst);
+                        let throttled = t.load(Ordering::SeqCst);
                         async move {
                             if down {
                                 // Kept-alive connections die too.
                                 return Err("upstream is down");
+                            }
+                            if throttled {
+                                let r = status(StatusCode::TOO_MANY_REQUESTS, &[]);
+                                return Ok(r.map(|b| b.boxed()));
                             }
                             Ok(handle(req, addr, &log, version).await)
                         }
@@ -171,6 +197,8 @@ impl Registry {
             seen,
             version,
             down,
+            throttled,
+            revoked,
         }
     }
 
@@ -294,6 +322,18 @@ async fn route(
         };
         let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
         return ok(Bytes::from(body), "application/json", &[]).into();
+    }
+    if let Some(reply) = odd_host(&host, &path, port) {
+        return reply.into();
+    }
+    if registry_host(&host) && get_or_head && path == "/v2/evil/tagged/manifests/v1" {
+        // A HEAD that names a digest this registry never served (another registry's secret).
+        let digest = digest_of(&secret());
+        let h = [("docker-content-digest", digest.as_str())];
+        return match method == Method::HEAD {
+            true => status(StatusCode::OK, &[h[0], ("content-type", MANIFEST_TYPE)]).into(),
+            false => status(StatusCode::NOT_FOUND, &[]).into(),
+        };
     }
     if registry_host(&host) && get_or_head {
         let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
@@ -425,6 +465,30 @@ async fn route(
         _ => status(StatusCode::NOT_FOUND, &[]),
     };
     resp.into()
+}
+
+/// The answers of [`ODD_HOSTS`].
+fn odd_host(host: &str, path: &str, port: u16) -> Option<Response<Full<Bytes>>> {
+    let found = StatusCode::FOUND;
+    Some(match host {
+        "k8s.test" if path.starts_with("/v2/") => {
+            redirect(&format!("https://store.test:{port}/bucket{path}"))
+        }
+        "store.test" => status(
+            StatusCode::NOT_FOUND,
+            &[("content-type", "application/xml")],
+        ),
+        "sso.test" => status(
+            found,
+            &[("location", &format!("https://login.test:{port}/login"))],
+        ),
+        "login.test" => ok(
+            Bytes::from_static(b"<html><body>Sign in</body></html>"),
+            "text/html; charset=utf-8",
+            &[],
+        ),
+        _ => return None,
+    })
 }
 
 fn registry_host(host: &str) -> bool {
