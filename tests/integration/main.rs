@@ -9,5 +9,7 @@ mod cache;
 mod dns;
 mod metrics;
 mod mirror;
+mod onboarding;
+mod private_cache;
 mod proxy;
 mod status_page;
