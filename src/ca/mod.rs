@@ -12,8 +12,10 @@
 //!   issuance instead of each minting a key;
 //! - a name matched only by a wildcard alias (`*.example.com`) gets the leaf of its parent's
 //!   wildcard (`us.example.com` and `eu.example.com` share one leaf with SAN `*.example.com`).
-//!   The CA's constraint subtree `example.com` permits that SAN (RFC 5280; webpki, Go and OpenSSL
-//!   agree), so 1000 names under one alias cost one key. Deeper names (`a.b.example.com`) need
+//!   The CA's constraint subtree `example.com` permits that SAN (RFC 5280; webpki accepts it in
+//!   this module's tests, OpenSSL's `s_client -verify_hostname` too; Go's crypto/x509 compares the
+//!   SAN's labels with the subtree the same way, not run here), so 1000 names under one alias
+//!   cost one key. Deeper names (`a.b.example.com`) need
 //!   `*.b.example.com`, one per parent, so new wildcard leaves also draw on a small budget
 //!   (a burst of [`WILDCARD_BURST`], then [`WILDCARD_REFILL`] per second; a handshake beyond it
 //!   is refused and logged). Sharing alone would leave a client free to mint a key per
