@@ -1115,12 +1115,17 @@ stop_dockerd
 # 6c. client onboarding: scripts/client-setup.sh in the client namespace, against the admin listener
 
 ONBOARD=$W/onboard
+# The fingerprint comes from the appliance itself (its CLI and start log), not from the HTTP download.
+onboard_fp() { app "$BIN" ca cert --fingerprint --config "$RC/config.toml"; }
 onboard_dry_run() {
-    local out want fp regs h changed
+    local out want fp regs h changed rc=0
     touch "$W/onboard.marker"
-    out=$(cli bash "$REPO/scripts/client-setup.sh" --dry-run --port "$ADMIN_PORT" "$APP_IP")
+    cli bash "$REPO/scripts/client-setup.sh" --dry-run --port "$ADMIN_PORT" "$APP_IP" || rc=$?
+    expect_eq "$rc" 64 "exit code without --fingerprint (refused)"
+    out=$(cli bash "$REPO/scripts/client-setup.sh" --fingerprint "$(onboard_fp)" --dry-run --port "$ADMIN_PORT" "$APP_IP")
     echo "$out"
     want=$(openssl x509 -in "$W/regcache-ca.crt" -noout -fingerprint -sha256 | sed 's/^.*=//')
+    expect_eq "$(sed -n 's/.*CA fingerprint (SHA-256): *//p' "$LOGS/regcache.log" | head -n 1)" "$want" "CA fingerprint in regcache's start log"
     fp=$(sed -n 's/^CA fingerprint: *//p' <<<"$out")
     expect_eq "$fp" "$want" "CA fingerprint printed (openssl x509 -fingerprint -sha256 of regcache's CA)"
     regs=$(sed -n 's/^registries: *//p' <<<"$out")
@@ -1135,7 +1140,7 @@ onboard_root() {
     local r=$ONBOARD h f
     mkdir -p "$r/etc/containerd" "$r/usr/local/share/ca-certificates"
     echo "nameserver 192.0.2.53" >"$r/etc/resolv.conf"
-    cli bash "$REPO/scripts/client-setup.sh" --port "$ADMIN_PORT" --root "$r" "$APP_IP"
+    cli bash "$REPO/scripts/client-setup.sh" --fingerprint "$(onboard_fp)" --port "$ADMIN_PORT" --root "$r" "$APP_IP"
     echo "--- files under the root:"; (cd "$r" && find . -type f | sort | sed -n '1,60p')
     for h in "${INTERCEPTED[@]}"; do
         for f in "etc/docker/certs.d/$h/ca.crt" "etc/containers/certs.d/$h/ca.crt" "etc/containerd/certs.d/$h/regcache-ca.crt"; do
@@ -1149,9 +1154,9 @@ onboard_root() {
     expect_eq "$(grep '^nameserver' "$r/etc/resolv.conf" | paste -sd' ')" "nameserver $APP_IP" "nameservers in resolv.conf"
     expect_eq "$(cat "$r/etc/resolv.conf.before-regcache")" "nameserver 192.0.2.53" "resolv.conf.before-regcache"
 }
-run_check "onboarding: client-setup.sh --dry-run --port $ADMIN_PORT $APP_IP (in CLI) prints the CA's SHA-256 fingerprint and the intercepted registries, changes nothing" \
+run_check "onboarding: client-setup.sh refuses without --fingerprint; with the fingerprint from regcache ca cert --fingerprint, --dry-run --port $ADMIN_PORT $APP_IP (in CLI) prints it and the intercepted registries, changes nothing" \
     onboard_dry_run
-run_check "onboarding: client-setup.sh --root DIR writes certs.d ca.crt for docker and containers (registry-1.docker.io, docker.io, ...), containerd hosts.toml, the system-store CA and resolv.conf -> $APP_IP" \
+run_check "onboarding: client-setup.sh --fingerprint FP --root DIR writes certs.d ca.crt for docker and containers (registry-1.docker.io, docker.io, ...), containerd hosts.toml, the system-store CA and resolv.conf -> $APP_IP" \
     onboard_root
 
 # ---------------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::default());
     let ca = Arc::new(load_ca(&config)?);
+    info!("CA fingerprint (SHA-256): {}", ca.fingerprint());
     let expiry = ca
         .not_after()
         .duration_since(std::time::UNIX_EPOCH)

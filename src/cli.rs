@@ -90,11 +90,23 @@ pub enum CacheCommand {
 #[derive(Subcommand, Debug)]
 pub enum CaCommand {
     /// Print the CA certificate (PEM), creating the CA first if it is missing.
-    Cert(ConfigArg),
-    /// Write the CA where client runtimes read it, for every intercepted name.
+    Cert {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print only the certificate's SHA-256 fingerprint (AB:CD:…, as
+        /// `openssl x509 -noout -fingerprint -sha256` prints it), for client-setup.sh --fingerprint.
+        #[arg(long)]
+        fingerprint: bool,
+    },
+    /// Write the CA where client runtimes read it, for every intercepted name (on the appliance
+    /// itself; other clients use scripts/client-setup.sh --fingerprint).
     Install {
         #[command(flatten)]
         config: ConfigArg,
+        /// Create a new CA in the state directory when there is none (without it, a host with no
+        /// CA is refused: a CA made here would not be the appliance's).
+        #[arg(long)]
+        create: bool,
         /// /etc/docker/certs.d/<host>/ca.crt
         #[arg(long)]
         docker: bool,

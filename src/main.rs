@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use regcache::ca::Ca;
 use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand};
 use regcache::config::{self, Config, LogConfig, LogFormat};
 use regcache::install::{self, Runtime};
@@ -36,16 +37,24 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check(arg),
         } => check(&arg),
         Command::Ca {
-            command: CaCommand::Cert(arg),
-        } => with_config(&arg, |config| {
+            command:
+                CaCommand::Cert {
+                    config,
+                    fingerprint,
+                },
+        } => with_config(&config, |config| {
             let ca = app::load_ca(&config)?;
-            print!("{}", ca.cert_pem());
+            match fingerprint {
+                true => println!("{}", ca.fingerprint()),
+                false => print!("{}", ca.cert_pem()),
+            }
             Ok(())
         }),
         Command::Ca {
             command:
                 CaCommand::Install {
                     config,
+                    create,
                     docker,
                     containerd,
                     podman,
@@ -57,7 +66,10 @@ fn main() -> ExitCode {
             let chosen: Vec<Runtime> = (Runtime::ALL.into_iter().zip(flags))
                 .filter_map(|(r, on)| on.then_some(r))
                 .collect();
-            let ca = app::load_ca(&config)?;
+            let ca = match create {
+                true => app::load_ca(&config)?,
+                false => Ca::load_existing(&config.state_dir.join("certs"), &config.patterns())?,
+            };
             let report = install::install(&root, ca.cert_pem(), &config.patterns(), &chosen)?;
             report.lines.iter().for_each(|l| println!("{l}"));
             println!("CA fingerprint (SHA-256): {}", ca.fingerprint());

@@ -4,6 +4,24 @@
 //! The CA's NameConstraints extension (critical) permits exactly the configured registry names, so
 //! a stolen CA key cannot vouch for any other site. rcgen does not enforce a CA's constraints when
 //! it signs, so [`CertResolver`] refuses every name the constraints would not permit.
+//!
+//! Leaf issuance. rustls asks for a leaf synchronously inside each handshake, so:
+//! - the resolver's map lock is held only to find or insert a name's slot; a key is generated
+//!   under that one slot's lock, so issuing a leaf for a new name never delays handshakes for
+//!   names already issued, and concurrent handshakes for the same new name wait for the one
+//!   issuance instead of each minting a key;
+//! - a name matched only by a wildcard alias (`*.example.com`) gets the leaf of its parent's
+//!   wildcard (`us.example.com` and `eu.example.com` share one leaf with SAN `*.example.com`).
+//!   The CA's constraint subtree `example.com` permits that SAN (RFC 5280; webpki accepts it in
+//!   this module's tests, OpenSSL's `s_client -verify_hostname` too; Go's crypto/x509 compares the
+//!   SAN's labels with the subtree the same way, not run here), so 1000 names under one alias
+//!   cost one key. Deeper names (`a.b.example.com`) need
+//!   `*.b.example.com`, one per parent, so new wildcard leaves also draw on a small budget
+//!   (a burst of [`WILDCARD_BURST`], then [`WILDCARD_REFILL`] per second; a handshake beyond it
+//!   is refused and logged). Sharing alone would leave a client free to mint a key per
+//!   handshake with made-up parents; the budget alone would refuse honest names under a busy
+//!   alias. Exact names are few (the configured list), so they need no budget;
+//! - at most [`MAX_LEAVES`] slots are kept, evicting an idle one when full.
 
 use std::collections::HashMap;
 use std::fs;
@@ -11,7 +29,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
@@ -34,6 +52,9 @@ const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
 /// At most this many cached leaves (a `*.suffix` alias admits any number of names).
 const MAX_LEAVES: usize = 4096;
+/// New `*.parent` leaves: a burst of this many, then [`WILDCARD_REFILL`] per second.
+const WILDCARD_BURST: f64 = 64.0;
+const WILDCARD_REFILL: f64 = 1.0;
 /// Back-dating of `not_before`, for clients whose clocks run a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
@@ -51,6 +72,12 @@ pub enum Error {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("{present} exists but {missing} does not: restore it, or delete {present} to create a new CA")]
     Incomplete { present: PathBuf, missing: PathBuf },
+    #[error(
+        "no CA here: run this on the appliance, or use scripts/client-setup.sh with the CA's \
+         fingerprint (no ca.crt and ca.key in {dir}; --create makes a new CA there)",
+        dir = .dir.display()
+    )]
+    Missing { dir: PathBuf },
     #[error("{path}: not a usable CA ({why})")]
     Unusable { path: PathBuf, why: String },
     #[error(
@@ -90,10 +117,24 @@ impl Ca {
     /// Loads `dir/ca.crt` and `dir/ca.key`, or creates them for `names` when both are missing.
     /// Fails when the existing CA does not permit every name, or its key is not private.
     pub fn load_or_create(dir: &Path, names: &[NamePattern]) -> Result<Self, Error> {
+        Self::open(dir, names, true)
+    }
+
+    /// Like [`Ca::load_or_create`], but fails with [`Error::Missing`] instead of creating a CA.
+    pub fn load_existing(dir: &Path, names: &[NamePattern]) -> Result<Self, Error> {
+        Self::open(dir, names, false)
+    }
+
+    fn open(dir: &Path, names: &[NamePattern], create_missing: bool) -> Result<Self, Error> {
         let crt = dir.join("ca.crt");
         let key = dir.join("ca.key");
         match (crt.exists(), key.exists()) {
-            (false, false) => create(dir, &crt, &key, names)?,
+            (false, false) if create_missing => create(dir, &crt, &key, names)?,
+            (false, false) => {
+                return Err(Error::Missing {
+                    dir: dir.to_owned(),
+                })
+            }
             (true, false) => return Err(incomplete(crt, key)),
             (false, true) => return Err(incomplete(key, crt)),
             (true, true) => {}
@@ -220,10 +261,66 @@ pub struct CertResolver {
     /// Replaced on a config reload; std RwLock, never held across .await.
     names: std::sync::RwLock<Vec<NamePattern>>,
     provider: Arc<CryptoProvider>,
-    /// std Mutex, never held across .await (rustls calls `resolve` synchronously).
-    leaves: Mutex<HashMap<String, Leaf>>,
-    /// Called after each issued leaf (the app counts them).
+    /// Leaf slots by leaf name. std Mutex, held only to find or insert a slot, never while a
+    /// key is generated (rustls calls `resolve` synchronously).
+    leaves: Mutex<Slots>,
+    /// Called after each issued leaf (the app counts them), inside that name's slot.
     on_issue: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// One leaf name's slot: its lock is held while that leaf is issued, so concurrent handshakes for
+/// the same new name wait for the one issuance; handshakes for other names never wait on it.
+type Slot = Arc<Mutex<Option<Leaf>>>;
+
+/// The bounded slot map and the budget for new wildcard leaves.
+struct Slots {
+    map: HashMap<String, Slot>,
+    /// Tokens for new `*.parent` slots; refilled at [`WILDCARD_REFILL`] per second.
+    wildcard_tokens: f64,
+    refilled: Instant,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            wildcard_tokens: WILDCARD_BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// The slot for `key`, creating it (within the bounds) when missing.
+    fn get_or_insert(&mut self, key: &str) -> Option<Slot> {
+        if let Some(slot) = self.map.get(key) {
+            return Some(slot.clone());
+        }
+        if key.starts_with("*.") && !self.take_wildcard_token() {
+            return None;
+        }
+        if self.map.len() >= MAX_LEAVES {
+            // Prefer a slot nobody is using; any slot otherwise (its users keep their Arc).
+            let victim = (self.map.iter())
+                .find(|(_, s)| Arc::strong_count(s) == 1)
+                .or_else(|| self.map.iter().next())
+                .map(|(k, _)| k.clone());
+            victim.map(|k| self.map.remove(&k));
+        }
+        let slot = Slot::default();
+        self.map.insert(key.to_owned(), slot.clone());
+        Some(slot)
+    }
+
+    fn take_wildcard_token(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * WILDCARD_REFILL;
+        self.wildcard_tokens = (self.wildcard_tokens + earned).min(WILDCARD_BURST);
+        self.refilled = now;
+        if self.wildcard_tokens < 1.0 {
+            return false;
+        }
+        self.wildcard_tokens -= 1.0;
+        true
+    }
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -240,7 +337,7 @@ impl CertResolver {
             ca,
             names: std::sync::RwLock::new(names),
             provider,
-            leaves: Mutex::new(HashMap::new()),
+            leaves: Mutex::new(Slots::new()),
             on_issue: None,
         }
     }
@@ -256,37 +353,56 @@ impl CertResolver {
         self
     }
 
-    /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours.
+    /// The name the leaf for `name` is issued for: `name` itself when an exact pattern lists it,
+    /// `*.parent` when only a wildcard pattern matches it, `None` when it is not ours.
+    fn leaf_name(&self, name: &str) -> Option<String> {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        if names
+            .iter()
+            .any(|p| matches!(p, NamePattern::Exact(e) if e == name))
+        {
+            return Some(name.to_owned());
+        }
+        let parent = name.split_once('.')?.1;
+        names
+            .iter()
+            .any(|p| p.matches(name))
+            .then(|| format!("*.{parent}"))
+    }
+
+    /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours
+    /// (and for new wildcard leaves beyond the issuance budget).
     pub fn leaf_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = normalize(sni);
-        let ours =
-            (self.names.read().unwrap_or_else(|e| e.into_inner()).iter()).any(|p| p.matches(&name));
-        if !ours {
+        let Some(key) = self.leaf_name(&name) else {
             tracing::warn!(sni = %name, "TLS handshake refused: not a registry name of this appliance");
             return None;
+        };
+        let slot = self
+            .leaves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(&key);
+        let Some(slot) = slot else {
+            tracing::warn!(sni = %name, leaf = %key, "TLS handshake refused: too many new wildcard leaves issued recently");
+            return None;
+        };
+        let mut leaf = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(leaf) = leaf.as_ref().filter(|l| l.renew_at > SystemTime::now()) {
+            return Some(leaf.key.clone());
         }
-        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(leaf) = leaves.get(&name) {
-            if leaf.renew_at > SystemTime::now() {
-                return Some(leaf.key.clone());
-            }
-        }
-        match self.ca.issue(&name, &self.provider) {
-            Ok(leaf) => {
-                tracing::info!(sni = %name, "issued leaf certificate");
+        match self.ca.issue(&key, &self.provider) {
+            Ok(issued) => {
+                tracing::info!(sni = %name, leaf = %key, "issued leaf certificate");
+                let certified = issued.key.clone();
+                *leaf = Some(issued);
                 if let Some(f) = &self.on_issue {
                     f();
                 }
-                let key = leaf.key.clone();
-                if leaves.len() >= MAX_LEAVES {
-                    // Bounded even under a wildcard alias: renewals and new names start over.
-                    leaves.clear();
-                }
-                leaves.insert(name, leaf);
-                Some(key)
+                Some(certified)
             }
             Err(e) => {
-                tracing::error!(sni = %name, error = %e, "cannot issue leaf certificate");
+                tracing::error!(sni = %name, leaf = %key, error = %e, "cannot issue leaf certificate");
                 None
             }
         }

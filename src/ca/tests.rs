@@ -109,3 +109,146 @@ fn within_matches_whole_labels() {
     assert!(within("a.ghcr.io", "ghcr.io"));
     assert!(!within("aghcr.io", "ghcr.io"));
 }
+
+/// A resolver over a fresh CA for `list`, counting the leaves it issues.
+fn counting_resolver(
+    dir: &Path,
+    list: &[&str],
+) -> (Arc<CertResolver>, Arc<std::sync::atomic::AtomicUsize>) {
+    let list = names(list);
+    let ca = Arc::new(Ca::load_or_create(dir, &list).unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    let resolver = CertResolver::new(ca, list, provider()).on_issue(Box::new(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    (Arc::new(resolver), count)
+}
+
+#[test]
+fn concurrent_handshakes_for_one_new_name_mint_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, issued) = counting_resolver(dir.path(), &["ghcr.io"]);
+    let start = Arc::new(std::sync::Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (resolver, start) = (resolver.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                resolver.leaf_for("ghcr.io").unwrap()
+            })
+        })
+        .collect();
+    let keys: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(keys.iter().all(|k| Arc::ptr_eq(k, &keys[0])));
+}
+
+#[test]
+fn issuing_one_leaf_does_not_block_handshakes_for_issued_names() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let list = names(&["ghcr.io", "quay.io"]);
+    let ca = Arc::new(Ca::load_or_create(dir.path(), &list).unwrap());
+    // Once `stall` is set, the next issuance waits (inside its slot) until `release` is sent.
+    let stall = Arc::new(AtomicBool::new(false));
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let stalling = stall.clone();
+    let resolver = Arc::new(CertResolver::new(ca, list, provider()).on_issue(Box::new(
+        move || {
+            if stalling.swap(false, Ordering::SeqCst) {
+                let _ = released
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+            }
+        },
+    )));
+    resolver.leaf_for("ghcr.io").unwrap();
+    stall.store(true, Ordering::SeqCst);
+    let slow = {
+        let resolver = resolver.clone();
+        std::thread::spawn(move || resolver.leaf_for("quay.io").is_some())
+    };
+    while stall.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5)); // until quay.io's issuance is stalled
+    }
+    let (done, got) = mpsc::channel();
+    let fast = resolver.clone();
+    std::thread::spawn(move || done.send(fast.leaf_for("ghcr.io").is_some()));
+    let answer = got.recv_timeout(Duration::from_secs(5));
+    release.send(()).unwrap();
+    assert_eq!(answer, Ok(true), "ghcr.io waited for quay.io's issuance");
+    assert!(slow.join().unwrap());
+}
+
+#[test]
+fn names_under_a_wildcard_alias_share_one_leaf_the_client_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, issued) = counting_resolver(dir.path(), &["ghcr.io", "*.pkg.dev"]);
+    let first = resolver.leaf_for("name0.pkg.dev").unwrap();
+    for i in 1..1000 {
+        let key = resolver.leaf_for(&format!("name{i}.pkg.dev")).unwrap();
+        assert!(Arc::ptr_eq(&key, &first));
+    }
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let (_, leaf) = x509_parser::parse_x509_certificate(first.cert[0].as_ref()).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", san.value.general_names),
+        "[DNSName(\"*.pkg.dev\")]"
+    );
+    // rustls (webpki) accepts it for a name under the alias, within the CA's name constraints.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pem_to_der(resolver.ca.cert_pem()).unwrap())
+        .unwrap();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("name7.pkg.dev").unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    use rustls::client::danger::ServerCertVerifier as _;
+    verifier
+        .verify_server_cert(&first.cert[0], &[], &name, &[], now)
+        .expect("the wildcard leaf verifies for name7.pkg.dev");
+}
+
+#[test]
+fn made_up_parents_under_a_wildcard_alias_mint_a_bounded_number_of_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, issued) = counting_resolver(dir.path(), &["ghcr.io", "*.pkg.dev"]);
+    let started = Instant::now();
+    let served = (0..1000)
+        .filter(|i| resolver.leaf_for(&format!("a.x{i}.pkg.dev")).is_some())
+        .count();
+    let budget = WILDCARD_BURST + WILDCARD_REFILL * (started.elapsed().as_secs_f64() + 1.0);
+    let minted = issued.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        minted as f64 <= budget,
+        "{minted} keys for 1000 made-up names"
+    );
+    assert_eq!(served, minted);
+    // Exact names are not on the wildcard budget, and issued leaves are still served.
+    assert!(resolver.leaf_for("ghcr.io").is_some());
+    assert!(resolver.leaf_for("a.x0.pkg.dev").is_some());
+}
+
+#[test]
+fn load_existing_refuses_to_create_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Ca::load_existing(dir.path(), &names(&["ghcr.io"])).unwrap_err();
+    assert!(matches!(err, Error::Missing { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("no CA here: run this on the appliance, or use scripts/client-setup.sh with the CA's fingerprint"),
+        "{err}"
+    );
+    assert!(!dir.path().join("ca.key").exists(), "nothing minted");
+    let made = Ca::load_or_create(dir.path(), &names(&["ghcr.io"])).unwrap();
+    let loaded = Ca::load_existing(dir.path(), &names(&["ghcr.io"])).unwrap();
+    assert_eq!(made.fingerprint(), loaded.fingerprint());
+}

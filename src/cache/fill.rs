@@ -3,7 +3,7 @@
 //! committed, so a reader can never receive a complete-looking body with wrong content.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,7 +12,9 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 use super::chunk;
-use super::store::{io_err, meta_path, meta_text, write_atomic, Store};
+use super::store::{
+    create_private_dirs, io_err, meta_path, meta_text, write_atomic, Store, PRIVATE_FILE,
+};
 use super::{Digest, Error, Hasher, CHUNK};
 
 /// Where a fill stands.
@@ -130,6 +132,7 @@ impl FillWriter {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(PRIVATE_FILE)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         let (state, _) = watch::channel(FillState::Waiting);
@@ -256,7 +259,7 @@ impl FillWriter {
         let target = self.store.object_path(&expected);
         let write = || -> std::io::Result<()> {
             self.fill.file.sync_data()?;
-            fs::create_dir_all(target.parent().expect("object paths have a parent"))?;
+            create_private_dirs(target.parent().expect("object paths have a parent"))?;
             write_atomic(
                 &meta_path(&target),
                 meta_text(&self.media_type, &self.refs).as_bytes(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +16,10 @@ use futures_util::Stream;
 use super::fill::{Fill, FillWriter};
 use super::{chunk, Digest, Error, Hasher, CHUNK};
 use crate::metrics::Metrics;
+
+/// Modes of cache folders and files: other local users read nothing (private layers).
+pub(super) const PRIVATE_DIR: u32 = 0o700;
+pub(super) const PRIVATE_FILE: u32 = 0o600;
 
 /// After a write error, caching pauses this long before it is tried again.
 const WRITE_PAUSE: Duration = Duration::from_secs(30);
@@ -169,9 +173,11 @@ impl Store {
         owner: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, Error> {
+        create_private_dirs(dir).map_err(io_err(dir))?;
+        tighten_dir(dir).map_err(io_err(dir))?;
         for sub in ["objects/sha256", "tags", "tmp"] {
             let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(io_err(&path))?;
+            create_private_dirs(&path).map_err(io_err(&path))?;
         }
         if owner {
             let removed = clear_dir(&dir.join("tmp"))?;
@@ -807,14 +813,39 @@ fn append_line(path: &Path, line: &str) -> io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .mode(PRIVATE_FILE)
         .open(path)?;
     file.write_all(line.as_bytes())
 }
 
-/// Writes `path` through a temp file and rename.
+/// Cache folders: owner only (0700), whatever the umask. Modes of existing folders are kept.
+pub(super) fn create_private_dirs(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(path)
+}
+
+/// Makes an existing cache folder owner-only (caches of older versions were world-readable).
+fn tighten_dir(dir: &Path) -> io::Result<()> {
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the cache folder was readable by other users; setting it to 0700");
+    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR))
+}
+
+/// Writes `path` (owner-only, 0600) through a temp file and rename.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("partial");
-    let mut file = File::create(&tmp)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(&tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
     file.write_all(bytes)?;
     file.sync_data()?;
     fs::rename(&tmp, path)

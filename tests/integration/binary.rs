@@ -248,6 +248,7 @@ fn ca_install_writes_under_root_for_every_runtime_and_uninstall_undoes_it() {
         &[
             "ca",
             "install",
+            "--create",
             "--config",
             "c.toml",
             "--root",

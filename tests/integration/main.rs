@@ -9,6 +9,8 @@ mod cache;
 mod dns;
 mod metrics;
 mod mirror;
+mod onboarding;
+mod private_cache;
 mod proxy;
 mod status_page;
 mod trust;
