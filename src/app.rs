@@ -342,7 +342,7 @@ async fn bind_dns(
             match TcpListener::bind(actual).await {
                 Ok(listener) => break (socket, listener),
                 // Port 0 picked a UDP port whose TCP twin is taken: try another, a few times.
-                Err(_) if addr.port() == 0 && attempt < 5 => attempt += 1,
+                Err(_) if addr.port() == 0 && attempt < 50 => attempt += 1,
                 Err(e) => return Err(bind_error("dns", "dns.listen", actual, "TCP", &e)),
             }
         };

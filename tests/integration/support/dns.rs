@@ -75,9 +75,8 @@ impl Upstream {
             records,
             asked: asked.clone(),
         };
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let mut server = Server::new(table);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 65535);
@@ -165,6 +164,19 @@ impl RequestHandler for Table {
         let msg = builder.build(meta, &answers, &[], &soa_list, &[]);
         response.send_response(msg).await.unwrap()
     }
+}
+
+/// A UDP socket and a TCP listener on the same free port. The port the kernel picks for UDP
+/// may be taken for TCP (by any other connection on the machine): try again, a bounded number
+/// of times.
+async fn bind_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP after 50 tries")
 }
 
 /// A query message for `host`/`rtype`, with EDNS unless `edns` is false.
