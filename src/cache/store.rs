@@ -107,6 +107,9 @@ impl Default for FillLimits {
     }
 }
 
+/// At most this many tag mappings are kept (each is a small file under `tags/`).
+pub const MAX_TAGS: usize = 100_000;
+
 /// An object is remembered as fetched from at most this many repositories; past it the oldest
 /// reference goes (its repository is then checked upstream again).
 pub const MAX_REFS: usize = 1024;
@@ -124,6 +127,8 @@ pub struct Store {
     fault: Mutex<Option<io::ErrorKind>>,
     /// std Mutex, never held across .await.
     limits: Mutex<FillLimits>,
+    /// [`MAX_TAGS`], smaller in tests.
+    max_tags: std::sync::atomic::AtomicUsize,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -206,6 +211,7 @@ impl Store {
             write_failing: AtomicBool::new(false),
             fault: Mutex::new(None),
             limits: Mutex::new(FillLimits::default()),
+            max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
             metrics,
         });
         store
@@ -255,6 +261,11 @@ impl Store {
     /// Whether `digest` is stored (without pinning it).
     pub fn contains(&self, digest: &Digest) -> bool {
         self.lock().objects.contains_key(digest)
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_max_tags(&self, n: usize) {
+        self.max_tags.store(n, Ordering::Relaxed);
     }
 
     /// Sets the caps on concurrent fills (config load and reload).
@@ -620,10 +631,34 @@ impl Store {
             media_type: media_type.to_owned(),
             fresh_until: tokio::time::Instant::now() + ttl,
         };
-        self.lock().tags.insert(key, entry);
+        let mut state = self.lock();
+        state.tags.insert(key, entry);
+        if state.tags.len() > self.max_tags.load(Ordering::Relaxed) {
+            self.shed_tags(&mut state);
+        }
+        drop(state);
         if let Err(e) = write_atomic(&path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), error = %e, "cannot persist a tag mapping");
         }
+    }
+
+    /// Past [`MAX_TAGS`] mappings: those whose manifest is not held go first, then the least
+    /// recently confirmed, down to nine tenths of the cap.
+    fn shed_tags(&self, state: &mut State) {
+        let keep = self.max_tags.load(Ordering::Relaxed) / 10 * 9;
+        let mut order: Vec<(bool, tokio::time::Instant, TagKey)> = (state.tags.iter())
+            .map(|(k, t)| {
+                let held = held_for(state, &t.digest, &k.registry, &k.repo);
+                (held, t.fresh_until, k.clone())
+            })
+            .collect();
+        order.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let excess = order.len().saturating_sub(keep);
+        for (_, _, key) in order.into_iter().take(excess) {
+            state.tags.remove(&key);
+            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
+        }
+        tracing::info!(excess, "tag mappings over their cap: the oldest forgotten");
     }
 
     /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).

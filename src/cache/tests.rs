@@ -376,3 +376,31 @@ async fn fills_reserve_their_bytes_within_max_size() {
     assert!(matches!(failed, Some(Err(Error::NoRoom { .. }))));
     assert!(tmp_files(dir.path()) >= 1);
 }
+
+#[tokio::test]
+async fn tag_mappings_are_bounded_and_keep_the_usable_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    store.set_max_tags(20);
+    let held = fill(&store, &data(100, 7)).await;
+    let key = |i: usize| TagKey {
+        registry: "reg".into(),
+        repo: "lib/a".into(),
+        tag: format!("t{i}"),
+        accept: String::new(),
+    };
+    let ttl = Duration::from_secs(60);
+    store.put_tag(key(0), held.clone(), "application/json", ttl);
+    for i in 1..=40 {
+        // Mappings named by HEADs of digests never fetched here.
+        let other = Digest::of(format!("{i}").as_bytes());
+        store.put_tag(key(i), other, "application/json", ttl);
+    }
+    let files = std::fs::read_dir(dir.path().join("tags")).unwrap().count();
+    assert!(files <= 20, "{files} tag files");
+    assert_eq!(
+        store.tag(&key(0)).map(|t| t.digest),
+        Some(held),
+        "the usable one stays"
+    );
+}
