@@ -652,7 +652,7 @@ impl Store {
                 (held, t.fresh_until, k.clone())
             })
             .collect();
-        order.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        order.sort_by_key(|a| (a.0, a.1));
         let excess = order.len().saturating_sub(keep);
         for (_, _, key) in order.into_iter().take(excess) {
             state.tags.remove(&key);
