@@ -27,6 +27,9 @@ struct Dual {
     mirror: Vec<SocketAddr>,
     admin: SocketAddr,
     ca_pem: String,
+    /// The config text, `{limits}` standing for the `[limits]` keys (for reloads).
+    template: String,
+    reloader: regcache::app::Reloader,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _state: tempfile::TempDir,
@@ -38,20 +41,20 @@ impl Dual {
         assert_ipv6_loopback();
         let state = tempfile::tempdir().unwrap();
         let both = "[\"127.0.0.1:0\", \"[::1]:0\"]";
-        let text = format!(
+        let template = format!(
             "state_dir = {state:?}\n\
              [dns]\nlisten = {both}\nanswer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"127.0.0.1:9\"]\n\
              [tls]\nlisten = {both}\n[http]\nlisten = {both}\n[admin]\nlisten = \"{admin}\"\n\
-             [access]\nallow = {allow}\n[limits]\n{limits}\n\
+             [access]\nallow = {allow}\n[limits]\n{{limits}}\n\
              [[registry]]\nhost = \"{NAME}\"\nupstream = \"https://127.0.0.1:1\"\n",
             state = state.path().display().to_string(),
         );
-        let config = regcache::config::parse(&text, regcache::config::Source::Embedded)
-            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let config = parse(&template, limits);
         let log = AccessLog::to_writer(Box::new(SharedBuf::default()));
-        let bound = regcache::app::build(config, log)
+        let mut bound = regcache::app::build(config, log)
             .await
             .expect("appliance starts");
+        let reloader = bound.reloader.take().expect("a reloader");
         let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
         let shutdown = CancellationToken::new();
         Self {
@@ -60,10 +63,20 @@ impl Dual {
             mirror: bound.http_addrs.clone(),
             admin: bound.admin_addr,
             ca_pem,
+            template,
+            reloader,
             shutdown: shutdown.clone(),
             task: tokio::spawn(regcache::app::run(bound, shutdown)),
             _state: state,
         }
+    }
+
+    /// Reloads the same configuration with other `[limits]` keys (what SIGHUP does).
+    fn reload(&mut self, limits: &str) {
+        let notes = (self.reloader)
+            .apply(parse(&self.template, limits))
+            .expect("reload applies");
+        assert!(notes.is_empty(), "{notes:?}");
     }
 
     async fn stop(self) {
@@ -95,6 +108,12 @@ impl Dual {
             .unwrap();
         text
     }
+}
+
+fn parse(template: &str, limits: &str) -> regcache::config::Config {
+    let text = template.replace("{limits}", limits);
+    regcache::config::parse(&text, regcache::config::Source::Embedded)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
 }
 
 /// Fails the test (never skips it) when IPv6 loopback is not usable.
@@ -430,5 +449,19 @@ async fn a_slowloris_client_is_cut_off_by_the_header_timeout() {
             .unwrap();
         assert!(refused, "writes fail once the connection is cut");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_connection_cap_at_once() {
+    let mut app = Dual::start("[]", "127.0.0.1:0", "").await;
+    let mirror = Dual::pick(&app.mirror, false);
+    let _held = served_mirror_connection(mirror).await;
+    app.reload("max_connections = 1\n");
+    let mut refused = TcpStream::connect(mirror).await.unwrap();
+    let took = closed_within(&mut refused, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_millis(500), "closed after {took:?}");
+    app.reload("max_connections = 2\n");
+    assert!(plain_http_answers(mirror, "/v2/").await, "served again");
     app.stop().await;
 }
