@@ -57,7 +57,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The largest request head: HTTP/1.1 read buffer (`max_buf_size`, which also caps the head) and
 /// HTTP/2 `max_header_list_size`. Registry requests carry small heads; the largest part is a
-/// bearer token (a few KiB). hyper's defaults are ~400 KiB (HTTP/1.1) and 16 KiB (HTTP/2).
+/// bearer token (a few KiB). hyper's defaults are ~400 KiB (HTTP/1.1: × 4096 connections, 1.6 GiB of
+/// heads) and 16 KiB (HTTP/2). In HTTP/1.1 it also caps the write queue, which changes nothing for
+/// blobs: a 1 MiB cache chunk exceeds either value and is flushed alone.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header fields per HTTP/1.1 request (hyper's default, set explicitly).
 const MAX_HEADERS: usize = 100;
