@@ -377,10 +377,7 @@ async fn over_max_connections_a_new_connection_is_closed_at_once() {
     for addr in [Dual::pick(&app.mirror, false), Dual::pick(&app.https, true)] {
         let mut third = TcpStream::connect(addr).await.unwrap();
         let took = closed_within(&mut third, Duration::from_secs(2)).await;
-        assert!(
-            took < Duration::from_millis(500),
-            "third closed after {took:?}"
-        );
+        assert!(took < Duration::from_secs(1), "third closed after {took:?}");
     }
     // The first two are still served.
     second
@@ -460,7 +457,7 @@ async fn a_reload_changes_the_connection_cap_at_once() {
     app.reload("max_connections = 1\n");
     let mut refused = TcpStream::connect(mirror).await.unwrap();
     let took = closed_within(&mut refused, Duration::from_secs(2)).await;
-    assert!(took < Duration::from_millis(500), "closed after {took:?}");
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
     app.reload("max_connections = 2\n");
     assert!(plain_http_answers(mirror, "/v2/").await, "served again");
     app.stop().await;
