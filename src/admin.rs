@@ -2,7 +2,8 @@
 //! `/metrics` (Prometheus), and `/ca.crt` and `/registries` (the intercepted
 //! host names) for client onboarding.
 //!
-//! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` are closed.
+//! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` (IPv4 and IPv6
+//! alike) are closed, and so are connections beyond [`MAX_CONNECTIONS`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,8 +21,16 @@ use tracing::{debug, info, warn};
 
 use crate::access::AccessList;
 use crate::cache::Store;
-use crate::metrics::{self, Metrics};
+use crate::conn::Slots;
+use crate::metrics::{self, Listener, Metrics, Rejected};
 use crate::status::{Facts, Status};
+
+/// Admin connections open at once; more are closed at accept. Scrapers and people need few.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive whole within this. hyper starts it whenever the connection waits
+/// for a request, so it also closes a client that sends nothing and an idle keep-alive
+/// connection.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the admin pages show.
 pub struct Admin {
@@ -53,6 +62,7 @@ impl Admin {
 
 /// Serves the admin pages until `shutdown`.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
+    let slots = Slots::new(MAX_CONNECTIONS);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -66,9 +76,16 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
             () = shutdown.cancelled() => break,
         };
         if !admin.access.allows(peer.ip()) {
+            admin.metrics.rejected(Listener::Admin, Rejected::Access);
             warn!(%peer, "admin connection refused: client not in access.allow");
             continue;
         }
+        let Some(slot) = slots.try_take() else {
+            admin.metrics.rejected(Listener::Admin, Rejected::Limit);
+            debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        let open = admin.metrics.open(Listener::Admin);
         let admin = admin.clone();
         let service = service_fn(move |req| {
             let admin = admin.clone();
@@ -76,9 +93,12 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(10))
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(16 * 1024)
+            .max_headers(64)
             .serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
+            let _held = (slot, open);
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "admin connection error");
             }

@@ -120,6 +120,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         policy,
         metrics: metrics.clone(),
         status: status.clone(),
+        limits: config.limits.clone(),
     })?;
     let registries = std::sync::RwLock::new(exact_names(&config));
     let admin = Admin {
@@ -253,7 +254,8 @@ fn exact_names(config: &Config) -> Vec<String> {
 }
 
 /// Applies a new configuration to the running appliance: the registry list (DNS answers,
-/// certificates, routes, `/registries`), cache TTLs and policy, answers, access-log settings.
+/// certificates, routes, `/registries`), cache TTLs and policy, answers, access-log settings,
+/// connection limits (the cap at once, timeouts for connections opened after the reload).
 /// Connections and the cache stay. Listen addresses and the other settings bound at start take
 /// effect on restart only (said in the returned notes).
 pub struct Reloader {
@@ -286,6 +288,7 @@ impl Reloader {
             Arc::new(answers(&new, &self.default_ipv4));
         self.certs.set_names(names);
         self.proxy.reconfigure(routes(&new), policy(&new));
+        self.proxy.set_limits(new.limits.clone());
         *self
             .admin
             .registries
@@ -324,6 +327,15 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.dir", old.cache.dir == new.cache.dir);
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
+    // Read by nothing live yet (the fills will read them).
+    check(
+        "limits.max_fills",
+        old.limits.max_fills == new.limits.max_fills,
+    );
+    check(
+        "limits.max_fills_per_registry",
+        old.limits.max_fills_per_registry == new.limits.max_fills_per_registry,
+    );
     notes
 }
 

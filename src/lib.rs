@@ -14,6 +14,7 @@
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
 //! - [`status`]: the status page's figures (`/`, `/api/status`).
+//! - [`conn`]: connection bounds shared by the TCP listeners (cap, first-byte and idle timeouts).
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
@@ -28,6 +29,7 @@ pub mod ca;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod dns;
 pub mod install;
 pub mod maintenance;

@@ -93,6 +93,9 @@ pub enum DnsOutcome {
     Forwarded,
     Nxdomain,
     Refused,
+    /// Refused because the client is outside `access.allow` (those hickory refuses first are
+    /// not counted).
+    Denied,
     Error,
 }
 
@@ -114,6 +117,49 @@ pub enum Handshake {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub outcome: Handshake,
+}
+
+/// A TCP listener, for the connection metrics.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Listener {
+    Https,
+    Mirror,
+    Admin,
+}
+
+/// Why a connection was closed right after accept.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Rejected {
+    /// The client is outside `access.allow`.
+    Access,
+    /// `limits.max_connections` (or the admin cap) was reached.
+    Limit,
+}
+
+/// Which timeout closed a connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing arrived within `limits.first_byte_timeout`.
+    FirstByte,
+    /// No request in flight for `limits.idle_timeout`.
+    Idle,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Listener,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    pub listener: Listener,
+    pub reason: Rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiredLabels {
+    pub listener: Listener,
+    pub timeout: Expired,
 }
 
 /// Label values in lower case (`intercepted`, `server_error`), as Prometheus convention has them.
@@ -138,9 +184,12 @@ label_values! {
     Revalidation { Unchanged => "unchanged", Changed => "changed" }
     DnsOutcome {
         Intercepted => "intercepted", Forwarded => "forwarded", Nxdomain => "nxdomain",
-        Refused => "refused", Error => "error",
+        Refused => "refused", Denied => "denied", Error => "error",
     }
     Handshake { Ok => "ok", Refused => "refused", Failed => "failed" }
+    Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
+    Rejected { Access => "access", Limit => "limit" }
+    Expired { FirstByte => "first_byte", Idle => "idle" }
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +225,9 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     pub tls_leaves_issued: Counter<u64, AtomicU64>,
     pub ca_expiry: Gauge,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_rejected: Family<RejectedLabels, Counter>,
+    pub connections_expired: Family<ExpiredLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -212,6 +264,9 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_leaves_issued: Counter::default(),
             ca_expiry: Gauge::default(),
+            connections_open: Family::default(),
+            connections_rejected: Family::default(),
+            connections_expired: Family::default(),
         };
         m.register();
         m.touch_known_labels();
@@ -235,6 +290,15 @@ impl Metrics {
             let _ = self
                 .tls_handshakes
                 .get_or_create(&HandshakeLabels { outcome });
+        }
+        for listener in [Listener::Https, Listener::Mirror, Listener::Admin] {
+            let _ = self
+                .connections_open
+                .get_or_create(&ListenerLabels { listener });
+            for reason in [Rejected::Access, Rejected::Limit] {
+                let labels = RejectedLabels { listener, reason };
+                let _ = self.connections_rejected.get_or_create(&labels);
+            }
         }
     }
 
@@ -361,6 +425,21 @@ impl Metrics {
             "Leaf certificates issued by the local CA",
             self.tls_leaves_issued.clone(),
         );
+        r.register(
+            "connections_open",
+            "Client connections open, by listener",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed right after accept, by listener and reason (access, limit)",
+            self.connections_rejected.clone(),
+        );
+        r.register(
+            "connections_expired",
+            "Connections closed by a timeout (first_byte, idle), by listener",
+            self.connections_expired.clone(),
+        );
         r.register_with_unit(
             "ca_expiry_timestamp",
             "When the local CA expires (Unix time)",
@@ -403,10 +482,39 @@ impl Metrics {
         self.dns_queries.get_or_create(&labels).inc();
     }
 
+    pub fn rejected(&self, listener: Listener, reason: Rejected) {
+        let labels = RejectedLabels { listener, reason };
+        self.connections_rejected.get_or_create(&labels).inc();
+    }
+
+    pub fn expired(&self, listener: Listener, timeout: Expired) {
+        let labels = ExpiredLabels { listener, timeout };
+        self.connections_expired.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub fn open(&self, listener: Listener) -> OpenGuard {
+        let gauge = self
+            .connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone();
+        gauge.inc();
+        OpenGuard(gauge)
+    }
+
     pub fn handshake(&self, outcome: Handshake) {
         self.tls_handshakes
             .get_or_create(&HandshakeLabels { outcome })
             .inc();
+    }
+}
+
+/// One open connection in `regcache_connections_open`; decrements it when dropped.
+pub struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -35,6 +35,7 @@ pub struct Config {
     pub http_listen: Vec<SocketAddr>,
     pub access: AccessList,
     pub cache: CacheConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
     /// Never empty; names and aliases are unique across the list.
     pub registries: Vec<Registry>,
@@ -80,6 +81,40 @@ pub struct CacheConfig {
     pub offline: bool,
     /// While offline, a client is served if its access was confirmed within this window.
     pub offline_auth_window: Duration,
+}
+
+/// The `[limits]` table: bounds on what clients can hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// HTTPS and mirror connections open at once (together); at least 1.
+    pub max_connections: usize,
+    /// From accept (TLS: the end of the handshake) to the first byte of the first request.
+    pub first_byte_timeout: Duration,
+    /// A request head (HTTP/1.1) must arrive whole within this, counted from when the connection
+    /// waits for it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval (and the time a PING may go unanswered); `None`: no pings.
+    pub h2_keepalive_interval: Option<Duration>,
+    /// Upstream fills under way at once, over all registries; at least 1.
+    pub max_fills: usize,
+    /// Upstream fills under way at once for one registry; at least 1.
+    pub max_fills_per_registry: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            first_byte_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            h2_keepalive_interval: Some(Duration::from_secs(30)),
+            max_fills: 64,
+            max_fills_per_registry: 16,
+        }
+    }
 }
 
 /// The `[log]` table (defaults: info, text, main format on stdout).
@@ -309,6 +344,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     log: RawLog,
     registry: Option<Vec<RawRegistry>>,
 }
@@ -331,6 +368,18 @@ struct RawCache {
     auth_ttl: Option<Spanned<String>>,
     offline: Option<bool>,
     offline_auth_window: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<i64>>,
+    first_byte_timeout: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    h2_keepalive_interval: Option<Spanned<String>>,
+    max_fills: Option<Spanned<i64>>,
+    max_fills_per_registry: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -430,6 +479,7 @@ impl Validator<'_> {
             http,
             access,
             cache,
+            limits,
             log,
             registry,
         } = raw;
@@ -441,6 +491,7 @@ impl Validator<'_> {
         Config {
             log: self.log(log),
             cache: self.cache(cache, &state_dir),
+            limits: self.limits(limits),
             state_dir: PathBuf::from(state_dir),
             dns: self.dns(dns),
             tls: TlsConfig {
@@ -542,6 +593,68 @@ impl Validator<'_> {
                 "24h",
                 parse_duration,
             ),
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> LimitsConfig {
+        let RawLimits {
+            max_connections,
+            first_byte_timeout,
+            header_read_timeout,
+            idle_timeout,
+            h2_keepalive_interval,
+            max_fills,
+            max_fills_per_registry,
+        } = raw;
+        let d = LimitsConfig::default();
+        let key = |k: &str| format!("limits.{k}");
+        LimitsConfig {
+            max_connections: self.count(
+                &key("max_connections"),
+                max_connections,
+                d.max_connections,
+            ),
+            first_byte_timeout: self.value(
+                &key("first_byte_timeout"),
+                first_byte_timeout,
+                "10s",
+                parse_timeout,
+            ),
+            header_read_timeout: self.value(
+                &key("header_read_timeout"),
+                header_read_timeout,
+                "30s",
+                parse_timeout,
+            ),
+            idle_timeout: self.value(&key("idle_timeout"), idle_timeout, "60s", parse_timeout),
+            h2_keepalive_interval: Some(self.value(
+                &key("h2_keepalive_interval"),
+                h2_keepalive_interval,
+                "30s",
+                parse_duration,
+            ))
+            .filter(|d| !d.is_zero()),
+            max_fills: self.count(&key("max_fills"), max_fills, d.max_fills),
+            max_fills_per_registry: self.count(
+                &key("max_fills_per_registry"),
+                max_fills_per_registry,
+                d.max_fills_per_registry,
+            ),
+        }
+    }
+
+    /// A count of at least 1 (and at most 1,000,000), else `default` (recording a problem).
+    fn count(&mut self, key: &str, item: Option<Spanned<i64>>, default: usize) -> usize {
+        let Some(item) = item else {
+            return default;
+        };
+        match usize::try_from(*item.get_ref()) {
+            Ok(n) if (1..=1_000_000).contains(&n) => n,
+            _ => {
+                let msg = format!("{key}: {} is not between 1 and 1000000", item.get_ref());
+                self.problem(&item, msg);
+                default
+            }
         }
     }
 
@@ -852,6 +965,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration that is not zero (a zero timeout would close every connection at once).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
 fn addr_hint(e: std::net::AddrParseError) -> String {
     format!("{e} (write IP:port, e.g. \"0.0.0.0:443\" or \"[::]:443\")")
 }
@@ -1066,6 +1187,61 @@ mod tests {
         assert!(parse("", Source::Embedded).unwrap().http_listen.is_empty());
         let c = parse("[http]\nlisten = [\"0.0.0.0:80\"]\n", Source::Embedded).unwrap();
         assert_eq!(c.http_listen, ["0.0.0.0:80".parse().unwrap()]);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_name_bad_values_by_line() {
+        let c = parse("", Source::Embedded).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.max_connections, 4096);
+        assert_eq!(c.limits.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.limits.h2_keepalive_interval,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            (c.limits.max_fills, c.limits.max_fills_per_registry),
+            (64, 16)
+        );
+        let c = parse(
+            "[limits]\nmax_connections = 2\nfirst_byte_timeout = \"300ms\"\n\
+             idle_timeout = \"2m\"\nh2_keepalive_interval = \"0s\"\nmax_fills = 8\n\
+             max_fills_per_registry = 2\nheader_read_timeout = \"5s\"\n",
+            Source::Embedded,
+        )
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!(l.max_connections, 2);
+        assert_eq!(l.first_byte_timeout, Duration::from_millis(300));
+        assert_eq!(l.idle_timeout, Duration::from_secs(120));
+        assert_eq!(l.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(l.h2_keepalive_interval, None);
+        assert_eq!((l.max_fills, l.max_fills_per_registry), (8, 2));
+        let p = problems(
+            "[limits]\nmax_connections = 0\nfirst_byte_timeout = \"10\"\n\
+             idle_timeout = \"0s\"\nmax_fills = -3\nmax_fills_per_registry = \"x\"\n",
+        );
+        assert_eq!(p.len(), 1, "a type error stops parsing: {p:?}");
+        assert_eq!(p[0].line, 6);
+        let p = problems(
+            "[limits]\nmax_connections = 0\nfirst_byte_timeout = \"10\"\n\
+             idle_timeout = \"0s\"\nmax_fills = -3\n",
+        );
+        let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 4, 5], "{p:?}");
+        assert!(
+            p[0].message.starts_with("limits.max_connections: 0"),
+            "{}",
+            p[0].message
+        );
+        assert!(p[1].message.contains("unit"), "{}", p[1].message);
+        assert!(p[2].message.contains("more than zero"), "{}", p[2].message);
+        assert!(
+            p[3].message.contains("limits.max_fills"),
+            "{}",
+            p[3].message
+        );
     }
 
     #[test]

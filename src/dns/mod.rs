@@ -54,20 +54,30 @@ pub struct Answers {
 /// never held across .await.
 pub type SharedAnswers = Arc<RwLock<Arc<Answers>>>;
 
-/// Answers intercepted names locally and forwards the rest.
+/// Answers intercepted names locally and forwards the rest, for clients in its access list.
 pub struct Handler {
     answers: SharedAnswers,
     resolver: TokioResolver,
     metrics: Arc<Metrics>,
+    /// Checked on every request, beside hickory's own check (see [`serve`]).
+    access: AccessList,
 }
 
 impl Handler {
+    /// A handler serving the default access list; [`serve`] sets the configured one.
     pub fn new(answers: Answers, resolver: TokioResolver, metrics: Arc<Metrics>) -> Self {
         Self {
             answers: Arc::new(RwLock::new(Arc::new(answers))),
             resolver,
             metrics,
+            access: AccessList::default(),
         }
+    }
+
+    /// The same handler serving only the clients in `access`.
+    pub fn with_access(mut self, access: AccessList) -> Self {
+        self.access = access;
+        self
     }
 
     /// The handle through which a reload replaces the answers.
@@ -174,6 +184,15 @@ impl RequestHandler for Handler {
 
 impl Handler {
     async fn reply(&self, request: &Request) -> Reply {
+        if !self.access.allows(request.src().ip()) {
+            // REFUSED, as hickory's own check answers: as small as the query (no amplification),
+            // and the client stops at once instead of retrying into a timeout.
+            debug!(peer = %request.src(), "DNS query refused: client not in access.allow");
+            return Reply {
+                outcome: DnsOutcome::Denied,
+                ..Reply::error(ResponseCode::Refused)
+            };
+        }
         if request.metadata.message_type != MessageType::Query {
             return Reply::error(ResponseCode::FormErr);
         }
@@ -264,7 +283,9 @@ pub fn resolver(upstreams: &[SocketAddr]) -> Result<TokioResolver, NetError> {
     builder.build()
 }
 
-/// Serves DNS on the bound sockets until `shutdown` is cancelled, refusing clients outside `access`.
+/// Serves DNS on the bound sockets until `shutdown` is cancelled, refusing clients outside `access`
+/// (IPv4 and IPv6 alike) twice: hickory refuses them before parsing, and the handler refuses
+/// whatever reaches it from outside the list.
 pub async fn serve(
     handler: Handler,
     udp: Vec<UdpSocket>,
@@ -272,7 +293,9 @@ pub async fn serve(
     access: &AccessList,
     shutdown: CancellationToken,
 ) {
-    let mut server = Server::with_access(handler, [], access.nets().iter().copied());
+    let rules = access.hickory_rules();
+    let handler = handler.with_access(access.clone());
+    let mut server = Server::with_access(handler, rules.deny, rules.allow);
     for socket in udp {
         server.register_socket(socket);
     }
@@ -284,4 +307,76 @@ pub async fn serve(
         warn!(error = %e, "DNS server stopped with an error");
     }
     info!("dns stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hickory's access check on its own: a handler that answers everything, behind the rules
+    //! [`AccessList::hickory_rules`] gives, asked from IPv4 and IPv6 loopback.
+
+    use super::*;
+    use hickory_server::proto::op::{Message, Query};
+
+    struct AnswerAll;
+
+    #[async_trait::async_trait]
+    impl RequestHandler for AnswerAll {
+        async fn handle_request<R: ResponseHandler, T: Time>(
+            &self,
+            request: &Request,
+            mut response_handle: R,
+        ) -> ResponseInfo {
+            let builder = MessageResponseBuilder::from_message_request(request);
+            let meta = Metadata::response_from_request(&request.metadata);
+            let response = builder.build(meta, &[], &[], &[], &[]);
+            response_handle.send_response(response).await.unwrap()
+        }
+    }
+
+    /// The response code a UDP query from `client` to `server` gets.
+    async fn ask(client: &str, server: SocketAddr) -> ResponseCode {
+        let mut msg = Message::query();
+        msg.add_query(Query::query(
+            Name::from_ascii("x.test.").unwrap(),
+            RecordType::A,
+        ));
+        let socket = UdpSocket::bind(client).await.unwrap();
+        socket
+            .send_to(&msg.to_vec().unwrap(), server)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        Message::from_vec(&buf[..n]).unwrap().metadata.response_code
+    }
+
+    async fn codes(allow: &[&str]) -> (ResponseCode, ResponseCode) {
+        let nets = allow.iter().map(|n| n.parse().unwrap()).collect();
+        let rules = AccessList::new(nets).hickory_rules();
+        let mut server = Server::with_access(AnswerAll, rules.deny, rules.allow);
+        let v4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let v6 = UdpSocket::bind("[::1]:0")
+            .await
+            .expect("IPv6 loopback ::1 is needed for this test");
+        let (a4, a6) = (v4.local_addr().unwrap(), v6.local_addr().unwrap());
+        server.register_socket(v4);
+        server.register_socket(v6);
+        let got = (ask("127.0.0.1:0", a4).await, ask("[::1]:0", a6).await);
+        server.shutdown_gracefully().await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn hickory_refuses_the_family_without_allow_entries() {
+        use ResponseCode::{NoError, Refused};
+        assert_eq!(codes(&["127.0.0.1/32"]).await, (NoError, Refused));
+        assert_eq!(codes(&["::1/128"]).await, (Refused, NoError));
+        assert_eq!(codes(&["0.0.0.0/0"]).await, (NoError, Refused));
+        assert_eq!(codes(&["::/0"]).await, (Refused, NoError));
+        assert_eq!(codes(&["0.0.0.0/0", "::/0"]).await, (NoError, NoError));
+        assert_eq!(codes(&["10.0.0.0/8", "fd00::/8"]).await, (Refused, Refused));
+    }
 }

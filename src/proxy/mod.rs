@@ -26,10 +26,10 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::crypto::CryptoProvider;
 use rustls::server::ResolvesServerCert;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::access::AccessList;
 use crate::cache::Store;
-use crate::metrics::{Handshake, Metrics};
+use crate::config::LimitsConfig;
+use crate::conn::{self, Activity, Slot, Slots, Tracked, Watched};
+use crate::metrics::{self as m, Handshake, Metrics};
 use crate::names::{normalize, NamePattern};
 use crate::status::Status;
 use access_log::AccessLog;
@@ -51,7 +53,22 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A client that does not finish its TLS handshake within this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a first-byte or idle timeout the connection is asked to close gracefully (HTTP/2
+/// GOAWAY); it is dropped if that takes longer than this.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The largest request head: HTTP/1.1 read buffer (`max_buf_size`, which also caps the head) and
+/// HTTP/2 `max_header_list_size`. Registry requests carry small heads; the largest part is a
+/// bearer token (a few KiB). hyper's defaults are ~400 KiB (HTTP/1.1: × 4096 connections, 1.6 GiB of
+/// heads) and 16 KiB (HTTP/2). In HTTP/1.1 it also caps the write queue, which changes nothing for
+/// blobs: a 1 MiB cache chunk exceeds either value and is flushed alone.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header fields per HTTP/1.1 request (hyper's default, set explicitly).
+const MAX_HEADERS: usize = 100;
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200; RFC 9113 asks for ≥ 100).
+const MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams reset by the client before we answered, per connection, before it is closed
+/// (the "rapid reset" attack; the h2 crate's default, set explicitly).
+const MAX_PENDING_RESETS: usize = 20;
 
 /// One intercepted registry, as the proxy needs it.
 #[derive(Clone, Debug)]
@@ -78,6 +95,7 @@ pub struct Parts {
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
+    pub limits: LimitsConfig,
 }
 
 /// Everything a connection needs; shared by all connections.
@@ -98,6 +116,10 @@ pub struct Proxy {
     challenges: RwLock<std::collections::HashMap<String, http::HeaderValue>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    /// HTTPS and mirror connections together, capped at `limits.max_connections`.
+    slots: Arc<Slots>,
+    /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
+    limits: RwLock<LimitsConfig>,
 }
 
 impl Proxy {
@@ -113,6 +135,7 @@ impl Proxy {
             policy,
             metrics,
             status,
+            limits,
         } = parts;
         let mut tls = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -132,6 +155,8 @@ impl Proxy {
             challenges: RwLock::default(),
             metrics,
             status,
+            slots: Slots::new(limits.max_connections),
+            limits: RwLock::new(limits),
         })
     }
 
@@ -171,6 +196,21 @@ impl Proxy {
             .clone()
     }
 
+    /// The connection limits in force.
+    fn limits(&self) -> LimitsConfig {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the connection limits (config reload): the cap at once, timeouts for new
+    /// connections.
+    pub fn set_limits(&self, limits: LimitsConfig) {
+        self.slots.set_max(limits.max_connections);
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
     /// Replaces the routes and cache settings (config reload); requests under way keep theirs.
     pub fn reconfigure(&self, routes: Vec<Route>, policy: Policy) {
         let routes = Arc::new(routes.into_iter().map(Arc::new).collect());
@@ -200,11 +240,30 @@ pub async fn serve(
 ) {
     let mut loops = tokio::task::JoinSet::new();
     for (listener, kind) in listeners {
-        let accept = accept_loop(proxy.clone(), listener, kind, shutdown.clone(), grace);
-        loops.spawn(accept);
+        loops.spawn(accept_loop(proxy.clone(), listener, kind, shutdown.clone()));
     }
     while loops.join_next().await.is_some() {}
+    // Every connection saw `shutdown` and is closing gracefully; wait for them.
+    if tokio::time::timeout(grace, proxy.slots.drained())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            open = proxy.slots.open(),
+            "grace period over; closing the remaining connections"
+        );
+    }
     info!("https stopped");
+}
+
+impl Listener {
+    fn label(self) -> m::Listener {
+        match self {
+            Self::Https => m::Listener::Https,
+            Self::Mirror => m::Listener::Mirror,
+        }
+    }
 }
 
 async fn accept_loop(
@@ -212,9 +271,7 @@ async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
     shutdown: CancellationToken,
-    grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,32 +285,43 @@ async fn accept_loop(
             },
             () = shutdown.cancelled() => break,
         };
+        // Both families: `allows` compares IPv4-mapped IPv6 peers as IPv4.
         if !proxy.access.allows(peer.ip()) {
+            proxy.metrics.rejected(kind.label(), m::Rejected::Access);
             warn!(%peer, "connection refused: client not in access.allow");
             continue;
         }
-        let watcher = graceful.watcher();
+        let Some(slot) = proxy.slots.try_take() else {
+            // Dropping the stream closes it at once; debug only, as a flood would flood the log.
+            proxy.metrics.rejected(kind.label(), m::Rejected::Limit);
+            debug!(%peer, "connection refused: limits.max_connections reached");
+            continue;
+        };
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
         match kind {
-            Listener::Https => tokio::spawn(connection(proxy.clone(), stream, peer, watcher)),
+            Listener::Https => tokio::spawn(connection(proxy, stream, peer, slot, shutdown)),
             Listener::Mirror => {
-                tokio::spawn(mirror_connection(proxy.clone(), stream, peer, watcher))
+                tokio::spawn(mirror_connection(proxy, stream, peer, slot, shutdown))
             }
         };
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(
-            ?grace,
-            "grace period over; closing the remaining connections"
-        );
-    }
 }
 
-async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+async fn connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: Slot,
+    shutdown: CancellationToken,
+) {
+    let _open = proxy.metrics.open(m::Listener::Https);
     let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream)).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream));
+    let tls = tokio::select! {
+        done = handshake => done,
+        () = shutdown.cancelled() => return,
+    };
+    let tls = match tls {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // rustls says this when the resolver had no certificate: not our name, or no SNI.
@@ -288,18 +356,15 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watc
         sni,
         mirror: false,
     };
+    // The first-byte clock starts here, at the end of the handshake.
     // HTTP/2 writes frame by frame; see `records` for why its records are coalesced.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_http(
-            proxy,
-            TokioIo::new(records::Records::new(tls)),
-            ctx,
-            watcher,
-        )
-        .instrument(span)
-        .await;
+        let io = records::Records::new(tls);
+        serve_http(proxy, io, ctx, Listener::Https, shutdown)
+            .instrument(span)
+            .await;
     } else {
-        serve_http(proxy, TokioIo::new(tls), ctx, watcher)
+        serve_http(proxy, tls, ctx, Listener::Https, shutdown)
             .instrument(span)
             .await;
     }
@@ -309,8 +374,10 @@ async fn mirror_connection(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    _slot: Slot,
+    shutdown: CancellationToken,
 ) {
+    let _open = proxy.metrics.open(m::Listener::Mirror);
     let _ = stream.set_nodelay(true);
     let span = info_span!("mirror", %peer);
     let ctx = forward::ConnCtx {
@@ -318,32 +385,97 @@ async fn mirror_connection(
         sni: String::new(),
         mirror: true,
     };
-    serve_http(proxy, TokioIo::new(stream), ctx, watcher)
+    serve_http(proxy, stream, ctx, Listener::Mirror, shutdown)
         .instrument(span)
         .await;
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one (TLS or plain) connection.
-async fn serve_http<I>(proxy: Arc<Proxy>, io: I, ctx: forward::ConnCtx, watcher: Watcher)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+/// Serves HTTP/1.1 and HTTP/2 on one (TLS or plain) connection, within the connection limits:
+/// closed when no byte comes within `first_byte_timeout`, when no request is in flight for
+/// `idle_timeout`, and (gracefully) on `shutdown`.
+async fn serve_http<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    ctx: forward::ConnCtx,
+    kind: Listener,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = proxy.limits();
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
     let ctx = Arc::new(ctx);
-    let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &ctx).await) }
-    });
+    let service = {
+        let (proxy, activity) = (proxy.clone(), activity.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let (proxy, ctx) = (proxy.clone(), ctx.clone());
+            let in_flight = activity.begin();
+            async move {
+                let resp = proxy.handle(req, &ctx).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+            }
+        })
+    };
+    let builder = http_builder(&limits);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let expiry = conn::expiry(&activity, limits.first_byte_timeout, limits.idle_timeout);
+    let timed_out = tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        why = expiry => {
+            proxy.metrics.expired(kind.label(), expired_label(why));
+            debug!(?why, "closing the connection: timeout");
+            true
+        }
+        () = shutdown.cancelled() => false,
+    };
+    // HTTP/1.1: closes once no request is in flight; HTTP/2: GOAWAY, then closes.
+    conn.as_mut().graceful_shutdown();
+    if timed_out {
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+    } else if let Err(e) = conn.await {
+        debug!(error = %e, "connection ended with an error while draining");
+    }
+}
+
+fn expired_label(why: conn::Expired) -> m::Expired {
+    match why {
+        conn::Expired::FirstByte => m::Expired::FirstByte,
+        conn::Expired::Idle => m::Expired::Idle,
+    }
+}
+
+/// The server side of one connection, with the limits of `[limits]` and hyper's own bounds set
+/// explicitly.
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(io, service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(error = %e, "connection ended with an error");
-    }
+        // hyper starts this whenever the connection waits for a request head: it bounds a slow
+        // head (slowloris) and an idle HTTP/1.1 keep-alive connection alike.
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(
+            limits
+                .h2_keepalive_interval
+                .unwrap_or(Duration::from_secs(20)),
+        );
+    builder
 }
 
 fn strip_port(host: &str) -> &str {
