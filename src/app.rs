@@ -327,15 +327,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.dir", old.cache.dir == new.cache.dir);
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
-    // Read by nothing live yet (the fills will read them).
-    check(
-        "limits.max_fills",
-        old.limits.max_fills == new.limits.max_fills,
-    );
-    check(
-        "limits.max_fills_per_registry",
-        old.limits.max_fills_per_registry == new.limits.max_fills_per_registry,
-    );
     notes
 }
 

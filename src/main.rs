@@ -223,11 +223,16 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: a SIGTERM that comes as soon as "listening" is logged still drains.
+        let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let log = AccessLog::open(&config.log).context("cannot open log.access_file")?;
         let mut bound = app::build(config, log).await?;
         let reloader = bound.reloader.take().expect("build makes a reloader");
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), reloader, path, levels));
+        let handlers = (term, hup);
+        tokio::spawn(signals(shutdown.clone(), handlers, reloader, path, levels));
         app::run(bound, shutdown).await;
         Ok(())
     })
@@ -236,13 +241,11 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 /// SIGINT/SIGTERM: drain and stop. SIGHUP: re-read the configuration and reopen the access log.
 async fn signals(
     shutdown: CancellationToken,
+    (mut term, mut hup): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
     mut reloader: app::Reloader,
     path: Option<PathBuf>,
     levels: FilterHandle,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

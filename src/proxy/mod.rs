@@ -142,6 +142,10 @@ impl Proxy {
             .with_no_client_auth()
             .with_cert_resolver(certs);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cache.set_fill_limits(crate::cache::FillLimits {
+            max_fills: limits.max_fills,
+            max_fills_per_registry: limits.max_fills_per_registry,
+        });
         Ok(Self {
             routes: RwLock::new(Arc::new(routes.into_iter().map(Arc::new).collect())),
             client,
@@ -208,6 +212,10 @@ impl Proxy {
     /// connections.
     pub fn set_limits(&self, limits: LimitsConfig) {
         self.slots.set_max(limits.max_connections);
+        self.cache.set_fill_limits(crate::cache::FillLimits {
+            max_fills: limits.max_fills,
+            max_fills_per_registry: limits.max_fills_per_registry,
+        });
         *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
