@@ -155,17 +155,23 @@ impl Proxy {
             warn!(registry = %route.host, %status, realm = %c.realm, "token service refused the appliance");
             return None;
         };
-        let life = expires_in
-            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
-            .saturating_sub(Duration::from_secs(10))
-            .max(Duration::from_secs(5))
-            .min(MAX_TOKEN_LIFE);
+        let life = token_life(expires_in);
         Some((HeaderValue::try_from(format!("Bearer {token}")).ok()?, life))
     }
 }
 
 /// A token is kept at most this long, whatever `expires_in` says (any number must not overflow).
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long to use a token the service says lives `expires_in` seconds: 10 s less, at least 5 s,
+/// at most [`MAX_TOKEN_LIFE`].
+fn token_life(expires_in: Option<u64>) -> Duration {
+    expires_in
+        .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
+        .saturating_sub(Duration::from_secs(10))
+        .max(Duration::from_secs(5))
+        .min(MAX_TOKEN_LIFE)
+}
 
 fn basic(c: &Credentials) -> Option<HeaderValue> {
     let raw = format!("{}:{}", c.username, c.password.expose());
@@ -178,6 +184,25 @@ fn basic(c: &Credentials) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_expires_in_gives_a_usable_life() {
+        assert_eq!(token_life(Some(300)), Duration::from_secs(290));
+        assert_eq!(token_life(Some(0)), Duration::from_secs(5));
+        assert_eq!(token_life(Some(u64::MAX)), MAX_TOKEN_LIFE);
+        let deadline = tokio::time::Instant::now() + token_life(Some(u64::MAX));
+        assert!(deadline > tokio::time::Instant::now());
+        let parsed =
+            super::super::auth::parse_token_response(br#"{"token":"t","expires_in":1e300}"#);
+        assert_eq!(parsed, Some(("t".to_owned(), None)));
+        let huge = format!(r#"{{"token":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(
+            super::super::auth::parse_token_response(huge.as_bytes()),
+            None
+        );
+        let newline = br#"{"token":"a\nb","expires_in":18446744073709551615}"#;
+        assert_eq!(super::super::auth::parse_token_response(newline), None);
+    }
 
     #[tokio::test]
     async fn the_token_cache_stays_bounded() {

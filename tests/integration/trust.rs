@@ -186,3 +186,25 @@ async fn a_revoked_credential_loses_its_offline_access() {
     let offline = w.app.get(HUB, &private, &[("authorization", TOKEN)]).await;
     assert_not_served(&offline, "offline, revoked credential");
 }
+
+/// A fill whose 200 is a login page (an SSO proxy's answer to an anonymous client) records no
+/// grant: before, it marked the repository public, and the owner's cached blob was then served
+/// to anyone.
+#[tokio::test]
+async fn a_fill_that_fails_verification_grants_nothing() {
+    let w = World::start().await;
+    let digest = digest_of(&secret());
+    let private = format!("/v2/private/app/blobs/{digest}");
+    let owner = w.app.get(SSO, &private, &[("authorization", TOKEN)]).await;
+    assert_eq!(owner.status(), StatusCode::OK);
+    assert!(owner.body() == &secret(), "the owner gets the secret");
+    // An anonymous GET of another digest in the same repository: 302 to the login page, which
+    // answers 200; the fill fails verification.
+    let other = format!("/v2/private/app/blobs/{}", digest_of(b"anything else"));
+    let req = build("GET", SSO, &other, &[], Bytes::new());
+    // Its body is streamed as it comes and cut before the end when the digest does not match.
+    let login = w.app.try_request(SSO, req).await;
+    assert!(login.is_err() || login.is_ok_and(|r| r.body() != &secret()));
+    let anonymous = w.app.get(SSO, &private, &[]).await;
+    assert_not_served(&anonymous, "anonymous, after a login page was 'filled'");
+}

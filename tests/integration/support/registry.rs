@@ -323,7 +323,7 @@ async fn route(
         let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
         return ok(Bytes::from(body), "application/json", &[]).into();
     }
-    if let Some(reply) = odd_host(&host, &path, port) {
+    if let Some(reply) = odd_host(&host, &path, port, authorized) {
         return reply.into();
     }
     if registry_host(&host) && get_or_head && path == "/v2/evil/tagged/manifests/v1" {
@@ -468,9 +468,15 @@ async fn route(
 }
 
 /// The answers of [`ODD_HOSTS`].
-fn odd_host(host: &str, path: &str, port: u16) -> Option<Response<Full<Bytes>>> {
+/// `sso.test` serves the private blob to `TOKEN` holders (as an SSO-fronted registry serves its
+/// signed-in users).
+fn odd_host(host: &str, path: &str, port: u16, authorized: bool) -> Option<Response<Full<Bytes>>> {
     let found = StatusCode::FOUND;
+    let private = format!("/v2/private/app/blobs/{}", digest_of(&secret()));
     Some(match host {
+        "sso.test" if authorized && path == private => {
+            ok(secret(), "application/octet-stream", &[])
+        }
         "k8s.test" if path.starts_with("/v2/") => {
             redirect(&format!("https://store.test:{port}/bucket{path}"))
         }
