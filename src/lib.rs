@@ -29,6 +29,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod install;
 pub mod maintenance;
 pub mod metrics;

@@ -9,7 +9,7 @@ mod cached;
 mod forward;
 pub mod manifest;
 mod records;
-mod registry;
+pub(crate) mod registry;
 mod tokens;
 pub mod upstream;
 
