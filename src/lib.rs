@@ -31,6 +31,8 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod install;
 pub mod maintenance;
 pub mod metrics;

@@ -23,7 +23,10 @@ mod store;
 use std::fmt;
 
 pub use fill::{Fill, FillState, FillWriter};
-pub use store::{Claim, FillLimits, ObjectInfo, Reader, Store, TagEntry, TagKey, VerifyReport};
+pub use store::{
+    parse_meta, parse_tag, Claim, FillLimits, ObjectInfo, Reader, Store, TagEntry, TagKey,
+    VerifyReport,
+};
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).
 pub const CHUNK: usize = 1 << 20;

@@ -937,7 +937,11 @@ fn scan_objects(root: &Path) -> Result<(HashMap<Digest, Entry>, u64), Error> {
 }
 
 fn read_meta(path: &Path) -> (String, Vec<(String, String)>) {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    parse_meta(&fs::read_to_string(path).unwrap_or_default())
+}
+
+/// A `.meta` file's text: line 1 the media type, then `registry repo` lines.
+pub fn parse_meta(text: &str) -> (String, Vec<(String, String)>) {
     let mut lines = text.lines();
     let media_type = lines
         .next()
@@ -956,27 +960,7 @@ fn load_tags(dir: &Path, objects: &HashMap<Digest, Entry>) -> HashMap<TagKey, Ta
     let now = tokio::time::Instant::now();
     for file in fs::read_dir(dir).into_iter().flatten().flatten() {
         let text = fs::read_to_string(file.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let parsed = match lines.as_slice() {
-            [registry, repo, tag, accept, digest, media_type] => Digest::parse(digest).map(|d| {
-                let key = TagKey {
-                    registry: registry.to_string(),
-                    repo: repo.to_string(),
-                    tag: tag.to_string(),
-                    accept: accept.to_string(),
-                };
-                (
-                    key,
-                    TagEntry {
-                        digest: d,
-                        media_type: media_type.to_string(),
-                        fresh_until: now,
-                    },
-                )
-            }),
-            _ => None,
-        };
-        match parsed {
+        match parse_tag(&text, now) {
             Some((key, entry)) if objects.contains_key(&entry.digest) => {
                 tags.insert(key, entry);
             }
@@ -986,6 +970,27 @@ fn load_tags(dir: &Path, objects: &HashMap<Digest, Entry>) -> HashMap<TagKey, Ta
         }
     }
     tags
+}
+
+/// A tag file's text (`registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line),
+/// fresh until `fresh_until`.
+pub fn parse_tag(text: &str, fresh_until: tokio::time::Instant) -> Option<(TagKey, TagEntry)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let [registry, repo, tag, accept, digest, media_type] = lines.as_slice() else {
+        return None;
+    };
+    let key = TagKey {
+        registry: registry.to_string(),
+        repo: repo.to_string(),
+        tag: tag.to_string(),
+        accept: accept.to_string(),
+    };
+    let entry = TagEntry {
+        digest: Digest::parse(digest)?,
+        media_type: media_type.to_string(),
+        fresh_until,
+    };
+    Some((key, entry))
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {

@@ -850,7 +850,7 @@ impl Validator<'_> {
 
 /// A password file's content, without a trailing newline.
 fn read_secret(path: &str) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = read_credential_file(path)?;
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     let secret = secret.strip_suffix('\r').unwrap_or(secret);
     if secret.is_empty() {
@@ -863,7 +863,7 @@ fn read_secret(path: &str) -> Result<Secret, String> {
 /// `user:password`, or `username` + `password`). Docker Hub's key is "https://index.docker.io/v1/".
 fn docker_config_credentials(path: &str, names: &[String]) -> Result<Credentials, String> {
     use base64::Engine as _;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = read_credential_file(path)?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
     let auths = json.get("auths").and_then(|a| a.as_object());
@@ -902,6 +902,28 @@ fn docker_config_credentials(path: &str, names: &[String]) -> Result<Credentials
         username: user.to_owned(),
         password: Secret::new(pass),
     })
+}
+
+/// Credential files are read up to this size (a Docker config.json with many auths is a few KiB).
+const MAX_CREDENTIAL_FILE: u64 = 1 << 20;
+
+/// A credential file's text, refused beyond [`MAX_CREDENTIAL_FILE`] (so that `/dev/zero` or a
+/// log file named by mistake is an error, not an endless read). Fuzzing reads no files.
+fn read_credential_file(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    if cfg!(fuzzing) {
+        return Err(format!(
+            "cannot read {path}: files are not read while fuzzing"
+        ));
+    }
+    let cannot = |e: std::io::Error| format!("cannot read {path}: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut text = String::new();
+    (file.take(MAX_CREDENTIAL_FILE + 1).read_to_string(&mut text)).map_err(cannot)?;
+    if text.len() as u64 > MAX_CREDENTIAL_FILE {
+        return Err(format!("{path} is larger than {MAX_CREDENTIAL_FILE} bytes"));
+    }
+    Ok(text)
 }
 
 fn default_registries() -> Vec<Registry> {
@@ -1159,6 +1181,10 @@ mod tests {
             "{}",
             p[1].message
         );
+        let p = problems(
+            "[[registry]]\nhost = \"a.io\"\nusername = \"x\"\npassword_file = \"/dev/zero\"\n",
+        );
+        assert!(p[0].message.contains("larger than"), "{}", p[0].message);
     }
 
     #[test]

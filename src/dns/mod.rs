@@ -309,6 +309,62 @@ pub async fn serve(
     info!("dns stopped");
 }
 
+/// The bytes `handler` sends back for the raw request `raw` from `src`, encoded for UDP, as the
+/// server loop would produce them: a request shorter than a header, or a response, gets nothing;
+/// one that does not parse gets FORMERR; the rest goes through [`Handler`] (queries it forwards go
+/// to its resolver). For fuzzing and tests: no socket involved.
+pub async fn answer_raw(handler: &Handler, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+    use hickory_server::zone_handler::Queries;
+
+    let header = Header::read(&mut BinDecoder::new(raw)).ok()?;
+    let capture = Capture::default();
+    match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
+        Ok(request) if request.metadata.message_type == MessageType::Response => return None,
+        Ok(request) => {
+            (handler.handle_request::<_, TokioTime>(&request, capture.clone())).await;
+        }
+        Err(_) => {
+            let queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+            let response = MessageResponseBuilder::new(&queries, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            let _ = capture.clone().send_response(response).await;
+        }
+    }
+    let bytes = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    bytes
+}
+
+/// A [`ResponseHandler`] that keeps the encoded response instead of sending it.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        use hickory_server::proto::serialize::binary::BinEncoder;
+        let max = response.edns().map_or(512, |e| e.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = response.destructive_emit(&mut encoder)?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(info)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Hickory's access check on its own: a handler that answers everything, behind the rules

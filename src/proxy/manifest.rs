@@ -27,6 +27,10 @@ pub fn is_manifest(body: &[u8], content_type: &str) -> bool {
     if body.len() > MAX_MANIFEST || !manifest_type(content_type) {
         return false;
     }
+    // serde reads a struct from a JSON array too (fields in order): only an object is a manifest.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return false;
+    }
     let Ok(shape) = serde_json::from_slice::<Shape>(body) else {
         return false;
     };
@@ -89,5 +93,7 @@ mod tests {
             "application/json"
         ));
         assert!(!is_manifest(br#"{"schemaVersion":2}"#, "application/json"));
+        let array = br#"[2,"application/vnd.oci.image.index.v1+json",null,null,null,null]"#;
+        assert!(!is_manifest(array, "application/json"));
     }
 }

@@ -10,7 +10,7 @@ mod confirm;
 mod forward;
 pub mod manifest;
 mod records;
-mod registry;
+pub(crate) mod registry;
 mod tokens;
 pub mod upstream;
 
