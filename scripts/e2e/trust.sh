@@ -138,9 +138,9 @@ attack_cached_private() {
 attack_login_tag() {
     local path=/v2/team/app/manifests/latest listed
     attack_get https GET "$SSO_HOST" "$path" -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'
-    listed=$(app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" 2>&1 | grep -c '^sha256:' || true)
-    echo "objects referenced from $SSO_HOST in the cache: $listed"
-    app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" 2>&1 | sed -n '1,5p' || true
+    listed=$(app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" --repo team/app 2>&1 | grep -c '^sha256:' || true)
+    echo "objects referenced from $SSO_HOST/team/app in the cache: $listed"
+    app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" --repo team/app 2>&1 | sed -n '1,5p' || true
     # the upstream goes away (connection refused), the tag's TTL (2s) passes: would it be served offline?
     stop_pid "$SSO_PID"
     sleep 2.5
@@ -148,7 +148,7 @@ attack_login_tag() {
     local code=$A_CODE
     attack_get https GET "$SSO_HOST" "/v2/team/app/blobs/$(quay_blob)"
     local blob_code=$A_CODE blob_sum=$A_SUM
-    expect_eq "$listed" 0 "objects stored for $SSO_HOST after the login page"
+    expect_eq "$listed" 0 "objects stored for $SSO_HOST/team/app after the login page"
     [[ $code != 2* ]] || { echo "the login page's answer was served with the upstream down (x-cache $A_XC)"; return 1; }
     [[ $blob_code != 2* && $blob_sum != "$(quay_blob)" ]] || { echo "a private layer was served offline"; return 1; }
 }
@@ -438,7 +438,7 @@ fault_idle_connections() {
     cat "$FAULT/idle.ready"
     established=$(app ss -Htn state established "( sport = :443 or sport = :80 )" | wc -l)
     held=$(rss_kib "$FR_PID")
-    local hold_until=$((SECONDS + 30))
+    local hold_until=$((SECONDS + 40))
     echo "RSS before: $base KiB; with the connections open: $held KiB; established on :443/:80: $established"
     layer=$(fault_blob)
     fault_copy "$FAULT/idle-skopeo" >"$FAULT/idle-skopeo.log" 2>&1 & pids+=($!)
@@ -459,14 +459,15 @@ fault_idle_connections() {
     [[ ${rcs[0]} == 0 ]] && fault_copied_ok "$FAULT/idle-skopeo" || { tail -n 5 "$FAULT/idle-skopeo.log"; pulls_ok=0; }
     [[ $DOCKER_OK == 1 ]] && { tail -n 3 "$FAULT/idle-docker.log"; }
     expect_eq "sha256:$(sha256sum <"$FAULT/idle-mirror.bin" | cut -d' ' -f1)" "$layer" "digest of the mirror client's layer" || pulls_ok=0
-    # hold on for 30 s in all (slowloris bytes keep coming; a first-byte or idle timeout would show)
+    # hold on for 40 s in all: slowloris bytes keep coming; a first-byte or idle timeout would show (and
+    # hyper drops a request head still unfinished after 30 s)
     while [[ $SECONDS -lt $hold_until ]] && alive "$HPID"; do
         s=$(rss_kib "$FR_PID"); [[ $s -gt $peak ]] && peak=$s
         sleep 0.5
     done
     local end_est
     end_est=$(app ss -Htn state established "( sport = :443 or sport = :80 )" | wc -l)
-    echo "established on :443/:80 after 30 s: $end_est"
+    echo "established on :443/:80 after 40 s: $end_est"
     touch "$FAULT/idle.stop"
     wait "$HPID" || true
     HPID=''
@@ -479,7 +480,7 @@ fault_idle_connections() {
     jq -r '.slowloris[] | "  \(.target): sent \(.bytes_sent) bytes, closed after \(.closed_after_s) s: \(.outcome)"' \
         "$FAULT/idle.json" || true
     alive "$FR_PID" || { echo "regcache died"; return 1; }
-    echo "FIGURES: connections opened $(jq '[.targets[].opened] | add' "$FAULT/idle.json"), still open after 30 s" \
+    echo "FIGURES: connections opened $(jq '[.targets[].opened] | add' "$FAULT/idle.json"), still open after 40 s" \
         "$(jq '[.targets[].open_at_end] | add' "$FAULT/idle.json") (appliance side: $end_est established);" \
         "slowloris: $(jq -r '[.slowloris[] | "\(.bytes_sent) B, \(.outcome)"] | join("; ")' "$FAULT/idle.json");" \
         "RSS KiB before $base, held $held, peak $peak, after $after"
