@@ -299,6 +299,15 @@ fault_copied_ok() { # DEST-DIR: the copy holds the fault image's layer, whole
     [[ -f $1/blobs/sha256/${layer#sha256:} ]] || { echo "layer $layer missing from the copy"; return 1; }
     expect_eq "sha256:$(sha256sum <"$1/blobs/sha256/${layer#sha256:}" | cut -d' ' -f1)" "$layer" "digest of the copied layer"
 }
+retrying() { # CMD...: up to 4 attempts, 5 s apart; logs "retrying: ..." with the attempt that succeeded
+    local i
+    for ((i = 1; i <= 4; i++)); do
+        if "$@"; then echo "retrying: $1 succeeded on attempt $i"; return 0; fi
+        echo "retrying: $1 attempt $i failed"
+        [[ $i == 4 ]] || sleep 5
+    done
+    return 1
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------------------------------------------
@@ -441,9 +450,11 @@ fault_idle_connections() {
     local hold_until=$((SECONDS + 40))
     echo "RSS before: $base KiB; with the connections open: $held KiB; established on :443/:80: $established"
     layer=$(fault_blob)
-    fault_copy "$FAULT/idle-skopeo" >"$FAULT/idle-skopeo.log" 2>&1 & pids+=($!)
-    if [[ $DOCKER_OK == 1 ]]; then docker_pull_fresh ghcr.io/acme/tool:v1 tool >"$FAULT/idle-docker.log" 2>&1 & pids+=($!); fi
-    cli curl -sS --max-time 180 "http://$APP_IP/v2/nvidia/fault/blobs/$layer?ns=$NVCR_HOST" -o "$FAULT/idle-mirror.bin" \
+    # each client may retry (up to 4 attempts, 5 s apart), as dockerd does on its own: with a connection
+    # cap (limits.max_connections) the idle connections may hold every slot until they time out
+    retrying fault_copy "$FAULT/idle-skopeo" >"$FAULT/idle-skopeo.log" 2>&1 & pids+=($!)
+    if [[ $DOCKER_OK == 1 ]]; then retrying docker_pull_fresh ghcr.io/acme/tool:v1 tool >"$FAULT/idle-docker.log" 2>&1 & pids+=($!); fi
+    retrying cli curl -sS --max-time 120 "http://$APP_IP/v2/nvidia/fault/blobs/$layer?ns=$NVCR_HOST" -o "$FAULT/idle-mirror.bin" \
         >"$FAULT/idle-mirror.log" 2>&1 & pids+=($!)
     peak=$held
     for ((i = 0; i < 1800; i++)); do
@@ -458,6 +469,9 @@ fault_idle_connections() {
     for p in "${rcs[@]}"; do [[ $p == 0 ]] || pulls_ok=0; done
     [[ ${rcs[0]} == 0 ]] && fault_copied_ok "$FAULT/idle-skopeo" || { tail -n 5 "$FAULT/idle-skopeo.log"; pulls_ok=0; }
     [[ $DOCKER_OK == 1 ]] && { tail -n 3 "$FAULT/idle-docker.log"; }
+    local attempts
+    attempts=$(cat "$FAULT"/idle-{skopeo,docker,mirror}.log 2>/dev/null | sed -n 's/^retrying: \(.*\)$/\1/p' | paste -sd';' || true)
+    echo "attempts: $attempts"
     expect_eq "sha256:$(sha256sum <"$FAULT/idle-mirror.bin" | cut -d' ' -f1)" "$layer" "digest of the mirror client's layer" || pulls_ok=0
     # hold on for 40 s in all: slowloris bytes keep coming; a first-byte or idle timeout would show (and
     # hyper drops a request head still unfinished after 30 s)
@@ -482,7 +496,7 @@ fault_idle_connections() {
     alive "$FR_PID" || { echo "regcache died"; return 1; }
     echo "FIGURES: connections opened $(jq '[.targets[].opened] | add' "$FAULT/idle.json"), still open after 40 s" \
         "$(jq '[.targets[].open_at_end] | add' "$FAULT/idle.json") (appliance side: $end_est established);" \
-        "slowloris: $(jq -r '[.slowloris[] | "\(.bytes_sent) B, \(.outcome)"] | join("; ")' "$FAULT/idle.json");" \
+        "pull attempts: $attempts; slowloris: $(jq -r '[.slowloris[] | "\(.bytes_sent) B, \(.outcome)"] | join("; ")' "$FAULT/idle.json");" \
         "RSS KiB before $base, held $held, peak $peak, after $after"
     expect_eq "$pulls_ok" 1 "all pulls finished with the right bytes"
     [[ $peak -lt $RSS_CAP_KIB ]] || { echo "peak RSS $peak KiB >= cap $RSS_CAP_KIB KiB"; return 1; }
