@@ -46,9 +46,9 @@
 # Logs of every service and check go to a work dir, kept (and printed) on failure or with E2E_KEEP=1.
 #
 # Environment: REGCACHE_BIN (skip cargo build), E2E_ONLY (default: everything; "trust" = the attack and
-# fault checks plus the setup they need; or a comma list of main, attacks, faults), E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default
-# /tmp), PYTHON (default /usr/bin/python3), RUST_LOG (passed to regcache when set; unset by default, so
-# regcache's own default filter applies).
+# fault checks plus the setup they need, about 2.5 minutes; or a comma list of main, attacks, faults),
+# E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default /tmp), PYTHON (default /usr/bin/python3),
+# RUST_LOG (passed to regcache when set; unset by default, so regcache's own default filter applies).
 # Tools besides those checked at start (a missing one fails or skips its checks): docker-compose (v1,
 # Debian package docker-compose), setcap/getcap (libcap2-bin), promtool (prometheus), ctr (containerd).
 set -Eeuo pipefail
