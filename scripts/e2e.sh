@@ -37,7 +37,7 @@
 # Trust checks (issue 9; scripts/e2e/trust.sh, sourced): attacks while the first appliance runs (a registry
 # that redirects every request, as registry.k8s.io does, and one behind an SSO login page, tried with
 # quay.io's cached private digests over HTTPS and the mirror; credential headers on a cross-host
-# redirect), then faults after it stopped (upstream reset mid-blob, kill -9 mid-fill, a full tmpfs
+# redirect; a registry whose HEAD of a tag names another registry's private digest), then faults after it stopped (upstream reset mid-blob, kill -9 mid-fill, a full tmpfs
 # cache, 5,000 idle connections plus slowloris, SIGTERM during a pull), each on a fresh appliance.
 #
 # Prints PASS/FAIL/SKIP/INFO/FINDING lines and ends with "e2e: N passed, M failed"; exit 1 on any FAIL.
@@ -81,9 +81,12 @@ K8S_HOST=registry.k8s.io      K8S_IP=198.51.100.50    # 307s every /v2/ object r
 K8S_STORE=registry-k8s-io-store.s3.example.net K8S_STORE_IP=198.51.100.51   # holds nothing: 404
 SSO_HOST=registry.corp.example SSO_IP=198.51.100.60   # behind an SSO proxy: 302s everything to its login host
 LOGIN_HOST=login.corp.example  LOGIN_IP=198.51.100.61 # 200 text/html for everything
+LIAR_HOST=registry.liar.example LIAR_IP=198.51.100.70  # its HEAD of a tag names a digest its GET does not serve
 UPSTREAMS=("$HUB_HOST:$HUB_IP" "$AUTH_HOST:$AUTH_IP" "$CDN_HOST:$CDN_IP" "$GHCR_HOST:$GHCR_IP" "$NVCR_HOST:$NVCR_IP"
-    "$QUAY_HOST:$QUAY_IP" "$K8S_HOST:$K8S_IP" "$K8S_STORE:$K8S_STORE_IP" "$SSO_HOST:$SSO_IP" "$LOGIN_HOST:$LOGIN_IP")
-INTERCEPTED=(registry-1.docker.io docker.io index.docker.io auth.docker.io ghcr.io nvcr.io quay.io "$K8S_HOST" "$SSO_HOST")
+    "$QUAY_HOST:$QUAY_IP" "$K8S_HOST:$K8S_IP" "$K8S_STORE:$K8S_STORE_IP" "$SSO_HOST:$SSO_IP" "$LOGIN_HOST:$LOGIN_IP"
+    "$LIAR_HOST:$LIAR_IP")
+INTERCEPTED=(registry-1.docker.io docker.io index.docker.io auth.docker.io ghcr.io nvcr.io quay.io "$K8S_HOST" "$SSO_HOST"
+    "$LIAR_HOST")
 TOKEN_ISSUER=e2e-token-issuer
 SEED_USER=seed
 QUAY_USER=robot
@@ -328,7 +331,7 @@ mint_pki() {
         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
     local name
     for name in "$HUB_HOST" "$AUTH_HOST" "$CDN_HOST" "$GHCR_HOST" "$NVCR_HOST" "$QUAY_HOST" \
-        "$K8S_HOST" "$K8S_STORE" "$SSO_HOST" "$LOGIN_HOST"; do
+        "$K8S_HOST" "$K8S_STORE" "$SSO_HOST" "$LOGIN_HOST" "$LIAR_HOST"; do
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
         printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
             "$name" >"$name.ext"
@@ -388,7 +391,7 @@ bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --log-queries --us
     --host-record="$GHCR_HOST,$GHCR_IP" --host-record="$NVCR_EDGE,$NVCR_IP" --cname="$NVCR_HOST,$NVCR_EDGE" \
     --host-record="$QUAY_HOST,$QUAY_IP" \
     --host-record="$K8S_HOST,$K8S_IP" --host-record="$K8S_STORE,$K8S_STORE_IP" \
-    --host-record="$SSO_HOST,$SSO_IP" --host-record="$LOGIN_HOST,$LOGIN_IP" \
+    --host-record="$SSO_HOST,$SSO_IP" --host-record="$LOGIN_HOST,$LOGIN_IP" --host-record="$LIAR_HOST,$LIAR_IP" \
     --host-record="$OTHER_HOST,$OTHER_IP" --cname="www.$OTHER_HOST,$OTHER_HOST" \
     --address=/#/
 DNSMASQ_PID=$!

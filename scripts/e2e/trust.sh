@@ -14,7 +14,9 @@
 #   - an anonymous GET of a tag through the login-page registry is neither stored nor mapped, and does
 #     not make the repository public (with that upstream gone, the tag is not served);
 #   - a blob GET with Cookie and Authorization whose upstream (Docker Hub) redirects to the CDN: the CDN
-#     gets neither header.
+#     gets neither header;
+#   registry.liar.example   its HEAD of any tag names quay.io's private manifest digest
+#   - a HEAD then a GET of a tag through it, anonymously: the GET never serves quay.io's manifest.
 # Faults (fresh state dirs holding the run's CA; nvcr.io/nvidia/fault:1 has one 24 MiB layer):
 #   upstream reset mid-blob, kill -9 mid-fill, a full 64 MiB tmpfs cache, 5,000 idle connections plus
 #   slowloris clients, SIGTERM during a pull. Upstream faults go through scripts/e2e/tcp_relay.py behind
@@ -45,15 +47,21 @@ start_trust_upstreams() {
     bg upstream-login "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$LOGIN_IP:443" \
         --tls-cert "$PKI/$LOGIN_HOST.crt" --tls-key "$PKI/$LOGIN_HOST.key" --mode login
     LOGIN_PID=$!
+    bg upstream-liar "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$LIAR_IP:443" \
+        --tls-cert "$PKI/$LIAR_HOST.crt" --tls-key "$PKI/$LIAR_HOST.key" --mode liar --claim "${DIGEST[quay]}"
+    LIAR_PID=$!
     wait_for "$K8S_HOST" "$K8S_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$K8S_HOST/v2/" &&
         wait_for "$K8S_STORE" "$K8S_STORE_PID" 100 0.1 http_code_in 404 app_curl --max-time 2 "https://$K8S_STORE/x" &&
         wait_for "$SSO_HOST" "$SSO_PID" 100 0.1 http_code_in 302 app_curl --max-time 2 "https://$SSO_HOST/v2/" &&
-        wait_for "$LOGIN_HOST" "$LOGIN_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$LOGIN_HOST/login"
+        wait_for "$LOGIN_HOST" "$LOGIN_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$LOGIN_HOST/login" &&
+        wait_for "$LIAR_HOST" "$LIAR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$LIAR_HOST/v2/"
 }
 stop_trust_upstreams() {
     local pid
-    for pid in ${K8S_PID:-} ${K8S_STORE_PID:-} ${SSO_PID:-} ${LOGIN_PID:-}; do stop_pid "$pid"; forget_pid "$pid"; done
-    K8S_PID='' K8S_STORE_PID='' SSO_PID='' LOGIN_PID=''
+    for pid in ${K8S_PID:-} ${K8S_STORE_PID:-} ${SSO_PID:-} ${LOGIN_PID:-} ${LIAR_PID:-}; do
+        stop_pid "$pid"; forget_pid "$pid"
+    done
+    K8S_PID='' K8S_STORE_PID='' SSO_PID='' LOGIN_PID='' LIAR_PID=''
 }
 
 ZERO_DIGEST=sha256:$(printf '%064d' 0)
@@ -76,6 +84,31 @@ world_sso_login() {
         echo "GET -L $path: $out"
         [[ $out == "200 text/html"*" https://$LOGIN_HOST/login?next="* ]] || { echo "want the login page"; return 1; }
     done
+}
+
+world_liar() {
+    local out path=/v2/team/app/manifests/v1
+    out=$(app_curl -I -o /dev/null -w '%{http_code} %header{docker-content-digest}' "https://$LIAR_HOST$path")
+    echo "HEAD $path: $out"
+    expect_eq "$out" "200 ${DIGEST[quay]}" "HEAD answer"
+    out=$(app_curl -o "$W/liar-body" -w '%{http_code} %header{docker-content-digest}' "https://$LIAR_HOST$path")
+    echo "GET $path: $out (body $(wc -c <"$W/liar-body") bytes)"
+    expect_eq "$out" "200 sha256:$(sha256sum <"$W/liar-body" | cut -d' ' -f1)" "GET answer and the digest of its body"
+}
+
+# A HEAD of a tag whose Docker-Content-Digest names quay.io's cached private manifest, then a GET of it
+# (same Accept), anonymously: the GET must not serve that manifest (a tag maps to the digest of manifest
+# bytes regcache fetched and verified).
+attack_head_tag() {
+    local via=$1 tag=$2 path leaks=0 method
+    path=/v2/team/app/manifests/$tag
+    for method in HEAD GET GET; do
+        attack_get "$via" "$method" "$LIAR_HOST" "$path" -H 'Accept: application/vnd.oci.image.manifest.v1+json'
+        if [[ $method == GET && ($A_SUM == "${DIGEST[quay]}" || ($A_CODE == 2* && $A_DCD == "${DIGEST[quay]}")) ]]; then
+            echo "  LEAK: quay.io's private manifest served for $LIAR_HOST$path"; leaks=$((leaks + 1))
+        fi
+    done
+    expect_eq "$leaks" 0 "GETs answered with quay.io's private manifest"
 }
 
 # the quay.io private layer and manifest (Basic auth) are in the cache: served as HITs with credentials
@@ -176,11 +209,16 @@ attack_cookie_redirect() {
 }
 
 trust_attacks() {
-    run_check_here "attack setup: $K8S_HOST (307 to its store), its store, $SSO_HOST (302 to its login host) and the login host start" \
+    run_check_here "attack setup: $K8S_HOST (307 to its store), its store, $SSO_HOST (302 to its login host), its login host and $LIAR_HOST start" \
         start_trust_upstreams
     run_check "attack world: $K8S_HOST answers any /v2/ object with a 307 to $K8S_STORE, which answers 404" world_k8s_redirects
     run_check "attack world: $SSO_HOST answers everything with a 302 to $LOGIN_HOST, which answers 200 text/html" world_sso_login
+    run_check "attack world: $LIAR_HOST's HEAD of a tag names quay.io's private manifest digest; its GET serves another manifest" \
+        world_liar
     run_check "attack setup: quay.io's private layer and manifest are cached (HIT with credentials)" private_cached
+    run_check "attack: a HEAD of a tag through $LIAR_HOST naming quay.io's cached private manifest, then GETs of that tag (anonymous, HTTPS): that manifest is not served" \
+        attack_head_tag https v1
+    run_check "attack: the same through the mirror listener (?ns=$LIAR_HOST): not served" attack_head_tag mirror v2
     run_check "attack: quay.io's cached private layer/manifest by digest through $K8S_HOST over HTTPS (anonymous HEAD/GET): not served" \
         attack_cached_private "$K8S_HOST" https yes
     run_check "attack: the same through the mirror listener (?ns=$K8S_HOST): not served" \
