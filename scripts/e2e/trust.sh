@@ -532,7 +532,8 @@ fault_idle_connections() {
     jq -r '.slowloris[] | "  \(.target): sent \(.bytes_sent) bytes, closed after \(.closed_after_s) s: \(.outcome)"' \
         "$FAULT/idle.json" || true
     alive "$FR_PID" || { echo "regcache died"; return 1; }
-    echo "FIGURES: connections opened $(jq '[.targets[].opened] | add' "$FAULT/idle.json"), still open after 40 s" \
+    echo "FIGURES: connections opened $(jq '[.targets[].opened] | add' "$FAULT/idle.json") ($(cat "$FAULT/idle.ready" | tr -d '\n')," \
+        "$established established at the appliance then), still open after 40 s" \
         "$(jq '[.targets[].open_at_end] | add' "$FAULT/idle.json") (appliance side: $end_est established);" \
         "pull attempts: $attempts; slowloris: $(jq -r '[.slowloris[] | "\(.bytes_sent) B, \(.outcome)"] | join("; ")' "$FAULT/idle.json");" \
         "RSS KiB before $base, held $held, peak $peak, after $after"
