@@ -34,14 +34,21 @@
 # docker-compose.yml runs the appliance (image from scripts/docker-image.sh, uid 10001, file capability
 # for ports 53/443/80) on a dockerd inside APP, and a subset of the client checks runs against it.
 #
+# Trust checks (issue 9; scripts/e2e/trust.sh, sourced): attacks while the first appliance runs (a registry
+# that redirects every request, as registry.k8s.io does, and one behind an SSO login page, tried with
+# quay.io's cached private digests over HTTPS and the mirror; credential headers on a cross-host
+# redirect; a registry whose HEAD of a tag names another registry's private digest), then faults after it stopped (upstream reset mid-blob, kill -9 mid-fill, a full tmpfs
+# cache, 5,000 idle connections plus slowloris, SIGTERM during a pull), each on a fresh appliance.
+#
 # Prints PASS/FAIL/SKIP/INFO/FINDING lines and ends with "e2e: N passed, M failed"; exit 1 on any FAIL.
 # FINDING lines state observed client behaviour (dockerd's trust for Docker Hub names); each is also a
 # PASS/FAIL check that asserts the behaviour found, so a change in it fails the run.
 # Logs of every service and check go to a work dir, kept (and printed) on failure or with E2E_KEEP=1.
 #
-# Environment: REGCACHE_BIN (skip cargo build), E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default
-# /tmp), PYTHON (default /usr/bin/python3), RUST_LOG (passed to regcache when set; unset by default, so
-# regcache's own default filter applies).
+# Environment: REGCACHE_BIN (skip cargo build), E2E_ONLY (default: everything; "trust" = the attack and
+# fault checks plus the setup they need, about 2.5 minutes; or a comma list of main, attacks, faults),
+# E2E_KEEP=1, E2E_WORKDIR (parent of the work dir, default /tmp), PYTHON (default /usr/bin/python3),
+# RUST_LOG (passed to regcache when set; unset by default, so regcache's own default filter applies).
 # Tools besides those checked at start (a missing one fails or skips its checks): docker-compose (v1,
 # Debian package docker-compose), setcap/getcap (libcap2-bin), promtool (prometheus), ctr (containerd).
 set -Eeuo pipefail
@@ -69,13 +76,31 @@ NVCR_HOST=nvcr.io             NVCR_IP=198.51.100.30
 QUAY_HOST=quay.io             QUAY_IP=198.51.100.40   # HTTP Basic auth (htpasswd)
 NVCR_EDGE=nvcr-edge.example.net   # nvcr.io is a CNAME to this name, to exercise CNAME chains upstream
 OTHER_HOST=example.org        OTHER_IP=198.51.100.99
+# the trust checks' registries that redirect without checking (scripts/e2e/trust.sh)
+K8S_HOST=registry.k8s.io      K8S_IP=198.51.100.50    # 307s every /v2/ object request to its store
+K8S_STORE=registry-k8s-io-store.s3.example.net K8S_STORE_IP=198.51.100.51   # holds nothing: 404
+SSO_HOST=registry.corp.example SSO_IP=198.51.100.60   # behind an SSO proxy: 302s everything to its login host
+LOGIN_HOST=login.corp.example  LOGIN_IP=198.51.100.61 # 200 text/html for everything
+LIAR_HOST=registry.liar.example LIAR_IP=198.51.100.70  # its HEAD of a tag names a digest its GET does not serve
 UPSTREAMS=("$HUB_HOST:$HUB_IP" "$AUTH_HOST:$AUTH_IP" "$CDN_HOST:$CDN_IP" "$GHCR_HOST:$GHCR_IP" "$NVCR_HOST:$NVCR_IP"
-    "$QUAY_HOST:$QUAY_IP")
-INTERCEPTED=(registry-1.docker.io docker.io index.docker.io auth.docker.io ghcr.io nvcr.io quay.io)
+    "$QUAY_HOST:$QUAY_IP" "$K8S_HOST:$K8S_IP" "$K8S_STORE:$K8S_STORE_IP" "$SSO_HOST:$SSO_IP" "$LOGIN_HOST:$LOGIN_IP"
+    "$LIAR_HOST:$LIAR_IP")
+INTERCEPTED=(registry-1.docker.io docker.io index.docker.io auth.docker.io ghcr.io nvcr.io quay.io "$K8S_HOST" "$SSO_HOST"
+    "$LIAR_HOST")
 TOKEN_ISSUER=e2e-token-issuer
 SEED_USER=seed
 QUAY_USER=robot
 BIG_MIB=96              # the blob of the coalescing check
+
+# E2E_ONLY: which phases run (want PHASE); setup runs whatever is chosen
+E2E_ONLY=${E2E_ONLY:-}
+want() { # main | attacks | faults
+    case ${E2E_ONLY:-all} in
+    all) return 0 ;;
+    trust) [[ $1 == attacks || $1 == faults ]] ;;
+    *) [[ ,$E2E_ONLY, == *",$1,"* ]] ;;
+    esac
+}
 
 # Proxy and trust settings of the caller must not leak into the clients.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
@@ -243,6 +268,7 @@ cleanup() {
 # preflight
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, dockerd)"
+[[ ,${E2E_ONLY:-trust}, =~ ^(,(main|attacks|faults|trust))+,$ ]] || die "E2E_ONLY: want trust or a comma list of main, attacks, faults"
 for tool in ip dig curl openssl jq skopeo podman dockerd docker docker-registry dnsmasq flock timeout "$PY"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
@@ -264,6 +290,9 @@ mkdir -p "$LOGS" "$PKI" "$W/checks" "$W/home/.docker" "$W/xdg-run" "$W/images"
 echo '{}' >"$W/home/.docker/config.json"    # podman insists on it once DOCKER_CONFIG is set
 info "work dir $W"
 T0=$SECONDS
+# shellcheck source=e2e/trust.sh
+. "$ASSETS/trust.sh"
+[[ -z $E2E_ONLY ]] || info "E2E_ONLY=$E2E_ONLY: main checks $(want main && echo on || echo off), attacks $(want attacks && echo on || echo off), faults $(want faults && echo on || echo off)"
 
 # ---------------------------------------------------------------------------------------------------
 # regcache binary
@@ -301,7 +330,8 @@ mint_pki() {
         -keyout ca.key -out ca.crt -subj "/CN=regcache e2e public root $$" \
         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
     local name
-    for name in "$HUB_HOST" "$AUTH_HOST" "$CDN_HOST" "$GHCR_HOST" "$NVCR_HOST" "$QUAY_HOST"; do
+    for name in "$HUB_HOST" "$AUTH_HOST" "$CDN_HOST" "$GHCR_HOST" "$NVCR_HOST" "$QUAY_HOST" \
+        "$K8S_HOST" "$K8S_STORE" "$SSO_HOST" "$LOGIN_HOST" "$LIAR_HOST"; do
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
         printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
             "$name" >"$name.ext"
@@ -360,6 +390,8 @@ bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --log-queries --us
     --host-record="$HUB_HOST,$HUB_IP" --host-record="$AUTH_HOST,$AUTH_IP" --host-record="$CDN_HOST,$CDN_IP" \
     --host-record="$GHCR_HOST,$GHCR_IP" --host-record="$NVCR_EDGE,$NVCR_IP" --cname="$NVCR_HOST,$NVCR_EDGE" \
     --host-record="$QUAY_HOST,$QUAY_IP" \
+    --host-record="$K8S_HOST,$K8S_IP" --host-record="$K8S_STORE,$K8S_STORE_IP" \
+    --host-record="$SSO_HOST,$SSO_IP" --host-record="$LOGIN_HOST,$LOGIN_IP" --host-record="$LIAR_HOST,$LIAR_IP" \
     --host-record="$OTHER_HOST,$OTHER_IP" --cname="www.$OTHER_HOST,$OTHER_HOST" \
     --address=/#/
 DNSMASQ_PID=$!
@@ -500,6 +532,10 @@ seed_all() {
     seed tool "$GHCR_HOST" acme/tool v1 --format docker --layer-mib 2 --layer-mib 3
     seed tiny "$NVCR_HOST" nvidia/tiny 25.03 --format docker --layer-mib 1
     seed quay "$QUAY_HOST" corp/app 1 --format oci --layer-mib 1 --layer-mib 2
+    # trust checks: a Docker Hub blob nothing else reads (redirected to the CDN with a cookie), and an
+    # image with one 24 MiB layer for the fault checks
+    seed cookie "$HUB_HOST" library/cookiejar 1 --format docker --layer-mib 1
+    seed fault "$NVCR_HOST" nvidia/fault 1 --format docker --layer-mib 24
     # one large random blob, no manifest: the coalescing check GETs it by digest
     head -c "$((BIG_MIB << 20))" /dev/urandom >"$W/images/big.bin"
     BIG_DIGEST=sha256:$(sha256sum "$W/images/big.bin" | cut -d' ' -f1)
@@ -544,6 +580,7 @@ world_skopeo() { # REF KEY [copy]
         isolated "$APP_NS" timeout 300 skopeo copy --src-cert-dir "$PKI/certdir" "docker://$1" "oci:$W/world-copy-$2:x"
     fi
 }
+if want main; then
 run_check "world: $HUB_HOST /v2/ is 401 with the auth.docker.io Bearer realm" world_hub_401
 run_check "world: $HUB_HOST blob GET is a 307 to $CDN_HOST" world_hub_redirect
 run_check "world: anonymous token cannot read e2eprivate/secret" world_anonymous_private
@@ -561,6 +598,7 @@ world_quay_basic() {
     expect_eq "$got" "${DIGEST[quay]}" "digest of $QUAY_HOST/corp/app:1 read with credentials"
 }
 run_check "world: $QUAY_HOST wants Basic auth; skopeo (direct) with credentials reads corp/app:1" world_quay_basic
+fi
 rm -f "/etc/netns/$APP_NS/hosts"
 
 if [[ $BIN_OK != 1 ]]; then
@@ -783,7 +821,9 @@ dockerd_token_logged() {
     grep -E "$DOCKER_TOKEN_RE" "$ACCESS_LOG" | sed -n '1,3p' || true
     [[ $(docker_token_lines) -gt 0 ]] || { echo "no line matches /$DOCKER_TOKEN_RE/"; return 1; }
 }
-if [[ $DOCKER_OK == 1 ]]; then
+if ! want main; then
+    :
+elif [[ $DOCKER_OK == 1 ]]; then
     run_check "dockerd: pull $HUB_HOST/library/small:1" docker_pull_fresh "$HUB_HOST/library/small:1" small
     run_check "dockerd: pull small:1 (short name)" docker_pull_fresh small:1 small
     run_check "dockerd: pull docker.io/library/alpine-ish:latest (OCI index)" docker_pull docker.io/library/alpine-ish:latest alpine
@@ -807,10 +847,12 @@ skopeo_pull() { # REF KEY
     rm -rf "${SKOPEO_OUT:?}/$2"; mkdir -p "$SKOPEO_OUT"
     cli_skopeo copy "docker://$1" "oci:$SKOPEO_OUT/$2:x"
 }
+if want main; then
 run_check "skopeo: docker.io/library/small:1" skopeo_pull docker.io/library/small:1 small
 run_check "skopeo: docker.io/library/alpine-ish:latest (OCI index)" skopeo_pull docker.io/library/alpine-ish:latest alpine
 run_check "skopeo: ghcr.io/acme/tool:v1" skopeo_pull ghcr.io/acme/tool:v1 tool
 run_check "skopeo: nvcr.io/nvidia/tiny:25.03" skopeo_pull nvcr.io/nvidia/tiny:25.03 tiny
+fi
 
 P=$W/podman
 mkdir -p "$P/root" "$P/runroot" "$P/tmp"
@@ -825,10 +867,12 @@ podman_pull() { # REF KEY
     # for an index podman's .Digest is the index digest too (RepoDigests has both)
     expect_eq "$got" "${DIGEST[$2]}" "podman digest of $1"
 }
+if want main; then
 run_check "podman: docker.io/library/small:1" podman_pull docker.io/library/small:1 small
 run_check "podman: docker.io/library/alpine-ish:latest (OCI index)" podman_pull docker.io/library/alpine-ish:latest alpine
 run_check "podman: ghcr.io/acme/tool:v1" podman_pull ghcr.io/acme/tool:v1 tool
 run_check "podman: nvcr.io/nvidia/tiny:25.03" podman_pull nvcr.io/nvidia/tiny:25.03 tiny
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # 5. push pass-through
@@ -845,7 +889,7 @@ push_through() {
         http_code_in 200 app_curl -I "https://$GHCR_HOST/v2/acme/pushed/blobs/$blob"
     done <"$W/images/pushed/push-plan"
 }
-run_check "push: skopeo copy to ghcr.io/acme/pushed:1 through the appliance lands upstream" push_through
+want main && run_check "push: skopeo copy to ghcr.io/acme/pushed:1 through the appliance lands upstream" push_through
 
 # ---------------------------------------------------------------------------------------------------
 # anonymous clients must not read a private repository
@@ -860,10 +904,12 @@ private_read_with_credentials() {
     got=$(cli_skopeo inspect --creds "$SEED_USER:$SEED_PASS" --format '{{.Digest}}' docker://docker.io/e2eprivate/secret:1)
     expect_eq "$got" "${DIGEST[private]}" "digest of docker.io/e2eprivate/secret:1 read with credentials"
 }
+if want main; then
 run_check "private: anonymous skopeo cannot read docker.io/e2eprivate/secret:1" anonymous_private_denied
 run_check "private: skopeo with $SEED_USER's credentials reads docker.io/e2eprivate/secret:1 (digest as pushed)" \
     private_read_with_credentials
 run_check "private: anonymous skopeo still cannot read it after that authorised read" anonymous_private_denied
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # content cache: 8 concurrent cold GETs of one blob reach the upstream once
@@ -904,7 +950,7 @@ coalesced_fill() {
     expect_eq "$n" "200 HIT" "a 9th GET after the fill"
     expect_eq "$(nvcr_blob_gets "$BIG_DIGEST")" 1 "upstream GETs of the blob after the 9th GET"
 }
-run_check "cache: 8 concurrent cold GETs of a $BIG_MIB MiB blob: all bodies match the digest, the upstream served it once" coalesced_fill
+want main && run_check "cache: 8 concurrent cold GETs of a $BIG_MIB MiB blob: all bodies match the digest, the upstream served it once" coalesced_fill
 
 # ---------------------------------------------------------------------------------------------------
 # content cache and a Basic-auth upstream (quay.io): cached objects only for clients it accepts
@@ -962,12 +1008,22 @@ basic_refused() {
     done
 }
 QUAY_WRONG=$QUAY_USER:wrong-$QUAY_PASS
+if want main; then
 run_check "basic auth: skopeo --creds copies $QUAY_REF through the appliance (digest as pushed)" basic_pull_with_credentials
 run_check "basic auth: without credentials skopeo inspect fails (unauthorized); cached layer and manifest GETs get 401" \
     basic_refused - 401 unauthorized
 run_check "basic auth: with a wrong password skopeo inspect fails (unauthorized); cached layer and manifest GETs get 401" \
     basic_refused "$QUAY_WRONG" 401 unauthorized
 run_check "basic auth: the right credentials get the layer and the manifest from the cache (x-cache HIT)" basic_cached_for_owner
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# trust: attacks (scripts/e2e/trust.sh), against this appliance with quay.io's private content cached
+
+if want attacks; then trust_attacks; fi
+
+# sections 6 to 9: main checks only
+if want main; then
 
 # ---------------------------------------------------------------------------------------------------
 # 6. dockerd's trust for Docker Hub names: FINDING lines, each also a check asserting what was found.
@@ -1368,7 +1424,13 @@ promtool_metrics() {
     promtool check metrics <"$METRICS"
 }
 run_check "metrics: /metrics after the pulls (metrics-after-pulls.txt) passes promtool check metrics" promtool_metrics
+fi # want main (sections 6 to 9)
 run_check_here "regcache exits 0 within 10 s of SIGTERM" stop_regcache
+
+# ---------------------------------------------------------------------------------------------------
+# trust: faults (scripts/e2e/trust.sh), each on a fresh appliance with the same CA
+
+if want faults; then trust_faults; fi
 
 # ---------------------------------------------------------------------------------------------------
 # 10. deployment: the repo's docker-compose.yml, run by docker-compose (v1) on a dockerd inside APP
@@ -1376,6 +1438,7 @@ run_check_here "regcache exits 0 within 10 s of SIGTERM" stop_regcache
 # pulled; `up --no-build`), ./certs holding the CA the clients already trust, a fresh ./cache, and
 # ./config/regcache.toml the e2e config. A representative set of the client checks runs against it.
 
+if want main; then
 AD=$W/app-docker     # APP's dockerd
 CD=$W/compose        # the compose project folder
 APP_DOCKER_PID='' COMPOSE_UP=0 CID=''
@@ -1539,6 +1602,7 @@ if [[ -n $APP_DOCKER_PID ]]; then
     [[ $COMPOSE_UP == 1 ]] && { compose down >"$LOGS/compose-down.log" 2>&1 || true; }
     stop_pid "$APP_DOCKER_PID"; forget_pid "$APP_DOCKER_PID"
 fi
+fi # want main (section 10)
 stop_dockerd
 
 

@@ -3,7 +3,9 @@
 
 Serves --root (the Docker-Hub registry's storage root) so the 307 targets of distribution's
 `redirect` storage middleware (baseurl + /docker/registry/v2/blobs/.../data) resolve. GET and HEAD.
-Directory listings are off. Each request is logged on stderr.
+Directory listings are off. Each request is logged on stderr with the names of the request headers
+it carried (hdrs=[...]): e2e.sh checks that no credential-bearing header (Authorization, Cookie)
+followed a cross-host redirect here.
 """
 import argparse
 import functools
@@ -28,7 +30,11 @@ class Handler(SimpleHTTPRequestHandler):
         return None
 
     def log_message(self, fmt, *args):
-        sys.stderr.write("%s host=%s %s\n" % (self.address_string(), self.headers.get("Host"), fmt % args))
+        headers = getattr(self, "headers", None)
+        names = ",".join(sorted(k.lower() for k in headers.keys())) if headers else ""
+        sys.stderr.write("%s host=%s hdrs=[%s] %s\n" % (self.address_string(), headers.get("Host") if headers else "-",
+                                                        names, fmt % args))
+        sys.stderr.flush()
 
 
 def main():
