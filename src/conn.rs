@@ -5,9 +5,10 @@
 //! A leaf: it imports nothing else from the crate. It decides nothing about HTTP; the listeners
 //! close a connection when [`expiry`] returns.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,18 +18,26 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A cap on open connections, shared by the listeners it covers; the cap can change while
-/// connections are open (config reload).
+/// connections are open (config reload). At the cap, a new connection closes the one that has
+/// been idle longest (no request in flight), so idle connections cannot lock clients out.
 #[derive(Debug)]
 pub struct Slots {
     open: AtomicUsize,
     max: AtomicUsize,
     /// Signalled when `open` drops to zero.
     drained: Notify,
+    /// The activity of each connection that is serving HTTP (see [`Slot::watch`]). std Mutex,
+    /// never held across .await.
+    members: Mutex<HashMap<u64, Weak<Activity>>>,
+    next: AtomicU64,
 }
 
 /// One open connection, counted in its [`Slots`] until dropped.
 #[derive(Debug)]
-pub struct Slot(Arc<Slots>);
+pub struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+}
 
 impl Slots {
     pub fn new(max: usize) -> Arc<Self> {
@@ -36,6 +45,8 @@ impl Slots {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             drained: Notify::new(),
+            members: Mutex::default(),
+            next: AtomicU64::new(0),
         })
     }
 
@@ -48,14 +59,35 @@ impl Slots {
         self.open.load(Ordering::Acquire)
     }
 
-    /// A slot, or `None` when the cap is reached.
+    /// A slot; at the cap, one made by closing the idlest connection, or `None` when every
+    /// connection has a request in flight (or is still in its TLS handshake).
     pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max.load(Ordering::Relaxed) {
+        if before >= self.max.load(Ordering::Relaxed) && !self.evict_idlest() {
             self.release();
             return None;
         }
-        Some(Slot(self.clone()))
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            slots: self.clone(),
+            id,
+        })
+    }
+
+    /// Tells the connection idle the longest to close (it goes within a second or so); false
+    /// when none is idle.
+    fn evict_idlest(&self) -> bool {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let idlest = (members.values())
+            .filter_map(Weak::upgrade)
+            .filter(|a| a.in_flight() == 0 && !a.evicted.load(Ordering::Acquire))
+            .min_by_key(|a| a.idle_since_instant());
+        let Some(activity) = idlest else {
+            return false;
+        };
+        activity.evicted.store(true, Ordering::Release);
+        activity.changed.notify_one();
+        true
     }
 
     fn release(&self) {
@@ -78,9 +110,20 @@ impl Slots {
     }
 }
 
+impl Slot {
+    /// Makes this connection one that a newcomer at the cap may close while it is idle.
+    pub fn watch(&self, activity: &Arc<Activity>) {
+        let mut members = self.slots.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.insert(self.id, Arc::downgrade(activity));
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.release();
+        let mut members = self.slots.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.remove(&self.id);
+        drop(members);
+        self.slots.release();
     }
 }
 
@@ -95,6 +138,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// One waiter (the connection's [`expiry`]); `notify_one` keeps a permit, so no wake is lost.
     changed: Notify,
+    /// Set when a newcomer at the connection cap needs this idle connection's slot.
+    evicted: AtomicBool,
 }
 
 impl Activity {
@@ -106,7 +151,13 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             changed: Notify::new(),
+            evicted: AtomicBool::new(false),
         })
+    }
+
+    /// Since when it has been idle (its start, before the first byte).
+    fn idle_since_instant(&self) -> Instant {
+        self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -155,6 +206,8 @@ pub enum Expired {
     FirstByte,
     /// No request in flight for `idle`, since the last request ended (or the first byte came).
     Idle,
+    /// Idle when a new connection needed its slot at the cap.
+    Evicted,
 }
 
 /// Returns when the connection should be closed: no byte within `first_byte` of
@@ -164,7 +217,11 @@ pub enum Expired {
 /// request head is bounded by the header timeout anyway.
 pub async fn expiry(activity: &Activity, first_byte: Duration, idle: Duration) -> Expired {
     let deadline = activity.born + first_byte;
+    let evicted = || activity.evicted.load(Ordering::Acquire) && activity.in_flight() == 0;
     while !activity.first_byte.load(Ordering::Acquire) {
+        if evicted() {
+            return Expired::Evicted;
+        }
         tokio::select! {
             () = activity.changed.notified() => {}
             () = tokio::time::sleep_until(deadline) => {
@@ -175,6 +232,9 @@ pub async fn expiry(activity: &Activity, first_byte: Duration, idle: Duration) -
         }
     }
     loop {
+        if evicted() {
+            return Expired::Evicted;
+        }
         if activity.in_flight() > 0 {
             activity.changed.notified().await;
             continue;
@@ -296,6 +356,29 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn at_the_cap_the_idlest_gives_way_and_busy_ones_do_not() {
+        let slots = Slots::new(2);
+        let (a, b) = (Activity::new(), Activity::new());
+        let slot_a = slots.try_take().unwrap();
+        slot_a.watch(&a);
+        let slot_b = slots.try_take().unwrap();
+        slot_b.watch(&b);
+        let (busy_a, _busy_b) = (a.begin(), b.begin());
+        assert!(slots.try_take().is_none(), "every connection is busy");
+        drop(busy_a);
+        let _c = slots.try_take().expect("the idle one gives way");
+        let long = Duration::from_secs(3600);
+        let why = tokio::time::timeout(Duration::from_secs(1), expiry(&a, long, long)).await;
+        assert_eq!(why.ok(), Some(Expired::Evicted));
+        assert!(
+            slots.try_take().is_none(),
+            "b is busy and a already gives way"
+        );
+        drop(slot_a);
+        assert_eq!(slots.open(), 2);
+    }
 
     #[test]
     fn slots_cap_and_release() {

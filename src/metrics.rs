@@ -143,6 +143,8 @@ pub enum Expired {
     FirstByte,
     /// No request in flight for `limits.idle_timeout`.
     Idle,
+    /// Idle when a new connection needed its slot at `limits.max_connections`.
+    Evicted,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,7 +191,7 @@ label_values! {
     Handshake { Ok => "ok", Refused => "refused", Failed => "failed" }
     Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
     Rejected { Access => "access", Limit => "limit" }
-    Expired { FirstByte => "first_byte", Idle => "idle" }
+    Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted" }
 }
 
 fn latency_histogram() -> Histogram {

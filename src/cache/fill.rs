@@ -175,8 +175,23 @@ impl FillWriter {
 
     /// Sets `size` bytes aside within the cache's size cap (evicting to make room); false when
     /// they cannot be, and the object should not be cached.
+    /// The blocks are allocated on disk too (`fallocate`), so that a full filesystem shows
+    /// now, when the upstream's answer can still go to the client whole, and not halfway through.
     pub fn reserve(&mut self, size: u64) -> bool {
-        self.store.reserve(&self.fill.digest, size)
+        if !self.store.reserve(&self.fill.digest, size) {
+            return false;
+        }
+        use rustix::fs::{fallocate, FallocateFlags};
+        match fallocate(&*self.fill.file, FallocateFlags::KEEP_SIZE, 0, size) {
+            Ok(()) => true,
+            // A filesystem that cannot preallocate: writes will tell.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => true,
+            Err(e) => {
+                tracing::warn!(digest = %self.fill.digest, size, error = %e, "no room on disk for the object: not cached");
+                self.store.release_reservation(&self.fill.digest);
+                false
+            }
+        }
     }
 
     /// The upstream did not answer with the object; readers must ask for themselves.

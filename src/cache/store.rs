@@ -420,6 +420,13 @@ impl Store {
         true
     }
 
+    /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
+    pub(super) fn release_reservation(&self, digest: &Digest) {
+        let mut state = self.lock();
+        let reserved = state.reserved.remove(digest).unwrap_or(0);
+        state.reserved_total -= reserved;
+    }
+
     fn release(state: &mut State, digest: &Digest) {
         state.fills.remove(digest);
         state.fill_registry.remove(digest);

@@ -319,7 +319,7 @@ async fn connection(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
-    _slot: Slot,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let _open = proxy.metrics.open(m::Listener::Https);
@@ -368,11 +368,11 @@ async fn connection(
     // HTTP/2 writes frame by frame; see `records` for why its records are coalesced.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         let io = records::Records::new(tls);
-        serve_http(proxy, io, ctx, Listener::Https, shutdown)
+        serve_http(proxy, io, ctx, Listener::Https, &slot, shutdown)
             .instrument(span)
             .await;
     } else {
-        serve_http(proxy, tls, ctx, Listener::Https, shutdown)
+        serve_http(proxy, tls, ctx, Listener::Https, &slot, shutdown)
             .instrument(span)
             .await;
     }
@@ -382,7 +382,7 @@ async fn mirror_connection(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
-    _slot: Slot,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let _open = proxy.metrics.open(m::Listener::Mirror);
@@ -393,7 +393,7 @@ async fn mirror_connection(
         sni: String::new(),
         mirror: true,
     };
-    serve_http(proxy, stream, ctx, Listener::Mirror, shutdown)
+    serve_http(proxy, stream, ctx, Listener::Mirror, &slot, shutdown)
         .instrument(span)
         .await;
 }
@@ -406,12 +406,14 @@ async fn serve_http<I>(
     io: I,
     ctx: forward::ConnCtx,
     kind: Listener,
+    slot: &Slot,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = proxy.limits();
     let activity = Activity::new();
+    slot.watch(&activity);
     let io = TokioIo::new(Watched::new(io, activity.clone()));
     let ctx = Arc::new(ctx);
     let service = {
@@ -456,6 +458,7 @@ fn expired_label(why: conn::Expired) -> m::Expired {
     match why {
         conn::Expired::FirstByte => m::Expired::FirstByte,
         conn::Expired::Idle => m::Expired::Idle,
+        conn::Expired::Evicted => m::Expired::Evicted,
     }
 }
 

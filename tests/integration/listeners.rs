@@ -367,19 +367,48 @@ async fn served_mirror_connection(addr: SocketAddr) -> TcpStream {
 }
 
 #[tokio::test]
-async fn over_max_connections_a_new_connection_is_closed_at_once() {
+async fn over_max_connections_the_idlest_gives_way_else_the_newcomer_is_closed() {
     let limits = "max_connections = 2\nfirst_byte_timeout = \"10s\"\nidle_timeout = \"30s\"\n";
     let app = Dual::start("[]", "127.0.0.1:0", limits).await;
-    let first = served_mirror_connection(Dual::pick(&app.mirror, false)).await;
-    let mut second = served_mirror_connection(Dual::pick(&app.mirror, true)).await;
-
-    // A third, on either listener and either family, is closed at once (the cap is shared).
+    // Two connections in their TLS handshake are not idle HTTP connections: none gives way, and
+    // a third, on either listener and either family, is closed at once (the cap is shared).
+    let shaking = [
+        TcpStream::connect(Dual::pick(&app.https, false))
+            .await
+            .unwrap(),
+        TcpStream::connect(Dual::pick(&app.https, true))
+            .await
+            .unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for addr in [Dual::pick(&app.mirror, false), Dual::pick(&app.https, true)] {
         let mut third = TcpStream::connect(addr).await.unwrap();
         let took = closed_within(&mut third, Duration::from_secs(2)).await;
         assert!(took < Duration::from_secs(1), "third closed after {took:?}");
     }
-    // The first two are still served.
+    drop(shaking);
+    let mut freed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if plain_http_answers(Dual::pick(&app.mirror, false), "/v2/").await {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the slots are free once those connections close");
+    // Two idle keep-alive connections: a newcomer is served, and the one idle longest closes.
+    let mut first = served_mirror_connection(Dual::pick(&app.mirror, false)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = served_mirror_connection(Dual::pick(&app.mirror, true)).await;
+    assert!(
+        plain_http_answers(Dual::pick(&app.mirror, false), "/v2/").await,
+        "newcomer served"
+    );
+    let took = closed_within(&mut first, Duration::from_secs(3)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "the idlest closed after {took:?}"
+    );
     second
         .write_all(b"GET /v2/ HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
@@ -390,17 +419,6 @@ async fn over_max_connections_a_new_connection_is_closed_at_once() {
         .expect("second still served")
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 "));
-    // Once one closes, its slot is free again.
-    drop(first);
-    let mut again = None;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if plain_http_answers(Dual::pick(&app.mirror, false), "/v2/").await {
-            again = Some(());
-            break;
-        }
-    }
-    assert!(again.is_some(), "a slot is free after a connection closes");
     let metrics = app.metrics().await;
     for listener in ["https", "mirror"] {
         let line = format!(
@@ -408,6 +426,8 @@ async fn over_max_connections_a_new_connection_is_closed_at_once() {
         );
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
+    let evicted = "regcache_connections_expired_total{listener=\"mirror\",timeout=\"evicted\"} 1";
+    assert!(metrics.contains(evicted), "{evicted} in\n{metrics}");
     app.stop().await;
 }
 
@@ -453,7 +473,11 @@ async fn a_slowloris_client_is_cut_off_by_the_header_timeout() {
 async fn a_reload_changes_the_connection_cap_at_once() {
     let mut app = Dual::start("[]", "127.0.0.1:0", "").await;
     let mirror = Dual::pick(&app.mirror, false);
-    let _held = served_mirror_connection(mirror).await;
+    // A connection in its TLS handshake holds its slot (an idle HTTP one would give way).
+    let _held = TcpStream::connect(Dual::pick(&app.https, false))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     app.reload("max_connections = 1\n");
     let mut refused = TcpStream::connect(mirror).await.unwrap();
     let took = closed_within(&mut refused, Duration::from_secs(2)).await;
