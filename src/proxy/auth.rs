@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -14,7 +13,6 @@ use tokio::time::Instant;
 
 use super::forward::empty;
 use super::upstream::Client;
-use crate::cache::Digest;
 
 /// How long a token service may take to answer the anonymous probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -24,16 +22,28 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Credential(String);
 
 impl Credential {
-    /// The Authorization header, else a Cookie (some registries authenticate with one): a
-    /// request carrying either is never taken as anonymous.
+    /// Everything in the request that may identify or authenticate the client: every value of
+    /// every header outside a short list of ones that cannot (Accept, Range, User-Agent…).
+    /// Authorization and Cookie, all their values, but also the X-… token headers some
+    /// registries and their proxies use: a request carrying any of them is never anonymous,
+    /// and two requests share a credential only when all of them agree.
     pub fn of(headers: &HeaderMap) -> Self {
-        match headers
-            .get(AUTHORIZATION)
-            .or_else(|| headers.get(http::header::COOKIE))
-        {
-            Some(v) => Self(Digest::of(v.as_bytes()).hex().to_owned()),
-            None => Self(String::new()),
+        let mut parts: Vec<(&str, &[u8])> = (headers.iter())
+            .filter(|(name, _)| !NOT_IDENTIFYING.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        if parts.is_empty() {
+            return Self(String::new());
         }
+        parts.sort();
+        let mut hasher = crate::cache::Hasher::new();
+        for (name, value) in parts {
+            hasher.update(name.as_bytes());
+            hasher.update(b":");
+            hasher.update(value);
+            hasher.update(b"\n");
+        }
+        Self(hasher.finish().hex().to_owned())
     }
 
     pub fn is_anonymous(&self) -> bool {
@@ -42,6 +52,40 @@ impl Credential {
 }
 
 type RepoKey = (String, String);
+
+/// Request headers that say nothing about who the client is (content negotiation, ranges,
+/// caching, tracing, hop-by-hop); every other header counts towards its [`Credential`].
+const NOT_IDENTIFYING: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "connection",
+    "content-length",
+    "content-type",
+    "docker-distribution-api-version",
+    "expect",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "pragma",
+    "range",
+    "te",
+    "traceparent",
+    "tracestate",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
 
 /// Each memory holds at most this many entries; past it the older half is forgotten (a client
 /// that asks for many repositories cannot grow it without bound).
@@ -280,6 +324,34 @@ mod tests {
         assert!(Credential::of(&h).is_anonymous());
         h.insert(http::header::COOKIE, "session=abc".parse().unwrap());
         assert!(!Credential::of(&h).is_anonymous());
+    }
+
+    #[test]
+    fn every_identifying_header_and_value_counts() {
+        let of = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                let name = http::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+                h.append(name, v.parse().unwrap());
+            }
+            Credential::of(&h)
+        };
+        let plain = [("accept", "application/json"), ("user-agent", "docker/24")];
+        assert!(of(&plain).is_anonymous(), "negotiation is not identity");
+        assert!(!of(&[("x-jfrog-art-api", "k")]).is_anonymous());
+        assert!(!of(&[("cf-access-client-secret", "s")]).is_anonymous());
+        // Split cookies: the second crumb counts too.
+        let a = of(&[("cookie", "lang=en"), ("cookie", "session=a")]);
+        let b = of(&[("cookie", "lang=en"), ("cookie", "session=b")]);
+        assert_ne!(a, b);
+        // Authorization does not hide a cookie.
+        let c = of(&[("authorization", "Bearer t"), ("cookie", "s=1")]);
+        let d = of(&[("authorization", "Bearer t"), ("cookie", "s=2")]);
+        assert_ne!(c, d);
+        // The same credential, whatever the negotiation headers.
+        let e = of(&[("authorization", "Bearer t"), ("accept", "x")]);
+        let f = of(&[("authorization", "Bearer t"), ("accept", "y")]);
+        assert_eq!(e, f);
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl Proxy {
         };
         let tags = self.cache.tags_of(&up.route.host, repo);
         let cred = Credential::of(&up.headers);
-        if tags.is_empty() || !self.offline_allowed(up, repo, &cred, &outage) {
+        if tags.is_empty() || !self.offline_allowed(up, repo, &cred, &outage).await {
             return answer.map(|resp| relay(resp, up.route, up.host));
         }
         warn!(registry = %up.route.host, repo, why = %outage.why, "serving a stale tag list");
@@ -302,7 +302,8 @@ impl Proxy {
         let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
             .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = fallback {
-            if let Some(resp) = self.stale(up, repo, &cred, &outage, reader, &entry.media_type) {
+            let stale = self.stale(up, repo, &cred, &outage, reader, &entry.media_type);
+            if let Some(resp) = stale.await {
                 return Ok(resp);
             }
         }
@@ -370,7 +371,7 @@ impl Proxy {
             Err(e) => Outage::unreachable(e.to_string()),
         };
         let stale = self.stale(up, repo, cred, &outage, reader, &entry.media_type);
-        stale.ok_or(Error::Unavailable(outage.why))
+        stale.await.ok_or(Error::Unavailable(outage.why))
     }
 
     /// HEADs a manifest by tag and records the tag → digest mapping it states (dockerd resolves
@@ -407,7 +408,7 @@ impl Proxy {
 
     /// A stored manifest for a tag while the upstream is unavailable, for clients whose access
     /// was established; `None` for the others.
-    fn stale(
+    async fn stale(
         &self,
         up: &Up<'_>,
         repo: &str,
@@ -416,7 +417,7 @@ impl Proxy {
         reader: Reader,
         media_type: &str,
     ) -> Option<Response<Body>> {
-        if !self.offline_allowed(up, repo, cred, outage) {
+        if !self.offline_allowed(up, repo, cred, outage).await {
             return None;
         }
         warn!(registry = %up.route.host, repo, why = %outage.why, "serving a stale tag");
@@ -566,7 +567,7 @@ impl Proxy {
             }
             Verdict::Unavailable(outage) => outage,
         };
-        if confirmed && self.offline_allowed(up, repo, cred, &outage) {
+        if confirmed && self.offline_allowed(up, repo, cred, &outage).await {
             warn!(%registry, repo, why = %outage.why, "upstream unavailable: serving from the cache");
             return Ok(());
         }
@@ -607,7 +608,17 @@ impl Proxy {
     /// upstream served this repository within that window. A throttled upstream (429, or 503
     /// with Retry-After) is no outage: any client can exhaust the quota the site shares, so it
     /// extends no credential's grant past `auth_ttl` (public repositories stay served).
-    fn offline_allowed(&self, up: &Up<'_>, repo: &str, cred: &Credential, outage: &Outage) -> bool {
+    ///
+    /// A client's own request can fail for reasons of its own making (odd headers an upstream
+    /// chokes on), so before a credential is served offline the appliance asks the upstream's
+    /// `/v2/` itself, without any of the client's headers: only if that fails too is it an outage.
+    async fn offline_allowed(
+        &self,
+        up: &Up<'_>,
+        repo: &str,
+        cred: &Credential,
+        outage: &Outage,
+    ) -> bool {
         let policy = self.policy();
         let window = policy.offline_auth_window;
         let grants = match outage.throttled {
@@ -615,13 +626,44 @@ impl Proxy {
             false => window,
         };
         let registry = &up.route.host;
-        let ok = policy.offline
-            && (self.auth.public(registry, repo, window)
-                || self.auth.granted(cred, registry, repo, grants));
-        if !ok {
-            info!(%registry, repo, why = %outage.why, "upstream unavailable and this client's access is not established");
+        if policy.offline && self.auth.public(registry, repo, window) {
+            return true;
         }
-        ok
+        let granted = policy.offline && self.auth.granted(cred, registry, repo, grants);
+        if granted && self.upstream_down(up.route).await {
+            return true;
+        }
+        info!(%registry, repo, why = %outage.why, "upstream unavailable and this client's access is not established");
+        false
+    }
+
+    /// Whether the upstream of `route` fails the appliance's own clean request (`GET /v2/` with
+    /// no client headers): unreachable, 5xx or 429. Remembered for a few seconds, so that an
+    /// outage costs one such request per registry, not one per client request.
+    async fn upstream_down(&self, route: &super::Route) -> bool {
+        const REMEMBERED: Duration = Duration::from_secs(10);
+        const PROBE: Duration = Duration::from_secs(10);
+        let key = &route.host;
+        let known = (self.outages.lock().unwrap_or_else(|e| e.into_inner()))
+            .get(key)
+            .is_some_and(|t| t.elapsed() < REMEMBERED);
+        if known {
+            return true;
+        }
+        let url = format!("{}/v2/", route.upstream);
+        let clean = HeaderMap::new();
+        let sent = self.send_timed(&Method::GET, &url, &clean);
+        let down = match tokio::time::timeout(PROBE, sent).await {
+            Ok(Ok(resp)) => Outage::of(&resp).is_some(),
+            Ok(Err(_)) | Err(_) => true,
+        };
+        if down {
+            let mut outages = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+            outages.insert(key.clone(), tokio::time::Instant::now());
+        } else {
+            warn!(registry = %key, "the upstream answers the appliance: not an outage, nothing served offline");
+        }
+        down
     }
 
     /// Records a grant (the upstream served `expect` to `cred`); for a credentialed client,

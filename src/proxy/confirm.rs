@@ -130,7 +130,9 @@ impl Proxy {
             url = next;
             resp = match self.send_timed(&Method::GET, &url, &headers).await {
                 Ok(resp) => resp,
-                Err(e) => return Verdict::Unavailable(Outage::unreachable(e.to_string())),
+                // A hop the registry pointed at fails (a host that does not resolve, a plain
+                // http:// target): not the registry's outage, and no evidence either.
+                Err(_) => return denied(None),
             };
         }
         denied(None)

@@ -38,6 +38,15 @@ pub struct ConnCtx {
     pub mirror: bool,
 }
 
+/// Headers about a request body, dropped from the bodiless GETs and HEADs sent upstream.
+const BODY_HEADERS: &[&str] = &[
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "expect",
+];
+
 /// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus `Host`.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -213,6 +222,14 @@ impl Proxy {
             }
             if let Some(value) = self.appliance_auth(route, repo_of(parts.uri.path())).await {
                 up.headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+        if read {
+            // A GET or HEAD goes upstream without a body: headers that announce one would make
+            // the upstream wait for bytes that never come, and a client could turn that wait
+            // into a timeout that looks like an outage (and opens offline access).
+            for name in BODY_HEADERS {
+                up.headers.remove(*name);
             }
         }
         if up.method != Method::GET && up.method != Method::HEAD {
@@ -507,6 +524,8 @@ pub(super) fn authority(url: &str) -> Option<String> {
 pub(super) fn relay(resp: Response<Incoming>, route: &Route, client_host: &str) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts.headers = forwardable(&parts.headers);
+    // A CDN's own `X-Cache: HIT` is not ours: what regcache says of its cache is its own header.
+    parts.headers.remove("x-cache");
     if let Some(location) = parts
         .headers
         .get(header::LOCATION)

@@ -114,6 +114,9 @@ pub struct Proxy {
     /// The last `/v2/` challenge of each registry (offline answers); std RwLock, never held
     /// across .await.
     challenges: RwLock<std::collections::HashMap<String, http::HeaderValue>>,
+    /// When the appliance's own clean request last found each upstream down (one entry per
+    /// registry); std Mutex, never held across .await.
+    outages: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     /// HTTPS and mirror connections together, capped at `limits.max_connections`.
@@ -157,6 +160,7 @@ impl Proxy {
             tokens: tokens::Tokens::default(),
             policy: RwLock::new(policy),
             challenges: RwLock::default(),
+            outages: std::sync::Mutex::default(),
             metrics,
             status,
             slots: Slots::new(limits.max_connections),

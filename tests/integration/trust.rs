@@ -208,3 +208,29 @@ async fn a_fill_that_fails_verification_grants_nothing() {
     let anonymous = w.app.get(SSO, &private, &[]).await;
     assert_not_served(&anonymous, "anonymous, after a login page was 'filled'");
 }
+
+/// A GET that announces a body (Content-Length) must not reach the upstream announcing one: it
+/// would wait for bytes that never come, and the timeout would look like an outage that opens
+/// offline access to a revoked credential. Nor does an outage the client's own request meets
+/// count while the upstream answers the appliance's clean request.
+#[tokio::test]
+async fn a_client_cannot_fake_an_outage() {
+    let (w, digest) = with_cached_secret("[cache]\nauth_ttl = \"1s\"").await;
+    let private = format!("/v2/private/app/blobs/{digest}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.registry.revoked.store(true, Ordering::SeqCst);
+    let headers = [("authorization", TOKEN), ("content-length", "5")];
+    let req = build("GET", HUB, &private, &headers, Bytes::from_static(b"abcde"));
+    let started = std::time::Instant::now();
+    let resp = w.app.request(HUB, req).await;
+    assert_not_served(&resp, "a GET announcing a body, revoked credential");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no upstream wait"
+    );
+    let seen = w.registry.seen(&private);
+    assert!(seen
+        .iter()
+        .all(|s| !s.headers.contains_key("content-length")));
+}
