@@ -140,6 +140,8 @@ pub struct Activity {
     changed: Notify,
     /// Set when a newcomer at the connection cap needs this idle connection's slot.
     evicted: AtomicBool,
+    /// Milliseconds after `born` when a byte last moved either way.
+    progress: AtomicU64,
 }
 
 impl Activity {
@@ -152,7 +154,19 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             changed: Notify::new(),
             evicted: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
         })
+    }
+
+    fn moved(&self) {
+        self.progress.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Returns once a newcomer at the cap has asked this connection to give way.
+    pub async fn evicted(&self) {
+        while !self.evicted.load(Ordering::Acquire) {
+            self.changed.notified().await;
+        }
     }
 
     /// Since when it has been idle (its start, before the first byte).
@@ -208,7 +222,15 @@ pub enum Expired {
     Idle,
     /// Idle when a new connection needed its slot at the cap.
     Evicted,
+    /// A request in flight, but no byte moved either way for [`STALL_TIMEOUT`] (a client that
+    /// stopped reading its response, or trickles nothing).
+    Stalled,
 }
+
+/// A busy connection on which no byte moves for this long is closed: a client that stops reading
+/// (a zero TCP window) must not hold its slot, and the objects it pins, forever. Longer than any
+/// wait on the upstream (60 s for a response head or a body's next bytes).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Returns when the connection should be closed: no byte within `first_byte` of
 /// [`Activity::new`], or, later, no request in flight for `idle`. Bytes that arrive while no
@@ -216,6 +238,16 @@ pub enum Expired {
 /// activity: HTTP/2 keep-alive pings must not keep an idle connection open forever, and a slow
 /// request head is bounded by the header timeout anyway.
 pub async fn expiry(activity: &Activity, first_byte: Duration, idle: Duration) -> Expired {
+    expiry_within(activity, first_byte, idle, STALL_TIMEOUT).await
+}
+
+/// [`expiry`], with the stall timeout given.
+pub async fn expiry_within(
+    activity: &Activity,
+    first_byte: Duration,
+    idle: Duration,
+    stall: Duration,
+) -> Expired {
     let deadline = activity.born + first_byte;
     let evicted = || activity.evicted.load(Ordering::Acquire) && activity.in_flight() == 0;
     while !activity.first_byte.load(Ordering::Acquire) {
@@ -236,7 +268,17 @@ pub async fn expiry(activity: &Activity, first_byte: Duration, idle: Duration) -
             return Expired::Evicted;
         }
         if activity.in_flight() > 0 {
-            activity.changed.notified().await;
+            let last = activity.progress.load(Ordering::Relaxed);
+            let deadline = activity.born + Duration::from_millis(last) + stall;
+            tokio::select! {
+                () = activity.changed.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let busy = activity.in_flight() > 0;
+                    if busy && activity.progress.load(Ordering::Relaxed) == last {
+                        return Expired::Stalled;
+                    }
+                }
+            }
             continue;
         }
         let since = Duration::from_millis(activity.idle_since.load(Ordering::Acquire));
@@ -280,9 +322,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if !self.seen && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.seen = true;
-            self.activity.saw_first_byte();
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.moved();
+            if !self.seen {
+                self.seen = true;
+                self.activity.saw_first_byte();
+            }
         }
         polled
     }
@@ -294,7 +339,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -302,7 +351,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -356,6 +409,26 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_on_which_nothing_moves_is_stalled() {
+        let a = Activity::new();
+        a.saw_first_byte();
+        let _busy = a.begin();
+        let (long, stall) = (Duration::from_secs(3600), Duration::from_secs(30));
+        let expired = expiry_within(&a, long, long, stall);
+        tokio::pin!(expired);
+        // Bytes moving keep it open.
+        for _ in 0..5 {
+            tokio::select! {
+                why = &mut expired => panic!("expired while bytes moved: {why:?}"),
+                () = tokio::time::sleep(Duration::from_secs(20)) => a.moved(),
+            }
+        }
+        let started = Instant::now();
+        assert_eq!(expired.await, Expired::Stalled);
+        assert!(started.elapsed() >= Duration::from_secs(10));
+    }
 
     #[tokio::test]
     async fn at_the_cap_the_idlest_gives_way_and_busy_ones_do_not() {

@@ -145,6 +145,8 @@ pub enum Expired {
     Idle,
     /// Idle when a new connection needed its slot at `limits.max_connections`.
     Evicted,
+    /// A request in flight, but no byte moved for five minutes.
+    Stalled,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,7 +193,7 @@ label_values! {
     Handshake { Ok => "ok", Refused => "refused", Failed => "failed" }
     Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
     Rejected { Access => "access", Limit => "limit" }
-    Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted" }
+    Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
 }
 
 fn latency_histogram() -> Histogram {

@@ -17,6 +17,10 @@ use super::store::{
 };
 use super::{Digest, Error, Hasher, CHUNK};
 
+/// A fill tells the store what it has written (so that stored objects make room) every this
+/// many bytes.
+const WROTE_STEP: u64 = 8 << 20;
+
 /// Where a fill stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FillState {
@@ -182,7 +186,15 @@ impl FillWriter {
             return false;
         }
         use rustix::fs::{fallocate, FallocateFlags};
-        match fallocate(&*self.fill.file, FallocateFlags::KEEP_SIZE, 0, size) {
+        let allocate = || fallocate(&*self.fill.file, FallocateFlags::KEEP_SIZE, 0, size);
+        let mut allocated = allocate();
+        if allocated == Err(rustix::io::Errno::NOSPC) {
+            // The disk is full of stored objects that eviction would free as the bytes come:
+            // free them now, once.
+            self.store.make_room(size);
+            allocated = allocate();
+        }
+        match allocated {
             Ok(()) => true,
             // A filesystem that cannot preallocate: writes will tell.
             Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => true,
@@ -231,8 +243,12 @@ impl FillWriter {
             return Err(error);
         }
         self.hasher.update(data);
+        let before = self.written;
         self.written += data.len() as u64;
         let written = self.written;
+        if before / WROTE_STEP != written / WROTE_STEP {
+            self.store.wrote(&self.fill.digest, written);
+        }
         self.fill.state.send_modify(|s| {
             if let FillState::Writing { written: w, .. } = s {
                 *w = written;

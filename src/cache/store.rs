@@ -83,9 +83,13 @@ struct State {
     fills: HashMap<Digest, Arc<Fill>>,
     /// The registry each fill fetches from (for the per-registry cap).
     fill_registry: HashMap<Digest, String>,
-    /// Bytes set aside on disk for each fill under way; counted against `max_size`.
-    reserved: HashMap<Digest, u64>,
+    /// For each fill under way: the bytes it may write (its size, or what it has grown to) and
+    /// the bytes it has written. Fills are admitted while their promises fit `max_size`; stored
+    /// objects are evicted for the bytes as they are written, not for promises, so fills that are
+    /// abandoned early do not empty the cache.
+    reserved: HashMap<Digest, (u64, u64)>,
     reserved_total: u64,
+    written_total: u64,
     tags: HashMap<TagKey, TagEntry>,
 }
 
@@ -205,6 +209,7 @@ impl Store {
                 fill_registry: HashMap::new(),
                 reserved: HashMap::new(),
                 reserved_total: 0,
+                written_total: 0,
                 tags,
             }),
             paused_until: Mutex::new(None),
@@ -399,39 +404,55 @@ impl Store {
         }
     }
 
-    /// Sets `bytes` of disk aside for a fill of `digest` (more, if it already has some),
-    /// evicting unpinned objects to make room; false when even that cannot make room within
-    /// `max_size` (the fill should then not be cached).
+    /// Admits a fill of `digest` that may write `bytes` (more, if it already has some): false
+    /// when the fills under way would then promise more than `max_size` (the fill should then
+    /// not be cached). Nothing is evicted yet: see [`Store::wrote`].
     pub(super) fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
         let mut state = self.lock();
-        let had = state.reserved.get(digest).copied().unwrap_or(0);
+        let (had, written) = state.reserved.get(digest).copied().unwrap_or((0, 0));
         let more = bytes.saturating_sub(had);
-        let need = state.total + state.reserved_total + more;
-        if need > self.max_size {
-            state.reserved_total += more;
-            self.evict(&mut state);
-            state.reserved_total -= more;
-        }
-        if state.total + state.reserved_total + more > self.max_size {
+        if bytes > self.max_size || state.reserved_total + more > self.max_size {
             return false;
         }
         state.reserved_total += more;
-        state.reserved.insert(digest.clone(), had + more);
+        state.reserved.insert(digest.clone(), (had + more, written));
         true
+    }
+
+    /// The fill of `digest` has written `written` bytes: stored objects make room for them.
+    pub(super) fn wrote(&self, digest: &Digest, written: u64) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some((_, w)) = state.reserved.get_mut(digest) {
+            state.written_total += written.saturating_sub(*w);
+            *w = written.max(*w);
+        }
+        self.evict(state);
+    }
+
+    /// The disk itself is full: evicts `bytes` more than the fills' written bytes need.
+    pub(super) fn make_room(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.written_total += bytes;
+        self.evict(&mut state);
+        state.written_total -= bytes;
     }
 
     /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
     pub(super) fn release_reservation(&self, digest: &Digest) {
-        let mut state = self.lock();
-        let reserved = state.reserved.remove(digest).unwrap_or(0);
+        Self::unreserve(&mut self.lock(), digest);
+    }
+
+    fn unreserve(state: &mut State, digest: &Digest) {
+        let (reserved, written) = state.reserved.remove(digest).unwrap_or((0, 0));
         state.reserved_total -= reserved;
+        state.written_total -= written;
     }
 
     fn release(state: &mut State, digest: &Digest) {
         state.fills.remove(digest);
         state.fill_registry.remove(digest);
-        let reserved = state.reserved.remove(digest).unwrap_or(0);
-        state.reserved_total -= reserved;
+        Self::unreserve(state, digest);
     }
 
     /// Called by a fill that verified its content: index it and evict down to the size cap.
@@ -514,9 +535,9 @@ impl Store {
     }
 
     /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
-    /// Fills under way count with the bytes they reserved.
+    /// Fills under way count with the bytes they have written.
     fn evict(&self, state: &mut State) {
-        let fits = |state: &State| state.total + state.reserved_total <= self.max_size;
+        let fits = |state: &State| state.total + state.written_total <= self.max_size;
         if fits(state) {
             return;
         }

@@ -328,9 +328,17 @@ async fn connection(
 ) {
     let _open = proxy.metrics.open(m::Listener::Https);
     let _ = stream.set_nodelay(true);
+    // A connection in its handshake is idle too: at the cap it gives way like any idle one, so
+    // stalled handshakes cannot hold every slot for HANDSHAKE_TIMEOUT.
+    let handshaking = Activity::new();
+    slot.watch(&handshaking);
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream));
     let tls = tokio::select! {
         done = handshake => done,
+        () = handshaking.evicted() => {
+            proxy.metrics.expired(Listener::Https.label(), m::Expired::Evicted);
+            return;
+        }
         () = shutdown.cancelled() => return,
     };
     let tls = match tls {
@@ -463,6 +471,7 @@ fn expired_label(why: conn::Expired) -> m::Expired {
         conn::Expired::FirstByte => m::Expired::FirstByte,
         conn::Expired::Idle => m::Expired::Idle,
         conn::Expired::Evicted => m::Expired::Evicted,
+        conn::Expired::Stalled => m::Expired::Stalled,
     }
 }
 
