@@ -766,11 +766,11 @@ impl Drop for Reader {
 }
 
 impl Reader {
-    /// The object's first byte (`None` when empty or unreadable): evidence a CDN's ranged answer
-    /// is compared with.
-    pub fn first_byte(&self) -> Option<u8> {
+    /// The object's byte at `offset` (`None` past its end or unreadable): evidence a CDN's
+    /// ranged answer is compared with.
+    pub fn byte_at(&self, offset: u64) -> Option<u8> {
         let mut b = [0u8; 1];
-        (self.file.read_at(&mut b, 0).ok()? == 1).then_some(b[0])
+        (self.file.read_at(&mut b, offset).ok()? == 1).then_some(b[0])
     }
 
     /// The whole object into memory (for manifests, which are small).

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::auth::Credential;
-use super::confirm::{unavailable, Expect, Outage, Verdict, DOCKER_CONTENT_DIGEST};
+use super::confirm::{random_offset, unavailable, Expect, Outage, Verdict, DOCKER_CONTENT_DIGEST};
 use super::forward::{empty, error_response, local_root, redact, relay, Error, Up};
 use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
 use super::registry::{classify, normalize_accept, Target};
@@ -195,10 +195,12 @@ impl Proxy {
         };
         match claim {
             Claim::Hit(reader) => {
+                let at = random_offset(reader.size);
                 let expect = Expect {
                     digest: Some(digest.clone()),
                     size: Some(reader.size),
-                    first: reader.first_byte(),
+                    first: reader.byte_at(0),
+                    sample: reader.byte_at(at).map(|b| (at, b)),
                 };
                 let confirmed = self.cache.has_ref(&digest, &up.route.host, repo);
                 if let Err(refused) = self.authorize(up, repo, &cred, &expect, confirmed).await {
@@ -220,7 +222,7 @@ impl Proxy {
                 let expect = Expect {
                     digest: Some(digest.clone()),
                     size,
-                    first: None,
+                    ..Expect::default()
                 };
                 if let Err(refused) = self.authorize(up, repo, &cred, &expect, confirmed).await {
                     return Ok(refused);
@@ -326,7 +328,7 @@ impl Proxy {
         let expect = Expect {
             digest: Some(entry.digest.clone()),
             size: Some(reader.size),
-            first: None,
+            ..Expect::default()
         };
         if entry.fresh_until > tokio::time::Instant::now() {
             if let Err(refused) = self.authorize(up, repo, cred, &expect, true).await {
@@ -465,10 +467,12 @@ impl Proxy {
                 self.cache
                     .put_tag(key.clone(), digest.clone(), &media_type, ttl);
             }
+            let at = random_offset(body.len() as u64);
             let expect = Expect {
                 digest: Some(digest.clone()),
                 size: Some(body.len() as u64),
                 first: body.first().copied(),
+                sample: body.get(at as usize).map(|b| (at, *b)),
             };
             self.granted(
                 cred,
@@ -748,6 +752,9 @@ impl FillTask {
         let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
         let (mut first, mut written) = (None, 0u64);
+        // A byte at an offset the upstream cannot guess, for the public probe's evidence.
+        let at = size.map(random_offset);
+        let mut sample = None;
         let mut alone_since: Option<tokio::time::Instant> = None;
         loop {
             // Every client left and none came back: the uplink is not spent for nobody.
@@ -782,6 +789,9 @@ impl FillTask {
                 }
             };
             first = first.or(data.first().copied());
+            if let Some(at) = at.filter(|at| (written..written + data.len() as u64).contains(at)) {
+                sample = Some((at, data[(at - written) as usize]));
+            }
             written += data.len() as u64;
             if let Err(e) = writer.write(&data) {
                 writer.fail(e.to_string());
@@ -800,6 +810,7 @@ impl FillTask {
             digest: Some(digest),
             size: Some(written),
             first,
+            sample,
         };
         let (cred, headers) = (&self.cred, &self.headers);
         (self.proxy).granted(

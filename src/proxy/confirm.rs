@@ -29,8 +29,18 @@ pub(super) struct Expect {
     pub digest: Option<Digest>,
     /// Its size, when known (a cached object, or a fill whose upstream sent a length).
     pub size: Option<u64>,
-    /// Its first byte, when known.
+    /// Its first byte, when known (compared when a CDN ignores the range and sends it whole).
     pub first: Option<u8>,
+    /// One of its bytes at an offset picked at random, when known: a CDN's answer must have it
+    /// there (the first byte alone says little: every gzip layer starts with 0x1f).
+    pub sample: Option<(u64, u8)>,
+}
+
+/// An offset below `size` that the upstream cannot guess.
+pub(super) fn random_offset(size: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    random % size.max(1)
 }
 
 /// Why the upstream could not answer.
@@ -119,23 +129,45 @@ impl Proxy {
         for _ in 0..=MAX_REDIRECTS {
             let next = match redirect_target(&resp, &url) {
                 Ok(Some(next)) => next,
-                Ok(None) => return judge(resp, expect, ranged).await,
+                Ok(None) if ranged || !needs_bytes(&resp, expect) => {
+                    return judge(resp, expect, ranged).await;
+                }
+                // The registry's own 2xx names no digest: its bytes must show it.
+                Ok(None) => {
+                    let sampled = self.sample(&url, &mut headers, expect).await;
+                    return match sampled {
+                        Some(resp) => judge(resp, expect, true).await,
+                        None => denied(None),
+                    };
+                }
                 Err(_) => return denied(None),
             };
             if authority(&next) != authority(&url) {
                 headers = cross_host(&headers);
             }
-            headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
             ranged = true;
             url = next;
-            resp = match self.send_timed(&Method::GET, &url, &headers).await {
-                Ok(resp) => resp,
+            resp = match self.sample(&url, &mut headers, expect).await {
+                Some(resp) => resp,
                 // A hop the registry pointed at fails (a host that does not resolve, a plain
                 // http:// target): not the registry's outage, and no evidence either.
-                Err(_) => return denied(None),
+                None => return denied(None),
             };
         }
         denied(None)
+    }
+
+    /// A one-byte ranged GET of `url` at the expected sample's offset (or the first byte).
+    async fn sample(
+        &self,
+        url: &str,
+        headers: &mut HeaderMap,
+        expect: &Expect,
+    ) -> Option<Response<Incoming>> {
+        let at = expect.sample.map_or(0, |(at, _)| at);
+        let range = HeaderValue::try_from(format!("bytes={at}-{at}")).ok()?;
+        headers.insert(header::RANGE, range);
+        self.send_timed(&Method::GET, url, headers).await.ok()
     }
 
     /// Whether the upstream serves `url` (in `repo`) to anyone: anonymously, or with an
@@ -188,12 +220,57 @@ async fn judge(resp: Response<Incoming>, expect: &Expect, ranged: bool) -> Verdi
     }
     match evidence(resp.headers(), status, expect) {
         Evidence::Proof => Verdict::Served,
-        Evidence::None => denied(None),
-        Evidence::SizeMatches if !ranged || expect.first.is_none() => Verdict::Served,
-        Evidence::SizeMatches => match first_byte(resp).await {
-            Some(b) if Some(b) == expect.first => Verdict::Served,
-            _ => denied(None),
+        // Nothing of the object is known yet (a fill that has just started): its size it is.
+        Evidence::SizeMatches if !expect.knows_bytes() => Verdict::Served,
+        Evidence::SizeMatches if ranged => match sampled_byte(resp, expect).await {
+            true => Verdict::Served,
+            false => denied(None),
         },
+        Evidence::SizeMatches | Evidence::None => denied(None),
+    }
+}
+
+impl Expect {
+    fn knows_bytes(&self) -> bool {
+        self.first.is_some() || self.sample.is_some()
+    }
+}
+
+/// Whether a 2xx without a digest header needs a look at the bytes (everything else is judged
+/// on its headers).
+fn needs_bytes(resp: &Response<Incoming>, expect: &Expect) -> bool {
+    let status = resp.status();
+    let sized = matches!(
+        evidence(resp.headers(), status, expect),
+        Evidence::SizeMatches
+    );
+    status.is_success() && sized && expect.knows_bytes()
+}
+
+/// Whether a ranged answer carries the expected byte: a 206 for the sample's offset with that
+/// byte, or a whole 200 whose first byte is the object's.
+async fn sampled_byte(resp: Response<Incoming>, expect: &Expect) -> bool {
+    let want = match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let at = expect.sample.map_or(0, |(at, _)| at);
+            let start = (resp.headers().get(header::CONTENT_RANGE))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().strip_prefix("bytes "))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(start, _)| start.trim().parse::<u64>().ok());
+            if start != Some(at) {
+                return false;
+            }
+            expect
+                .sample
+                .map(|(_, b)| b)
+                .or(expect.first.filter(|_| at == 0))
+        }
+        _ => expect.first,
+    };
+    match want {
+        Some(want) => first_byte(resp).await == Some(want),
+        None => false,
     }
 }
 
@@ -284,6 +361,7 @@ mod tests {
             digest: Digest::parse(&format!("sha256:{}", "a".repeat(64))),
             size: Some(size),
             first: Some(0x1f),
+            sample: None,
         }
     }
 
