@@ -1,6 +1,6 @@
 //! Did the upstream serve this object? The evidence behind every grant: an upstream check
 //! follows redirects to the end, and only a 2xx that carries the object (its digest, or its size
-//! and first byte where a CDN or object store sends no digest) counts. A redirect alone, a 2xx
+//! and its byte at a random offset where a CDN or object store sends no digest) counts. A redirect alone, a 2xx
 //! login page, or a 304 never does: registry.k8s.io redirects every request whether or not the
 //! object exists, and SSO proxies redirect anonymous clients to a login host that answers 200.
 
