@@ -20,6 +20,7 @@
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
 //! - [`cli`]: clap definitions only.
+//! - [`sync`]: lock helpers that recover from poisoning (`m.locked()`).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -39,3 +40,4 @@ pub mod metrics;
 pub mod names;
 pub mod proxy;
 pub mod status;
+pub mod sync;
