@@ -109,7 +109,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let certs = Arc::new(certs);
     let cache = open_cache(&config, metrics.clone())?;
     let policy = policy(&config);
-    let proxy = Proxy::new(proxy::Parts {
+    let proxy = Proxy::new(proxy::Setup {
         routes,
         client,
         certs: certs.clone(),

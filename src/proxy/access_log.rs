@@ -15,6 +15,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use time::OffsetDateTime;
 
+use super::outcome::CacheOutcome;
 use super::{Body, BoxError};
 use crate::config::{AccessFormat, LogConfig};
 
@@ -116,8 +117,8 @@ pub struct Entry {
     referer: Option<String>,
     user_agent: Option<String>,
     host: String,
-    /// The `x-cache` outcome, once the response head is known.
-    cache: Option<String>,
+    /// What the cache did, once the response head is known.
+    cache: Option<CacheOutcome>,
     /// Seconds until the upstream's response head, for responses that came from upstream.
     upstream_time: Option<f64>,
 }
@@ -152,8 +153,8 @@ impl Entry {
     }
 
     /// What the response head said: the cache outcome, and whether it came from upstream.
-    pub fn response(&mut self, cache: Option<&str>, from_upstream: bool) {
-        self.cache = cache.map(str::to_owned);
+    pub fn response(&mut self, cache: Option<CacheOutcome>, from_upstream: bool) {
+        self.cache = cache;
         if from_upstream {
             self.upstream_time = Some(self.started.elapsed().as_secs_f64());
         }
@@ -196,7 +197,7 @@ impl Entry {
             "http_referer": self.referer,
             "http_user_agent": self.user_agent,
             "host": self.host,
-            "cache": self.cache,
+            "cache": self.cache.map(CacheOutcome::as_str),
             "request_time": self.started.elapsed().as_secs_f64(),
             "upstream_time": self.upstream_time,
         })

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::forward::empty;
+use super::response::empty;
 use super::upstream::Client;
 
 /// How long a token service may take to answer the anonymous probe.
@@ -271,6 +271,12 @@ impl Challenge {
         }
         url
     }
+}
+
+/// Whether a `WWW-Authenticate` value asks for Basic credentials.
+pub fn is_basic(challenge: &str) -> bool {
+    let scheme = challenge.trim_start().get(..5).unwrap_or("");
+    scheme.eq_ignore_ascii_case("basic")
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"`.

@@ -1,74 +1,74 @@
 //! The HTTPS side: accept TLS for registry names, route by SNI/Host to the registry's upstream,
-//! stream requests and responses both ways, follow blob redirects, log each request.
+//! serve reads through the cache and stream writes through, log each request.
+//!
+//! A request's path through the files:
+//! - `listen.rs`: accept, TLS, HTTP/1.1 and HTTP/2 within `[limits]` → [`Proxy::handle`];
+//! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
+//!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
+//!   manifests by digest; `download.rs` fills the cache), `tag.rs`, `tag_list.rs`;
+//! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
+//!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs`;
+//! - `upstream/`: the one [`upstream::Upstream`] every request to a registry or CDN goes through;
+//! - `response.rs` builds answers; `outcome.rs` is what the cache did, carried with the response
+//!   to `report.rs` (access log, metrics, status page).
 //!
 //! Does not bind: [`serve`] takes bound listeners and a shutdown token.
 
 pub mod access_log;
 pub mod auth;
-mod cached;
+mod authorize;
 mod confirm;
-mod forward;
+mod download;
+mod endpoint;
+mod error;
+mod listen;
 pub mod manifest;
+mod object;
+mod offline;
+pub mod outcome;
 mod records;
 pub(crate) mod registry;
+mod report;
+mod request;
+mod response;
+mod root;
+mod tag;
+mod tag_list;
 mod tokens;
 pub mod upstream;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::crypto::CryptoProvider;
 use rustls::server::ResolvesServerCert;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::access::AccessList;
-use crate::cache::Store;
+use crate::cache::{FillLimits, Store};
 use crate::config::LimitsConfig;
-use crate::conn::{self, Activity, Slot, Slots, Tracked, Watched};
-use crate::metrics::{self as m, Handshake, Metrics};
+use crate::conn::Slots;
+use crate::metrics::Metrics;
 use crate::names::{normalize, NamePattern};
 use crate::status::Status;
+use crate::sync::ReadWrite;
 use access_log::AccessLog;
+use upstream::Upstream;
 
-pub use cached::Policy;
+pub use error::Error;
+pub use listen::{serve, Listener};
+pub use offline::Policy;
+pub use outcome::CacheOutcome;
+pub use request::Conn;
+pub use response::error_response;
 pub use upstream::Client;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or receives.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A client that does not finish its TLS handshake within this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-/// After a first-byte or idle timeout the connection is asked to close gracefully (HTTP/2
-/// GOAWAY); it is dropped if that takes longer than this.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// The largest request head: HTTP/1.1 read buffer (`max_buf_size`, which also caps the head) and
-/// HTTP/2 `max_header_list_size`. Registry requests carry small heads; the largest part is a
-/// bearer token (a few KiB). hyper's defaults are ~400 KiB (HTTP/1.1: × 4096 connections, 1.6 GiB of
-/// heads) and 16 KiB (HTTP/2). In HTTP/1.1 it also caps the write queue, which changes nothing for
-/// blobs: a 1 MiB cache chunk exceeds either value and is flushed alone.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Header fields per HTTP/1.1 request (hyper's default, set explicitly).
-const MAX_HEADERS: usize = 100;
-/// Concurrent HTTP/2 streams per connection (hyper's default is 200; RFC 9113 asks for ≥ 100).
-const MAX_STREAMS: u32 = 100;
-/// HTTP/2 streams reset by the client before we answered, per connection, before it is closed
-/// (the "rapid reset" attack; the h2 crate's default, set explicitly).
-const MAX_PENDING_RESETS: usize = 20;
 
 /// One intercepted registry, as the proxy needs it.
 #[derive(Clone, Debug)]
@@ -84,7 +84,7 @@ pub struct Route {
 }
 
 /// What the proxy is built from.
-pub struct Parts {
+pub struct Setup {
     pub routes: Vec<Route>,
     pub client: Client,
     pub certs: Arc<dyn ResolvesServerCert>,
@@ -102,21 +102,20 @@ pub struct Parts {
 pub struct Proxy {
     /// Swapped whole on reload; std RwLock, never held across .await.
     routes: RwLock<Arc<Vec<Arc<Route>>>>,
-    client: Client,
+    upstream: Upstream,
     tls: TlsAcceptor,
     access: AccessList,
     log: AccessLog,
     cache: Arc<Store>,
     auth: Arc<auth::AuthMemory>,
     tokens: tokens::Tokens,
+    /// Each registry's `/v2/` challenge (the token flow, offline answers).
+    challenges: tokens::Challenges,
     /// Swapped on reload; std RwLock, never held across .await.
     policy: RwLock<Policy>,
-    /// The last `/v2/` challenge of each registry (offline answers); std RwLock, never held
-    /// across .await.
-    challenges: RwLock<std::collections::HashMap<String, http::HeaderValue>>,
     /// When the appliance's own clean request last found each upstream down (one entry per
     /// registry); std Mutex, never held across .await.
-    outages: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    outages: Mutex<HashMap<String, tokio::time::Instant>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     /// HTTPS and mirror connections together, capped at `limits.max_connections`.
@@ -126,70 +125,39 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(parts: Parts) -> Result<Self, rustls::Error> {
-        let Parts {
-            routes,
-            client,
-            certs,
-            provider,
-            access,
-            log,
-            cache,
-            policy,
-            metrics,
-            status,
-            limits,
-        } = parts;
-        let mut tls = ServerConfig::builder_with_provider(provider)
+    pub fn new(setup: Setup) -> Result<Self, rustls::Error> {
+        let mut tls = ServerConfig::builder_with_provider(setup.provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(certs);
+            .with_cert_resolver(setup.certs);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        cache.set_fill_limits(crate::cache::FillLimits {
-            max_fills: limits.max_fills,
-            max_fills_per_registry: limits.max_fills_per_registry,
-        });
+        setup.cache.set_fill_limits(fill_limits(&setup.limits));
+        let routes: Vec<Arc<Route>> = setup.routes.into_iter().map(Arc::new).collect();
+        let upstream = Upstream::new(setup.client, setup.metrics.clone(), setup.status.clone());
+        upstream.set_routes(&routes);
         Ok(Self {
-            routes: RwLock::new(Arc::new(routes.into_iter().map(Arc::new).collect())),
-            client,
+            routes: RwLock::new(Arc::new(routes)),
+            upstream,
             tls: TlsAcceptor::from(Arc::new(tls)),
-            access,
-            log,
-            cache,
+            access: setup.access,
+            log: setup.log,
+            cache: setup.cache,
             auth: Arc::default(),
             tokens: tokens::Tokens::default(),
-            policy: RwLock::new(policy),
-            challenges: RwLock::default(),
-            outages: std::sync::Mutex::default(),
-            metrics,
-            status,
-            slots: Slots::new(limits.max_connections),
-            limits: RwLock::new(limits),
+            challenges: tokens::Challenges::default(),
+            policy: RwLock::new(setup.policy),
+            outages: Mutex::default(),
+            metrics: setup.metrics,
+            status: setup.status,
+            slots: Slots::new(setup.limits.max_connections),
+            limits: RwLock::new(setup.limits),
         })
-    }
-
-    /// The metrics label for an upstream URL: the registry whose upstream it is, else "cdn"
-    /// (redirect targets, token services of registries that are not configured).
-    fn upstream_label(&self, url: &str) -> String {
-        let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let owner = (routes.iter())
-            .find(|r| r.upstream.split("://").nth(1) == authority && authority.is_some());
-        owner.map_or_else(|| "cdn".to_owned(), |r| r.host.clone())
     }
 
     /// The route for a host name (any case, optional port or trailing dot).
     fn route(&self, host: &str) -> Option<Arc<Route>> {
         let name = normalize(strip_port(host));
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let routes = self.routes.read_now().clone();
         let found = routes
             .iter()
             .find(|r| r.names.iter().any(|p| p.matches(&name)));
@@ -198,308 +166,39 @@ impl Proxy {
 
     /// The cache settings in force.
     fn policy(&self) -> Policy {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.read_now().clone()
     }
 
     /// The connection limits in force.
     fn limits(&self) -> LimitsConfig {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.limits.read_now().clone()
     }
 
     /// Replaces the connection limits (config reload): the cap at once, timeouts for new
     /// connections.
     pub fn set_limits(&self, limits: LimitsConfig) {
         self.slots.set_max(limits.max_connections);
-        self.cache.set_fill_limits(crate::cache::FillLimits {
-            max_fills: limits.max_fills,
-            max_fills_per_registry: limits.max_fills_per_registry,
-        });
-        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.cache.set_fill_limits(fill_limits(&limits));
+        *self.limits.write_now() = limits;
     }
 
     /// Replaces the routes and cache settings (config reload); requests under way keep theirs.
     pub fn reconfigure(&self, routes: Vec<Route>, policy: Policy) {
-        let routes = Arc::new(routes.into_iter().map(Arc::new).collect());
-        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        self.upstream.set_routes(&routes);
+        *self.routes.write_now() = Arc::new(routes);
+        *self.policy.write_now() = policy;
         // Credentials may have changed: tokens obtained with the old ones go.
         self.tokens.clear();
+        self.challenges.expire();
     }
 }
 
-/// What a listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listener {
-    /// TLS with a leaf per SNI name; routed by Host/SNI.
-    Https,
-    /// Plain-HTTP registry mirror; routed by `?ns=` (containerd), else to Docker Hub (dockerd's
-    /// `registry-mirrors`).
-    Mirror,
-}
-
-/// Serves the bound listeners until `shutdown`, then lets open requests finish within `grace`.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    listeners: Vec<(TcpListener, Listener)>,
-    shutdown: CancellationToken,
-    grace: Duration,
-) {
-    let mut loops = tokio::task::JoinSet::new();
-    for (listener, kind) in listeners {
-        loops.spawn(accept_loop(proxy.clone(), listener, kind, shutdown.clone()));
+fn fill_limits(limits: &LimitsConfig) -> FillLimits {
+    FillLimits {
+        max_fills: limits.max_fills,
+        max_fills_per_registry: limits.max_fills_per_registry,
     }
-    while loops.join_next().await.is_some() {}
-    // Every connection saw `shutdown` and is closing gracefully; wait for them.
-    if tokio::time::timeout(grace, proxy.slots.drained())
-        .await
-        .is_err()
-    {
-        warn!(
-            ?grace,
-            open = proxy.slots.open(),
-            "grace period over; closing the remaining connections"
-        );
-    }
-    info!("https stopped");
-}
-
-impl Listener {
-    fn label(self) -> m::Listener {
-        match self {
-            Self::Https => m::Listener::Https,
-            Self::Mirror => m::Listener::Mirror,
-        }
-    }
-}
-
-async fn accept_loop(
-    proxy: Arc<Proxy>,
-    listener: TcpListener,
-    kind: Listener,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and the like: back off briefly rather than spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        // Both families: `allows` compares IPv4-mapped IPv6 peers as IPv4.
-        if !proxy.access.allows(peer.ip()) {
-            proxy.metrics.rejected(kind.label(), m::Rejected::Access);
-            warn!(%peer, "connection refused: client not in access.allow");
-            continue;
-        }
-        let Some(slot) = proxy.slots.try_take() else {
-            // Dropping the stream closes it at once; debug only, as a flood would flood the log.
-            proxy.metrics.rejected(kind.label(), m::Rejected::Limit);
-            debug!(%peer, "connection refused: limits.max_connections reached");
-            continue;
-        };
-        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        match kind {
-            Listener::Https => tokio::spawn(connection(proxy, stream, peer, slot, shutdown)),
-            Listener::Mirror => {
-                tokio::spawn(mirror_connection(proxy, stream, peer, slot, shutdown))
-            }
-        };
-    }
-}
-
-async fn connection(
-    proxy: Arc<Proxy>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-    shutdown: CancellationToken,
-) {
-    let _open = proxy.metrics.open(m::Listener::Https);
-    let _ = stream.set_nodelay(true);
-    // A connection in its handshake is idle too: at the cap it gives way like any idle one, so
-    // stalled handshakes cannot hold every slot for HANDSHAKE_TIMEOUT.
-    let handshaking = Activity::new();
-    slot.watch(&handshaking);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream));
-    let tls = tokio::select! {
-        done = handshake => done,
-        () = handshaking.evicted() => {
-            proxy.metrics.expired(Listener::Https.label(), m::Expired::Evicted);
-            return;
-        }
-        () = shutdown.cancelled() => return,
-    };
-    let tls = match tls {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            // rustls says this when the resolver had no certificate: not our name, or no SNI.
-            let refused = e
-                .to_string()
-                .contains("no server certificate chain resolved");
-            let outcome = if refused {
-                Handshake::Refused
-            } else {
-                Handshake::Failed
-            };
-            proxy.metrics.handshake(outcome);
-            info!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            proxy.metrics.handshake(Handshake::Failed);
-            debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    proxy.metrics.handshake(Handshake::Ok);
-    let sni = tls
-        .get_ref()
-        .1
-        .server_name()
-        .map(normalize)
-        .unwrap_or_default();
-    let span = info_span!("proxy", %peer, host = %sni);
-    let ctx = forward::ConnCtx {
-        peer,
-        sni,
-        mirror: false,
-    };
-    // The first-byte clock starts here, at the end of the handshake.
-    // HTTP/2 writes frame by frame; see `records` for why its records are coalesced.
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let io = records::Records::new(tls);
-        serve_http(proxy, io, ctx, Listener::Https, &slot, shutdown)
-            .instrument(span)
-            .await;
-    } else {
-        serve_http(proxy, tls, ctx, Listener::Https, &slot, shutdown)
-            .instrument(span)
-            .await;
-    }
-}
-
-async fn mirror_connection(
-    proxy: Arc<Proxy>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-    shutdown: CancellationToken,
-) {
-    let _open = proxy.metrics.open(m::Listener::Mirror);
-    let _ = stream.set_nodelay(true);
-    let span = info_span!("mirror", %peer);
-    let ctx = forward::ConnCtx {
-        peer,
-        sni: String::new(),
-        mirror: true,
-    };
-    serve_http(proxy, stream, ctx, Listener::Mirror, &slot, shutdown)
-        .instrument(span)
-        .await;
-}
-
-/// Serves HTTP/1.1 and HTTP/2 on one (TLS or plain) connection, within the connection limits:
-/// closed when no byte comes within `first_byte_timeout`, when no request is in flight for
-/// `idle_timeout`, and (gracefully) on `shutdown`.
-async fn serve_http<I>(
-    proxy: Arc<Proxy>,
-    io: I,
-    ctx: forward::ConnCtx,
-    kind: Listener,
-    slot: &Slot,
-    shutdown: CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = proxy.limits();
-    let activity = Activity::new();
-    slot.watch(&activity);
-    let io = TokioIo::new(Watched::new(io, activity.clone()));
-    let ctx = Arc::new(ctx);
-    let service = {
-        let (proxy, activity) = (proxy.clone(), activity.clone());
-        service_fn(move |req: Request<Incoming>| {
-            let (proxy, ctx) = (proxy.clone(), ctx.clone());
-            let in_flight = activity.begin();
-            async move {
-                let resp = proxy.handle(req, &ctx).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
-            }
-        })
-    };
-    let builder = http_builder(&limits);
-    let conn = builder.serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let expiry = conn::expiry(&activity, limits.first_byte_timeout, limits.idle_timeout);
-    let timed_out = tokio::select! {
-        done = conn.as_mut() => {
-            if let Err(e) = done {
-                debug!(error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        why = expiry => {
-            proxy.metrics.expired(kind.label(), expired_label(why));
-            debug!(?why, "closing the connection: timeout");
-            true
-        }
-        () = shutdown.cancelled() => false,
-    };
-    // HTTP/1.1: closes once no request is in flight; HTTP/2: GOAWAY, then closes.
-    conn.as_mut().graceful_shutdown();
-    if timed_out {
-        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
-    } else if let Err(e) = conn.await {
-        debug!(error = %e, "connection ended with an error while draining");
-    }
-}
-
-fn expired_label(why: conn::Expired) -> m::Expired {
-    match why {
-        conn::Expired::FirstByte => m::Expired::FirstByte,
-        conn::Expired::Idle => m::Expired::Idle,
-        conn::Expired::Evicted => m::Expired::Evicted,
-        conn::Expired::Stalled => m::Expired::Stalled,
-    }
-}
-
-/// The server side of one connection, with the limits of `[limits]` and hyper's own bounds set
-/// explicitly.
-fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper starts this whenever the connection waits for a request head: it bounds a slow
-        // head (slowloris) and an idle HTTP/1.1 keep-alive connection alike.
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .keep_alive_interval(limits.h2_keepalive_interval)
-        .keep_alive_timeout(
-            limits
-                .h2_keepalive_interval
-                .unwrap_or(Duration::from_secs(20)),
-        );
-    builder
 }
 
 fn strip_port(host: &str) -> &str {

@@ -2,6 +2,8 @@
 //! clients, and every client of a registry configured with credentials): the Bearer token flow
 //! (realm, service, scope from the upstream's challenge; Basic credentials at the token service
 //! when configured), Basic auth where the upstream asks for it, tokens cached until they expire.
+//! Also the one memory of each registry's `/v2/` challenge ([`Challenges`]), which the offline
+//! `/v2/` answer reads too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,46 +15,75 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::auth::{bearer_challenge, read_token};
+use super::auth::{bearer_challenge, is_basic, read_token};
 use super::{Proxy, Route};
 use crate::config::Credentials;
+use crate::sync::Locked;
 
 /// Tokens that do not say how long they last are kept this long (the spec's default).
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
 
 /// At most this many cached Authorization values.
 const MAX_TOKENS: usize = 10_000;
-/// A registry's `/v2/` challenge is asked for again after this long.
+/// The appliance asks a registry's `/v2/` for its challenge again after this long.
 const CHALLENGE_LIFE: Duration = Duration::from_secs(300);
 
-/// Cached Authorization values per (registry, scope), and each registry's challenge.
+/// Cached Authorization values per (registry, scope).
 #[derive(Default)]
 pub struct Tokens {
     /// std Mutex, never held across .await.
     cache: Mutex<HashMap<(String, String), (HeaderValue, Instant)>>,
-    /// The `WWW-Authenticate` of each registry's `/v2/` (one request per registry, not per
-    /// repository); std Mutex, never held across .await.
-    challenges: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// The last `WWW-Authenticate` of each registry's `/v2/`, from the appliance's own request or a
+/// client's, and when it was seen. One entry per configured registry. std Mutex, never held
+/// across .await.
+#[derive(Default)]
+pub struct Challenges(Mutex<HashMap<String, (HeaderValue, Option<Instant>)>>);
+
+impl Challenges {
+    pub fn remember(&self, registry: &str, challenge: HeaderValue) {
+        (self.0.locked()).insert(registry.to_owned(), (challenge, Some(Instant::now())));
+    }
+
+    /// After a reload: the token flow asks each registry anew (its upstream may have changed);
+    /// the offline answer keeps the last challenge it knows.
+    pub fn expire(&self) {
+        for (_, seen) in self.0.locked().values_mut() {
+            *seen = None;
+        }
+    }
+
+    /// The challenge, if seen within `within`.
+    fn recent(&self, registry: &str, within: Duration) -> Option<HeaderValue> {
+        let challenges = self.0.locked();
+        let (challenge, seen) = challenges.get(registry)?;
+        seen.filter(|seen| seen.elapsed() < within)?;
+        Some(challenge.clone())
+    }
+
+    /// The last challenge, however old, when it asks for Basic credentials.
+    pub fn basic(&self, registry: &str) -> Option<HeaderValue> {
+        let challenges = self.0.locked();
+        let (challenge, _) = challenges.get(registry)?;
+        is_basic(challenge.to_str().ok()?).then(|| challenge.clone())
+    }
 }
 
 impl Tokens {
     fn get(&self, key: &(String, String)) -> Option<HeaderValue> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self.cache.locked();
         let (value, until) = cache.get(key)?;
         (*until > Instant::now()).then(|| value.clone())
     }
 
     /// Forgets every token (a reload may have changed the credentials).
     pub fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.challenges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.cache.locked().clear();
     }
 
     fn put(&self, key: (String, String), value: HeaderValue, life: Duration) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.locked();
         if cache.len() >= MAX_TOKENS {
             // Bounded whatever repository names clients send: expired ones first, then all.
             let now = Instant::now();
@@ -62,20 +93,6 @@ impl Tokens {
             }
         }
         cache.insert(key, (value, Instant::now() + life));
-    }
-
-    fn challenge(&self, registry: &str) -> Option<String> {
-        let challenges = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        let (challenge, until) = challenges.get(registry)?;
-        (*until > Instant::now()).then(|| challenge.clone())
-    }
-
-    fn put_challenge(&self, registry: &str, challenge: String) {
-        let mut challenges = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        challenges.insert(
-            registry.to_owned(),
-            (challenge, Instant::now() + CHALLENGE_LIFE),
-        );
     }
 }
 
@@ -93,38 +110,27 @@ impl Proxy {
         if let Some(value) = self.tokens.get(&key) {
             return Some(value);
         }
-        let challenge = match self.tokens.challenge(&route.host) {
+        let challenge = match self.challenges.recent(&route.host, CHALLENGE_LIFE) {
             Some(challenge) => challenge,
             None => {
                 let url = format!("{}/v2/", route.upstream);
-                let resp = self
-                    .send_timed(&Method::GET, &url, &HeaderMap::new())
-                    .await
-                    .ok()?;
+                let clean = HeaderMap::new();
+                let resp = self.upstream.send(&Method::GET, &url, &clean).await.ok()?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return None;
                 }
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)?
-                    .to_str()
-                    .ok()?
-                    .to_owned();
-                self.tokens.put_challenge(&route.host, challenge.clone());
+                let challenge = resp.headers().get(WWW_AUTHENTICATE)?.clone();
+                self.challenges.remember(&route.host, challenge.clone());
                 challenge
             }
         };
-        let (value, life) = if challenge
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("basic")
-        {
-            (
+        let challenge = challenge.to_str().ok()?;
+        let (value, life) = match is_basic(challenge) {
+            true => (
                 basic(route.credentials.as_ref()?)?,
                 Duration::from_secs(3600),
-            )
-        } else {
-            self.bearer(route, &challenge, &scope).await?
+            ),
+            false => self.bearer(route, challenge, &scope).await?,
         };
         debug!(registry = %route.host, %scope, ?life, "obtained upstream authorization");
         self.tokens.put(key, value.clone(), life);
@@ -143,7 +149,7 @@ impl Proxy {
         if let Some(value) = route.credentials.as_ref().and_then(basic) {
             headers.insert(AUTHORIZATION, value);
         }
-        let resp = match self.send_timed(&Method::GET, &url, &headers).await {
+        let resp = match self.upstream.send(&Method::GET, &url, &headers).await {
             Ok(resp) => resp,
             Err(e) => {
                 warn!(registry = %route.host, error = %e, "token service unreachable");
@@ -220,9 +226,25 @@ mod tests {
             tokens.get(&("r".into(), format!("repository:x{}:pull", MAX_TOKENS + 4))),
             Some(value)
         );
-        tokens.put_challenge("r", "Bearer realm=x".into());
-        assert_eq!(tokens.challenge("r").as_deref(), Some("Bearer realm=x"));
         tokens.clear();
-        assert!(tokens.challenge("r").is_none());
+        assert!(tokens
+            .get(&("r".into(), "repository:x1:pull".into()))
+            .is_none());
+    }
+
+    #[test]
+    fn one_challenge_memory_serves_the_token_flow_and_the_offline_answer() {
+        let challenges = Challenges::default();
+        challenges.remember("r", HeaderValue::from_static("Bearer realm=x"));
+        let recent = challenges.recent("r", CHALLENGE_LIFE);
+        assert_eq!(recent.unwrap(), "Bearer realm=x");
+        assert!(challenges.recent("r", Duration::ZERO).is_none());
+        assert!(challenges.basic("r").is_none());
+        challenges.remember("r", HeaderValue::from_static("Basic realm=\"x\""));
+        assert!(challenges.basic("r").is_some());
+        assert!(challenges.basic("other").is_none());
+        challenges.expire();
+        assert!(challenges.recent("r", CHALLENGE_LIFE).is_none());
+        assert!(challenges.basic("r").is_some());
     }
 }

@@ -1,5 +1,6 @@
-//! The client side: verified TLS to the real registries, pooled, HTTP/2 where offered, names
-//! resolved through `dns.upstream` (never the system resolver, which may be this appliance).
+//! The pooled client under [`super::Upstream`]: verified TLS to the real registries, HTTP/2
+//! where offered, names resolved through `dns.upstream` (never the system resolver, which may be
+//! this appliance).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
-use super::{Body, BoxError};
+use crate::proxy::{Body, BoxError};
 
 /// The pooled upstream client.
 pub type Client = LegacyClient<HttpsConnector<HttpConnector<HickoryDns>>, Body>;
@@ -28,7 +29,7 @@ pub type Client = LegacyClient<HttpsConnector<HttpConnector<HickoryDns>>, Body>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum SetupError {
     #[error("upstream.extra_ca: {path}: {why}")]
     ExtraCa { path: PathBuf, why: String },
     #[error("TLS client setup: {0}")]
@@ -61,7 +62,7 @@ impl tower_service::Service<Name> for HickoryDns {
 }
 
 /// Trust anchors for upstream TLS: the public roots plus each PEM file in `extra_ca`.
-pub fn roots(extra_ca: &[PathBuf]) -> Result<RootCertStore, Error> {
+pub fn roots(extra_ca: &[PathBuf]) -> Result<RootCertStore, SetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_ca {
@@ -70,8 +71,8 @@ pub fn roots(extra_ca: &[PathBuf]) -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
-fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), Error> {
-    let fail = |why: String| Error::ExtraCa {
+fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), SetupError> {
+    let fail = |why: String| SetupError::ExtraCa {
         path: path.to_owned(),
         why,
     };
@@ -93,7 +94,7 @@ pub fn client(
     roots: RootCertStore,
     resolver: TokioResolver,
     provider: Arc<CryptoProvider>,
-) -> Result<Client, Error> {
+) -> Result<Client, SetupError> {
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

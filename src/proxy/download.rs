@@ -1,0 +1,210 @@
+//! The upstream download behind a cache fill: it runs in its own task, independent of the client
+//! that started it, writes into the store while every joined client reads the growing file, and
+//! grants the client's credential only once the bytes are verified against the digest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::auth::Credential;
+use super::confirm::{random_offset, Expect};
+use super::upstream::redact;
+use super::{Error, Proxy};
+use crate::cache::FillWriter;
+
+/// A download that no client has read for this long is stopped (clients that retry a pull come
+/// back within seconds and join it again).
+const ABANDONED_AFTER: Duration = Duration::from_secs(30);
+/// A download that yields no data for this long is abandoned.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the download tells the client that started it, once the upstream has answered.
+pub(super) enum Started {
+    /// 200: the fill is streaming.
+    Streaming,
+    /// Anything else, or an object too large for the cache: relay it (a 401 with its challenge…).
+    Relay(Response<Incoming>),
+    Failed(Error),
+}
+
+/// One object's download from the upstream into the store.
+pub(super) struct Download {
+    pub proxy: Arc<Proxy>,
+    pub url: String,
+    pub headers: HeaderMap,
+    pub registry: String,
+    pub repo: String,
+    pub cred: Credential,
+}
+
+/// What the bytes showed as they went by: the evidence for the grant.
+struct Seen {
+    first: Option<u8>,
+    written: u64,
+    /// A byte at an offset the upstream cannot guess, for the public probe's evidence.
+    at: Option<u64>,
+    sample: Option<(u64, u8)>,
+}
+
+impl Download {
+    pub async fn run(self, writer: FillWriter, tx: oneshot::Sender<Started>) {
+        let Some((resp, size, writer)) = self.open(writer, tx).await else {
+            return;
+        };
+        let mut seen = Seen {
+            first: None,
+            written: 0,
+            at: size.map(random_offset),
+            sample: None,
+        };
+        let Some(writer) = self.copy(resp, writer, &mut seen).await else {
+            return;
+        };
+        let digest = writer.fill().digest.clone();
+        match writer.finish() {
+            Ok(()) => info!(%digest, registry = %self.registry, repo = %self.repo, "cached"),
+            Err(e) => {
+                warn!(%digest, url = %redact(&self.url), error = %e, "not cached");
+                return;
+            }
+        }
+        // Only now, with the bytes verified against the digest, is this a grant.
+        let expect = Expect {
+            digest: Some(digest),
+            size: Some(seen.written),
+            first: seen.first,
+            sample: seen.sample,
+        };
+        let (cred, headers) = (&self.cred, &self.headers);
+        (self.proxy).record_grant(
+            cred,
+            headers,
+            &self.registry,
+            &self.repo,
+            &self.url,
+            &expect,
+        );
+    }
+
+    /// Sends the GET and tells the client what came back; the 200 and its length, when the
+    /// download goes on into the store.
+    async fn open(
+        &self,
+        mut writer: FillWriter,
+        tx: oneshot::Sender<Started>,
+    ) -> Option<(Response<Incoming>, Option<u64>, FillWriter)> {
+        let fetched =
+            (self.proxy.upstream).follow(&Method::GET, &self.url, identity(&self.headers));
+        let resp = match fetched.await {
+            Ok(resp) => resp,
+            Err(e) => {
+                writer.fail(e.to_string());
+                let _ = tx.send(Started::Failed(e));
+                return None;
+            }
+        };
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            (self.proxy).forget_if_refused(&self.cred, &self.registry, &self.repo, status);
+            writer.decline();
+            let _ = tx.send(Started::Relay(resp));
+            return None;
+        }
+        let h = resp.headers();
+        let size = (h.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse().ok());
+        let media_type = (h.get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        if size.is_some_and(|size| !writer.reserve(size)) {
+            // Larger than the cache can hold now: this client gets it straight from upstream.
+            self.proxy.metrics.cache_fills_capped.inc();
+            warn!(digest = %writer.fill().digest, ?size, "no room within cache.max_size: not cached");
+            writer.decline();
+            let _ = tx.send(Started::Relay(resp));
+            return None;
+        }
+        writer.start(size, &media_type, &self.registry, &self.repo);
+        let _ = tx.send(Started::Streaming);
+        Some((resp, size, writer))
+    }
+
+    /// Copies the body into the store; `None` (and the fill failed) when it cannot be completed.
+    async fn copy(
+        &self,
+        resp: Response<Incoming>,
+        mut writer: FillWriter,
+        seen: &mut Seen,
+    ) -> Option<FillWriter> {
+        let digest = writer.fill().digest.clone();
+        let mut body = resp.into_body();
+        let mut alone_since: Option<Instant> = None;
+        loop {
+            // Every client left and none came back: the uplink is not spent for nobody.
+            match (writer.fill().readers(), alone_since) {
+                (0, None) => alone_since = Some(Instant::now()),
+                (0, Some(t)) if t.elapsed() > ABANDONED_AFTER => {
+                    info!(%digest, "every client left the download: not cached");
+                    writer.fail("every client left".into());
+                    return None;
+                }
+                (0, Some(_)) => {}
+                _ => alone_since = None,
+            }
+            // A stalled upstream must not hold the fill (and every reader joined to it) forever.
+            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Some(writer),
+                Err(_) => {
+                    warn!(%digest, url = %redact(&self.url), "upstream body stalled: not cached");
+                    writer.fail(format!(
+                        "no data from the upstream for {BODY_IDLE_TIMEOUT:?}"
+                    ));
+                    return None;
+                }
+            };
+            let data = match frame {
+                Ok(frame) => frame.into_data().unwrap_or_default(),
+                Err(e) => {
+                    warn!(%digest, url = %self.url, error = %e, "upstream body ended early: not cached");
+                    writer.fail(format!("upstream body: {e}"));
+                    return None;
+                }
+            };
+            seen.note(&data);
+            if let Err(e) = writer.write(&data) {
+                writer.fail(e.to_string());
+                return None;
+            }
+        }
+    }
+}
+
+impl Seen {
+    fn note(&mut self, data: &[u8]) {
+        self.first = self.first.or(data.first().copied());
+        let span = self.written..self.written + data.len() as u64;
+        if let Some(at) = self.at.filter(|at| span.contains(at)) {
+            self.sample = Some((at, data[(at - self.written) as usize]));
+        }
+        self.written += data.len() as u64;
+    }
+}
+
+/// The headers for a fetch that fills the cache: the bytes must be the object's own, not a
+/// compressed transfer of them.
+pub(super) fn identity(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers
+}

@@ -1,0 +1,132 @@
+//! Blobs and manifests by digest: immutable, stored once, shared by every repository that the
+//! upstream says this client may read. A stored object is a HIT, a download under way is joined
+//! (JOIN), anything else starts one ([`super::download`]) that this client reads as it grows (MISS).
+
+use std::sync::Arc;
+
+use http::header;
+use http::{Method, Response};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::auth::Credential;
+use super::confirm::{random_offset, Expect};
+use super::download::{Download, Started};
+use super::outcome::CacheOutcome;
+use super::request::Outbound;
+use super::response::{relay, serve_fill, serve_reader};
+use super::{Body, Error, Proxy};
+use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader};
+
+impl Proxy {
+    /// A blob or a manifest by digest.
+    pub(super) async fn object(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<Response<Body>, Error> {
+        let cred = Credential::of(&out.headers);
+        let partial = out.method == Method::HEAD || out.headers.contains_key(header::RANGE);
+        // Partial and HEAD requests are served from the cache only when it has the object.
+        let claim = match partial {
+            true => match self.cache.get(&digest) {
+                Some(reader) => Claim::Hit(reader),
+                None => return self.pass(out).await,
+            },
+            false => self
+                .cache
+                .claim_for(&digest, &out.route.host)
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "cache unavailable for this request");
+                    Claim::Bypass
+                }),
+        };
+        match claim {
+            Claim::Hit(reader) => self.hit(out, repo, &cred, digest, reader).await,
+            Claim::Join(fill) => self.join(out, repo, &cred, digest, fill).await,
+            Claim::Lead(writer) => self.lead(out, repo, cred, writer).await,
+            Claim::Bypass => self.pass(out).await,
+        }
+    }
+
+    /// A stored object, to a client the upstream would serve it to.
+    async fn hit(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        repo: &str,
+        cred: &Credential,
+        digest: Digest,
+        reader: Reader,
+    ) -> Result<Response<Body>, Error> {
+        let at = random_offset(reader.size);
+        let confirmed = self.cache.has_ref(&digest, &out.route.host, repo);
+        let expect = Expect {
+            digest: Some(digest),
+            size: Some(reader.size),
+            first: reader.byte_at(0),
+            sample: reader.byte_at(at).map(|b| (at, b)),
+        };
+        if let Err(refused) = self.authorize(out, repo, cred, &expect, confirmed).await {
+            return Ok(refused);
+        }
+        let (range, head) = (out.headers.get(header::RANGE), out.method == Method::HEAD);
+        Ok(serve_reader(reader, range, head, CacheOutcome::Hit))
+    }
+
+    /// A download under way, joined by a client the upstream would serve it to.
+    async fn join(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        repo: &str,
+        cred: &Credential,
+        digest: Digest,
+        fill: Arc<Fill>,
+    ) -> Result<Response<Body>, Error> {
+        let size = match fill.head().await {
+            FillState::Writing { size, .. } => size,
+            FillState::Done { size, .. } => Some(size),
+            _ => return self.pass(out).await,
+        };
+        // Only a fill from this very repository counts as the upstream's word that the
+        // repository has this digest; any other is checked upstream first.
+        let confirmed = (fill.origin()).is_some_and(|(r, p)| r == out.route.host && p == repo);
+        let expect = Expect {
+            digest: Some(digest),
+            size,
+            ..Expect::default()
+        };
+        if let Err(refused) = self.authorize(out, repo, cred, &expect, confirmed).await {
+            return Ok(refused);
+        }
+        Ok(serve_fill(fill, CacheOutcome::Join))
+    }
+
+    /// Starts the upstream download in its own task (it goes on for the cache and the other
+    /// readers if this client leaves) and serves this client from the growing file.
+    async fn lead(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        repo: &str,
+        cred: Credential,
+        writer: FillWriter,
+    ) -> Result<Response<Body>, Error> {
+        let fill = writer.fill().clone();
+        let (tx, rx) = oneshot::channel();
+        let download = Download {
+            proxy: self.clone(),
+            url: out.url.clone(),
+            headers: out.headers.clone(),
+            registry: out.route.host.clone(),
+            repo: repo.to_owned(),
+            cred,
+        };
+        tokio::spawn(download.run(writer, tx));
+        match rx.await {
+            Ok(Started::Streaming) => Ok(serve_fill(fill, CacheOutcome::Miss)),
+            Ok(Started::Relay(resp)) => Ok(relay(resp, out.route, out.host)),
+            Ok(Started::Failed(e)) => Err(e),
+            Err(_) => Err(Error::Unavailable("the download task ended early".into())),
+        }
+    }
+}
