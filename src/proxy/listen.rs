@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -138,42 +139,9 @@ async fn connection(
 ) {
     let _open = proxy.metrics.open(m::Listener::Https);
     let _ = stream.set_nodelay(true);
-    // A connection in its handshake is idle too: at the cap it gives way like any idle one, so
-    // stalled handshakes cannot hold every slot for HANDSHAKE_TIMEOUT.
-    let handshaking = Activity::new();
-    slot.watch(&handshaking);
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream));
-    let tls = tokio::select! {
-        done = handshake => done,
-        () = handshaking.evicted() => {
-            proxy.metrics.expired(Listener::Https.label(), m::Expired::Evicted);
-            return;
-        }
-        () = shutdown.cancelled() => return,
+    let Some(tls) = handshake(&proxy, stream, peer, &slot, &shutdown).await else {
+        return;
     };
-    let tls = match tls {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            // rustls says this when the resolver had no certificate: not our name, or no SNI.
-            let refused = e
-                .to_string()
-                .contains("no server certificate chain resolved");
-            let outcome = if refused {
-                Handshake::Refused
-            } else {
-                Handshake::Failed
-            };
-            proxy.metrics.handshake(outcome);
-            info!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            proxy.metrics.handshake(Handshake::Failed);
-            debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    proxy.metrics.handshake(Handshake::Ok);
     let sni = tls
         .get_ref()
         .1
@@ -197,6 +165,53 @@ async fn connection(
         serve_http(proxy, tls, ctx, Listener::Https, &slot, shutdown)
             .instrument(span)
             .await;
+    }
+}
+
+/// The TLS handshake, within [`HANDSHAKE_TIMEOUT`]; `None` (counted and logged) when it fails.
+async fn handshake(
+    proxy: &Proxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: &Slot,
+    shutdown: &CancellationToken,
+) -> Option<TlsStream<TcpStream>> {
+    // A connection in its handshake is idle too: at the cap it gives way like any idle one, so
+    // stalled handshakes cannot hold every slot for HANDSHAKE_TIMEOUT.
+    let handshaking = Activity::new();
+    slot.watch(&handshaking);
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy.tls.accept(stream));
+    let tls = tokio::select! {
+        done = handshake => done,
+        () = handshaking.evicted() => {
+            proxy.metrics.expired(Listener::Https.label(), m::Expired::Evicted);
+            return None;
+        }
+        () = shutdown.cancelled() => return None,
+    };
+    match tls {
+        Ok(Ok(tls)) => {
+            proxy.metrics.handshake(Handshake::Ok);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            // rustls says this when the resolver had no certificate: not our name, or no SNI.
+            let refused = e
+                .to_string()
+                .contains("no server certificate chain resolved");
+            let outcome = match refused {
+                true => Handshake::Refused,
+                false => Handshake::Failed,
+            };
+            proxy.metrics.handshake(outcome);
+            info!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            proxy.metrics.handshake(Handshake::Failed);
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 
