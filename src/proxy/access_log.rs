@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use super::outcome::CacheOutcome;
 use super::{Body, BoxError};
 use crate::config::{AccessFormat, LogConfig};
+use crate::sync::Locked;
 
 /// Where access-log lines go, and in which format. Cloning shares the sink.
 #[derive(Clone)]
@@ -65,7 +66,7 @@ impl AccessLog {
             Some(path) => Box::new(append(path)?),
             None => Box::new(std::io::stdout()),
         };
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = self.sink.locked();
         let _ = sink.writer.flush();
         *sink = Sink {
             writer,
@@ -77,7 +78,7 @@ impl AccessLog {
 
     /// Reopens the file (after logrotate moved it away); nothing for stdout.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = self.sink.locked();
         if let Some(path) = sink.path.clone() {
             let _ = sink.writer.flush();
             sink.writer = Box::new(append(&path)?);
@@ -86,7 +87,7 @@ impl AccessLog {
     }
 
     fn write(&self, entry: &Entry, status: StatusCode, bytes: u64) {
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = self.sink.locked();
         let line = match sink.format {
             AccessFormat::Main => entry.line(status, bytes),
             AccessFormat::Json => entry.json(status, bytes),

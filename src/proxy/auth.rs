@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::response::empty;
 use super::upstream::Client;
+use crate::sync::Locked;
 
 /// How long a token service may take to answer the anonymous probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -105,7 +106,7 @@ pub struct AuthMemory {
 
 /// Inserts into a bounded memory: over [`MAX_ENTRIES`], the older half goes.
 fn remember<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Instant>>, key: K) {
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = map.locked();
     map.insert(key, Instant::now());
     if map.len() > MAX_ENTRIES {
         let mut times: Vec<Instant> = map.values().copied().collect();
@@ -121,7 +122,7 @@ fn seen_within<K: std::hash::Hash + Eq>(
     key: &K,
     within: Duration,
 ) -> bool {
-    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.locked();
     map.get(key).is_some_and(|t| t.elapsed() <= within)
 }
 
@@ -142,11 +143,11 @@ impl AuthMemory {
     /// offline too.
     pub fn revoke(&self, cred: &Credential, registry: &str, repo: &str) {
         let key = (cred.clone(), repo_key(registry, repo));
-        let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut granted = self.granted.locked();
         granted.remove(&key);
         drop(granted);
         if cred.is_anonymous() {
-            let mut public = self.public.lock().unwrap_or_else(|e| e.into_inner());
+            let mut public = self.public.locked();
             public.remove(&repo_key(registry, repo));
         }
     }
@@ -179,7 +180,7 @@ impl AuthMemory {
     /// How many entries the memories hold (grants, public, probed).
     pub fn len(&self) -> (usize, usize, usize) {
         fn len<K>(m: &Mutex<HashMap<K, Instant>>) -> usize {
-            m.lock().unwrap_or_else(|e| e.into_inner()).len()
+            m.locked().len()
         }
         (len(&self.granted), len(&self.public), len(&self.probed))
     }
