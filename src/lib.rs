@@ -10,7 +10,10 @@
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
 //! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
 //! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
-//! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
+//! - [`proxy`]: listeners and TLS accept; each request routed by host and classified once into a
+//!   typed endpoint, handled in the endpoint's file, with authorization and offline policy in
+//!   files of their own; one `Upstream` for every request to a registry or CDN; the cache outcome
+//!   travels with the response to the access log, metrics and status page.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
 //! - [`status`]: the status page's figures (`/`, `/api/status`).
