@@ -27,11 +27,10 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         repo: &str,
-        cred: &Credential,
         expect: &Expect,
         confirmed: bool,
     ) -> Result<(), Response<Body>> {
-        let registry = &out.route.host;
+        let (registry, cred) = (&out.route.host, &out.cred);
         let ttl = self.policy().auth_ttl;
         let remembered =
             self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl);
@@ -54,7 +53,7 @@ impl Proxy {
             }
             Verdict::Unavailable(outage) => outage,
         };
-        if confirmed && self.offline_allowed(out, repo, cred, &outage).await {
+        if confirmed && self.offline_allowed(out, repo, &outage).await {
             warn!(%registry, repo, why = %outage.why, "upstream unavailable: serving from the cache");
             return Ok(());
         }

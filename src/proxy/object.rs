@@ -9,7 +9,6 @@ use http::{Method, Response};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::auth::Credential;
 use super::confirm::{random_offset, Expect};
 use super::download::{Download, Started};
 use super::outcome::CacheOutcome;
@@ -26,7 +25,6 @@ impl Proxy {
         repo: &str,
         digest: Digest,
     ) -> Result<Response<Body>, Error> {
-        let cred = Credential::of(&out.headers);
         let partial = out.method == Method::HEAD || out.headers.contains_key(header::RANGE);
         // Partial and HEAD requests are served from the cache only when it has the object.
         let claim = match partial {
@@ -43,22 +41,38 @@ impl Proxy {
                 }),
         };
         match claim {
-            Claim::Hit(reader) => self.hit(out, repo, &cred, digest, reader).await,
-            Claim::Join(fill) => self.join(out, repo, &cred, digest, fill).await,
-            Claim::Lead(writer) => self.lead(out, repo, cred, writer).await,
+            Claim::Hit(reader) => {
+                let (expect, confirmed) = self.stored_evidence(out, repo, digest, &reader);
+                if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
+                    return Ok(refused);
+                }
+                let (range, head) = (out.headers.get(header::RANGE), out.method == Method::HEAD);
+                Ok(serve_reader(reader, range, head, CacheOutcome::Hit))
+            }
+            Claim::Join(fill) => {
+                let Some((expect, confirmed)) = fill_evidence(out, repo, digest, &fill).await
+                else {
+                    return self.pass(out).await;
+                };
+                if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
+                    return Ok(refused);
+                }
+                Ok(serve_fill(fill, CacheOutcome::Join))
+            }
+            Claim::Lead(writer) => self.lead(out, repo, writer).await,
             Claim::Bypass => self.pass(out).await,
         }
     }
 
-    /// A stored object, to a client the upstream would serve it to.
-    async fn hit(
-        self: &Arc<Self>,
+    /// What the upstream must show for a stored object (its size and bytes at two offsets), and
+    /// whether it already confirmed that this repository has it.
+    fn stored_evidence(
+        &self,
         out: &Outbound<'_>,
         repo: &str,
-        cred: &Credential,
         digest: Digest,
-        reader: Reader,
-    ) -> Result<Response<Body>, Error> {
+        reader: &Reader,
+    ) -> (Expect, bool) {
         let at = random_offset(reader.size);
         let confirmed = self.cache.has_ref(&digest, &out.route.host, repo);
         let expect = Expect {
@@ -67,39 +81,7 @@ impl Proxy {
             first: reader.byte_at(0),
             sample: reader.byte_at(at).map(|b| (at, b)),
         };
-        if let Err(refused) = self.authorize(out, repo, cred, &expect, confirmed).await {
-            return Ok(refused);
-        }
-        let (range, head) = (out.headers.get(header::RANGE), out.method == Method::HEAD);
-        Ok(serve_reader(reader, range, head, CacheOutcome::Hit))
-    }
-
-    /// A download under way, joined by a client the upstream would serve it to.
-    async fn join(
-        self: &Arc<Self>,
-        out: &Outbound<'_>,
-        repo: &str,
-        cred: &Credential,
-        digest: Digest,
-        fill: Arc<Fill>,
-    ) -> Result<Response<Body>, Error> {
-        let size = match fill.head().await {
-            FillState::Writing { size, .. } => size,
-            FillState::Done { size, .. } => Some(size),
-            _ => return self.pass(out).await,
-        };
-        // Only a fill from this very repository counts as the upstream's word that the
-        // repository has this digest; any other is checked upstream first.
-        let confirmed = (fill.origin()).is_some_and(|(r, p)| r == out.route.host && p == repo);
-        let expect = Expect {
-            digest: Some(digest),
-            size,
-            ..Expect::default()
-        };
-        if let Err(refused) = self.authorize(out, repo, cred, &expect, confirmed).await {
-            return Ok(refused);
-        }
-        Ok(serve_fill(fill, CacheOutcome::Join))
+        (expect, confirmed)
     }
 
     /// Starts the upstream download in its own task (it goes on for the cache and the other
@@ -108,7 +90,6 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         repo: &str,
-        cred: Credential,
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
         let fill = writer.fill().clone();
@@ -119,7 +100,7 @@ impl Proxy {
             headers: out.headers.clone(),
             registry: out.route.host.clone(),
             repo: repo.to_owned(),
-            cred,
+            cred: out.cred.clone(),
         };
         tokio::spawn(download.run(writer, tx));
         match rx.await {
@@ -129,4 +110,28 @@ impl Proxy {
             Err(_) => Err(Error::Unavailable("the download task ended early".into())),
         }
     }
+}
+
+/// What the upstream must show for an object still being downloaded (its size, once known), and
+/// whether the download is this very repository's: only that counts as the upstream's word that
+/// the repository has this digest; any other is checked upstream first. `None` when the download
+/// failed before it started.
+async fn fill_evidence(
+    out: &Outbound<'_>,
+    repo: &str,
+    digest: Digest,
+    fill: &Fill,
+) -> Option<(Expect, bool)> {
+    let size = match fill.head().await {
+        FillState::Writing { size, .. } => size,
+        FillState::Done { size, .. } => Some(size),
+        _ => return None,
+    };
+    let confirmed = (fill.origin()).is_some_and(|(r, p)| r == out.route.host && p == repo);
+    let expect = Expect {
+        digest: Some(digest),
+        size,
+        ..Expect::default()
+    };
+    Some((expect, confirmed))
 }

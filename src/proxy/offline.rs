@@ -8,7 +8,6 @@ use http::header::HeaderMap;
 use http::Method;
 use tracing::{info, warn};
 
-use super::auth::Credential;
 use super::confirm::Outage;
 use super::request::Outbound;
 use super::{Proxy, Route};
@@ -42,7 +41,6 @@ impl Proxy {
         &self,
         out: &Outbound<'_>,
         repo: &str,
-        cred: &Credential,
         outage: &Outage,
     ) -> bool {
         let policy = self.policy();
@@ -55,7 +53,7 @@ impl Proxy {
         if policy.offline && self.auth.public(registry, repo, window) {
             return true;
         }
-        let granted = policy.offline && self.auth.granted(cred, registry, repo, grants);
+        let granted = policy.offline && self.auth.granted(&out.cred, registry, repo, grants);
         if granted && self.upstream_down(out.route).await {
             return true;
         }

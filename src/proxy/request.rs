@@ -13,6 +13,7 @@ use hyper::{Request, Response};
 use tracing::warn;
 
 use super::access_log::Entry;
+use super::auth::Credential;
 use super::endpoint::Endpoint;
 use super::outcome::CacheOutcome;
 use super::response::{error_response, local_root, relay};
@@ -37,6 +38,8 @@ pub(super) struct Outbound<'a> {
     pub method: Method,
     pub url: String,
     pub headers: HeaderMap,
+    /// Who the client is, from `headers` (hashed).
+    pub cred: Credential,
 }
 
 /// Headers about a request body, dropped from the bodiless GETs and HEADs sent upstream.
@@ -129,21 +132,14 @@ impl Proxy {
             true => without_namespace(path),
             false => path.to_owned(),
         };
-        let mut out = Outbound {
-            route,
-            host,
-            method: parts.method.clone(),
-            url: format!("{}{}", route.upstream, path),
-            headers: forwardable(&parts.headers),
-        };
-        let read = out.method == Method::GET || out.method == Method::HEAD;
-        if !read {
+        let url = format!("{}{}", route.upstream, path);
+        let mut headers = forwardable(&parts.headers);
+        let method = parts.method;
+        if method != Method::GET && method != Method::HEAD {
             // Pushes and deletes: the body streams through, no redirect following, no deadline
             // (a large blob upload gets its response only after the last byte).
             let body: Body = body.map_err(BoxError::from).boxed_unsync();
-            let sent = self
-                .upstream
-                .send_body(&out.method, &out.url, &out.headers, body);
+            let sent = self.upstream.send_body(&method, &url, &headers, body);
             return Ok(relay(sent.await?, route, host));
         }
         drop(body);
@@ -156,15 +152,24 @@ impl Proxy {
                 return Ok(local_root(CacheOutcome::Local));
             }
             if let Some(value) = self.appliance_auth(route, endpoint.repo()).await {
-                out.headers.insert(header::AUTHORIZATION, value);
+                headers.insert(header::AUTHORIZATION, value);
             }
         }
         // A GET or HEAD goes upstream without a body: headers that announce one would make the
         // upstream wait for bytes that never come, and a client could turn that wait into a
         // timeout that looks like an outage (and opens offline access).
         for name in BODY_HEADERS {
-            out.headers.remove(*name);
+            headers.remove(*name);
         }
+        let cred = Credential::of(&headers);
+        let out = Outbound {
+            route,
+            host,
+            method,
+            url,
+            headers,
+            cred,
+        };
         self.read(out, endpoint).await
     }
 }

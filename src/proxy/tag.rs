@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::auth::Credential;
 use super::confirm::{random_offset, Expect, Outage, DOCKER_CONTENT_DIGEST};
 use super::download::identity;
 use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
@@ -34,7 +33,6 @@ impl Proxy {
         repo: &str,
         tag: &str,
     ) -> Result<Response<Body>, Error> {
-        let cred = Credential::of(&out.headers);
         let accept: Vec<&str> = (out.headers.get_all(header::ACCEPT).iter())
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -47,9 +45,9 @@ impl Proxy {
         let held =
             (self.cache.tag(&key)).and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = held {
-            return self.cached_tag(out, &cred, &key, entry, reader).await;
+            return self.cached_tag(out, &key, Held { entry, reader }).await;
         }
-        let asked = self.ask_tag(out, key.clone(), &cred).await;
+        let asked = self.ask_tag(out, key.clone()).await;
         let outage = match &asked {
             Ok(resp) => match Outage::of(resp) {
                 Some(outage) => outage,
@@ -63,7 +61,7 @@ impl Proxy {
         let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
             .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = fallback {
-            let stale = self.stale(out, repo, &cred, &outage, reader, &entry.media_type);
+            let stale = self.stale(out, repo, &outage, reader, &entry.media_type);
             if let Some(resp) = stale.await {
                 return Ok(resp);
             }
@@ -77,11 +75,10 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         key: TagKey,
-        cred: &Credential,
     ) -> Result<Response<Body>, Error> {
         match out.method == Method::HEAD {
-            true => self.head_tag(out, key, cred).await,
-            false => self.fetch_tag(out, key, cred).await,
+            true => self.head_tag(out, key).await,
+            false => self.fetch_tag(out, key).await,
         }
     }
 
@@ -90,29 +87,16 @@ impl Proxy {
     async fn cached_tag(
         self: &Arc<Self>,
         out: &Outbound<'_>,
-        cred: &Credential,
         key: &TagKey,
-        entry: TagEntry,
-        reader: Reader,
+        held: Held,
     ) -> Result<Response<Body>, Error> {
-        if entry.fresh_until <= Instant::now() {
-            return self.revalidate(out, cred, key, entry, reader).await;
+        if held.entry.fresh_until <= Instant::now() {
+            return self.revalidate(out, key, held).await;
         }
-        let expect = Expect {
-            digest: Some(entry.digest.clone()),
-            size: Some(reader.size),
-            ..Expect::default()
-        };
-        if let Err(refused) = self.authorize(out, &key.repo, cred, &expect, true).await {
+        if let Err(refused) = self.authorize(out, &key.repo, &held.expect(), true).await {
             return Ok(refused);
         }
-        let head = out.method == Method::HEAD;
-        Ok(serve_manifest(
-            reader,
-            &entry.media_type,
-            head,
-            CacheOutcome::Hit,
-        ))
+        Ok(held.serve(out, CacheOutcome::Hit))
     }
 
     /// A stale mapping: a HEAD that names the same digest renews it; any other answer is fetched
@@ -120,19 +104,14 @@ impl Proxy {
     async fn revalidate(
         self: &Arc<Self>,
         out: &Outbound<'_>,
-        cred: &Credential,
         key: &TagKey,
-        entry: TagEntry,
-        reader: Reader,
+        held: Held,
     ) -> Result<Response<Body>, Error> {
         let (registry, repo) = (&out.route.host, key.repo.as_str());
-        let outage = match self
-            .upstream
-            .send(&Method::HEAD, &out.url, &out.headers)
-            .await
-        {
+        let asked = self.upstream.send(&Method::HEAD, &out.url, &out.headers);
+        let outage = match asked.await {
             Ok(resp) if resp.status() == StatusCode::OK => {
-                if digest_header(resp.headers()).as_ref() != Some(&entry.digest) {
+                if digest_header(resp.headers()).as_ref() != Some(&held.entry.digest) {
                     let labels = RevalidationLabels {
                         result: Revalidation::Changed,
                     };
@@ -140,29 +119,23 @@ impl Proxy {
                         .cache_revalidations
                         .get_or_create(&labels)
                         .inc();
-                    return self.ask_tag(out, key.clone(), cred).await;
+                    return self.ask_tag(out, key.clone()).await;
                 }
-                let expect = Expect {
-                    digest: Some(entry.digest.clone()),
-                    size: Some(reader.size),
-                    ..Expect::default()
-                };
-                self.record_grant(cred, &out.headers, registry, repo, &out.url, &expect);
+                let expect = held.expect();
+                self.record_grant(&out.cred, &out.headers, registry, repo, &out.url, &expect);
                 self.cache.refresh_tag(key, self.policy().manifest_ttl);
-                let head = out.method == Method::HEAD;
-                let revalidated = CacheOutcome::Revalidated;
-                return Ok(serve_manifest(reader, &entry.media_type, head, revalidated));
+                return Ok(held.serve(out, CacheOutcome::Revalidated));
             }
             Ok(resp) => match Outage::of(&resp) {
                 Some(outage) => outage,
                 None => {
-                    self.forget_if_refused(cred, registry, repo, resp.status());
+                    self.forget_if_refused(&out.cred, registry, repo, resp.status());
                     return Ok(self.pass_refusal(out, Some(resp)).await);
                 }
             },
             Err(e) => Outage::unreachable(e.to_string()),
         };
-        let stale = self.stale(out, repo, cred, &outage, reader, &entry.media_type);
+        let stale = self.stale(out, repo, &outage, held.reader, &held.entry.media_type);
         stale.await.ok_or(Error::Unavailable(outage.why))
     }
 
@@ -174,14 +147,13 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         key: TagKey,
-        cred: &Credential,
     ) -> Result<Response<Body>, Error> {
         let asked = self
             .upstream
             .follow(&Method::HEAD, &out.url, out.headers.clone());
         let resp = asked.await?;
         let (registry, repo) = (&out.route.host, &key.repo);
-        self.forget_if_refused(cred, registry, repo, resp.status());
+        self.forget_if_refused(&out.cred, registry, repo, resp.status());
         let h = resp.headers();
         let media_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let media_type = media_type.filter(|t| manifest_type(t));
@@ -193,7 +165,7 @@ impl Proxy {
                     digest: Some(digest.clone()),
                     ..Expect::default()
                 };
-                self.record_grant(cred, &out.headers, registry, repo, &out.url, &expect);
+                self.record_grant(&out.cred, &out.headers, registry, repo, &out.url, &expect);
             }
             let ttl = self.policy().manifest_ttl;
             self.cache.put_tag(key, digest, media_type, ttl);
@@ -207,12 +179,11 @@ impl Proxy {
         &self,
         out: &Outbound<'_>,
         repo: &str,
-        cred: &Credential,
         outage: &Outage,
         reader: Reader,
         media_type: &str,
     ) -> Option<Response<Body>> {
-        if !self.offline_allowed(out, repo, cred, outage).await {
+        if !self.offline_allowed(out, repo, outage).await {
             return None;
         }
         warn!(registry = %out.route.host, repo, why = %outage.why, "serving a stale tag");
@@ -232,14 +203,13 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         key: TagKey,
-        cred: &Credential,
     ) -> Result<Response<Body>, Error> {
         let asked = self
             .upstream
             .follow(&Method::GET, &out.url, identity(&out.headers));
         let resp = asked.await?;
         if resp.status() != StatusCode::OK {
-            self.forget_if_refused(cred, &out.route.host, &key.repo, resp.status());
+            self.forget_if_refused(&out.cred, &out.route.host, &key.repo, resp.status());
             return Ok(relay(resp, out.route, out.host));
         }
         let (parts, body) = resp.into_parts();
@@ -260,7 +230,7 @@ impl Proxy {
             warn!(%digest, %media_type, url = %redact(&out.url), "not a manifest: not cached");
             CacheOutcome::Bypass
         } else {
-            self.keep_manifest(out, &key, cred, &digest, &body, &media_type);
+            self.keep_manifest(out, &key, &digest, &body, &media_type);
             CacheOutcome::Miss
         };
         // The upstream's own headers (rate limits…) go back to the client too; a manifest that is
@@ -281,7 +251,6 @@ impl Proxy {
         self: &Arc<Self>,
         out: &Outbound<'_>,
         key: &TagKey,
-        cred: &Credential,
         digest: &Digest,
         body: &Bytes,
         media_type: &str,
@@ -298,7 +267,7 @@ impl Proxy {
             sample: body.get(at as usize).map(|b| (at, *b)),
         };
         let (registry, repo) = (&out.route.host, &key.repo);
-        self.record_grant(cred, &out.headers, registry, repo, &out.url, &expect);
+        self.record_grant(&out.cred, &out.headers, registry, repo, &out.url, &expect);
     }
 
     /// Stores a manifest's bytes under their digest; false when caching is paused or failed.
@@ -331,6 +300,28 @@ impl Proxy {
             Ok(Claim::Join(_)) => true,
             Ok(Claim::Bypass) | Err(_) => false,
         }
+    }
+}
+
+/// A tag mapping and the stored manifest it names.
+struct Held {
+    entry: TagEntry,
+    reader: Reader,
+}
+
+impl Held {
+    /// What the upstream must show for this manifest.
+    fn expect(&self) -> Expect {
+        Expect {
+            digest: Some(self.entry.digest.clone()),
+            size: Some(self.reader.size),
+            ..Expect::default()
+        }
+    }
+
+    fn serve(self, out: &Outbound<'_>, outcome: CacheOutcome) -> Response<Body> {
+        let head = out.method == Method::HEAD;
+        serve_manifest(self.reader, &self.entry.media_type, head, outcome)
     }
 }
 

@@ -6,7 +6,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response};
 use tracing::warn;
 
-use super::auth::Credential;
 use super::confirm::Outage;
 use super::outcome::CacheOutcome;
 use super::request::Outbound;
@@ -34,8 +33,7 @@ impl Proxy {
             Err(e) => (Outage::unreachable(e.to_string()), Err(e)),
         };
         let tags = self.cache.tags_of(&out.route.host, repo);
-        let cred = Credential::of(&out.headers);
-        if tags.is_empty() || !self.offline_allowed(out, repo, &cred, &outage).await {
+        if tags.is_empty() || !self.offline_allowed(out, repo, &outage).await {
             return answer.map(|resp| relay(resp, out.route, out.host));
         }
         warn!(registry = %out.route.host, repo, why = %outage.why, "serving a stale tag list");
