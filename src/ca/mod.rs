@@ -21,7 +21,9 @@
 //!   is refused and logged). Sharing alone would leave a client free to mint a key per
 //!   handshake with made-up parents; the budget alone would refuse honest names under a busy
 //!   alias. Exact names are few (the configured list), so they need no budget;
-//! - at most [`MAX_LEAVES`] slots are kept, evicting an idle one when full.
+//! - at most [`MAX_LEAVES`] slots are kept, evicting an idle one when full;
+//! - a configured pattern's own leaf (`ghcr.io`; `*.pkg.dev` for `*.pkg.dev`) is pinned: never
+//!   charged to the budget, never evicted, so made-up deep names cannot starve the real ones.
 
 use std::collections::HashMap;
 use std::fs;
@@ -273,7 +275,14 @@ pub struct CertResolver {
 type Slot = Arc<Mutex<Option<Leaf>>>;
 
 /// The bounded slot map and the budget for new wildcard leaves.
+///
+/// The leaves of the configured patterns themselves (`ghcr.io`, and `*.pkg.dev` for the pattern
+/// `*.pkg.dev`) are pinned: kept apart, never evicted and never charged to the budget, so made-up
+/// names under an alias can neither spend the budget a real name needs nor push its leaf out.
 struct Slots {
+    /// The configured patterns' own leaves; as many as the configured list.
+    pinned: HashMap<String, Slot>,
+    /// Every other leaf (`*.b.pkg.dev` for `a.b.pkg.dev`); at most [`MAX_LEAVES`].
     map: HashMap<String, Slot>,
     /// Tokens for new `*.parent` slots; refilled at [`WILDCARD_REFILL`] per second.
     wildcard_tokens: f64,
@@ -283,14 +292,19 @@ struct Slots {
 impl Slots {
     fn new() -> Self {
         Self {
+            pinned: HashMap::new(),
             map: HashMap::new(),
             wildcard_tokens: WILDCARD_BURST,
             refilled: Instant::now(),
         }
     }
 
-    /// The slot for `key`, creating it (within the bounds) when missing.
-    fn get_or_insert(&mut self, key: &str) -> Option<Slot> {
+    /// The slot for `key`, creating it (within the bounds) when missing; a pinned key (a
+    /// configured pattern's own leaf) is outside the bounds.
+    fn get_or_insert(&mut self, key: &str, pinned: bool) -> Option<Slot> {
+        if pinned {
+            return Some(self.pinned.entry(key.to_owned()).or_default().clone());
+        }
         if let Some(slot) = self.map.get(key) {
             return Some(slot.clone());
         }
@@ -310,6 +324,23 @@ impl Slots {
         Some(slot)
     }
 
+    /// Keeps the pinned leaves of `names` only (after a reload); the others become ordinary
+    /// (bounded, evictable) leaves.
+    fn repin(&mut self, names: &[NamePattern]) {
+        let keep: Vec<String> = names.iter().map(own_leaf).collect();
+        let unpinned: Vec<String> = (self.pinned.keys())
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for key in unpinned {
+            if let Some(slot) = self.pinned.remove(&key) {
+                if self.map.len() < MAX_LEAVES {
+                    self.map.insert(key, slot);
+                }
+            }
+        }
+    }
+
     fn take_wildcard_token(&mut self) -> bool {
         let now = Instant::now();
         let earned = now.duration_since(self.refilled).as_secs_f64() * WILDCARD_REFILL;
@@ -320,6 +351,15 @@ impl Slots {
         }
         self.wildcard_tokens -= 1.0;
         true
+    }
+}
+
+/// The leaf a pattern itself is served with: the name for an exact one, `*.suffix` for a
+/// wildcard one.
+fn own_leaf(pattern: &NamePattern) -> String {
+    match pattern {
+        NamePattern::Exact(name) => name.clone(),
+        NamePattern::Suffix(suffix) => format!("*.{suffix}"),
     }
 }
 
@@ -344,7 +384,9 @@ impl CertResolver {
 
     /// Serves `names` from now on (a config reload). The caller checked [`Ca::not_permitted`].
     pub fn set_names(&self, names: Vec<NamePattern>) {
-        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+        let mut current = self.names.write().unwrap_or_else(|e| e.into_inner());
+        (self.leaves.lock().unwrap_or_else(|e| e.into_inner())).repin(&names);
+        *current = names;
     }
 
     /// Calls `f` after each leaf issued.
@@ -354,27 +396,31 @@ impl CertResolver {
     }
 
     /// The name the leaf for `name` is issued for: `name` itself when an exact pattern lists it,
-    /// `*.parent` when only a wildcard pattern matches it, `None` when it is not ours.
-    fn leaf_name(&self, name: &str) -> Option<String> {
+    /// `*.parent` when only a wildcard pattern matches it, `None` when it is not ours. The flag
+    /// says whether that leaf is a configured pattern's own (pinned: see [`Slots`]).
+    fn leaf_name(&self, name: &str) -> Option<(String, bool)> {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());
         if names
             .iter()
             .any(|p| matches!(p, NamePattern::Exact(e) if e == name))
         {
-            return Some(name.to_owned());
+            return Some((name.to_owned(), true));
         }
         let parent = name.split_once('.')?.1;
+        let own = names
+            .iter()
+            .any(|p| matches!(p, NamePattern::Suffix(s) if s == parent));
         names
             .iter()
             .any(|p| p.matches(name))
-            .then(|| format!("*.{parent}"))
+            .then(|| (format!("*.{parent}"), own))
     }
 
     /// The leaf for `sni`, from the cache or freshly issued; `None` for names that are not ours
     /// (and for new wildcard leaves beyond the issuance budget).
     pub fn leaf_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = normalize(sni);
-        let Some(key) = self.leaf_name(&name) else {
+        let Some((key, pinned)) = self.leaf_name(&name) else {
             tracing::warn!(sni = %name, "TLS handshake refused: not a registry name of this appliance");
             return None;
         };
@@ -382,7 +428,7 @@ impl CertResolver {
             .leaves
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(&key);
+            .get_or_insert(&key, pinned);
         let Some(slot) = slot else {
             tracing::warn!(sni = %name, leaf = %key, "TLS handshake refused: too many new wildcard leaves issued recently");
             return None;
