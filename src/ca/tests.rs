@@ -1,4 +1,17 @@
-use super::*;
+//! The CA's tests: creation and loading, leaf issuance, the cache and the wildcard budget.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+
+use super::authority::{pem_to_der, within};
+use super::leaf::{LeafSlot, MAX_LEAVES, WILDCARD_BURST, WILDCARD_REFILL};
+use super::{Ca, CertResolver, Error};
+use crate::names::NamePattern;
 
 fn names(list: &[&str]) -> Vec<NamePattern> {
     list.iter()
@@ -286,11 +299,11 @@ fn a_full_leaf_cache_never_evicts_a_configured_patterns_own_leaf() {
     let exact = resolver.leaf_for("ghcr.io").unwrap();
     // Fill the cache with made-up leaves that are all in use: the pinned leaves are the only
     // idle ones, the first choice of an eviction that did not know them.
-    let held: Vec<Slot> = {
+    let held: Vec<LeafSlot> = {
         let mut leaves = resolver.leaves.lock().unwrap();
         (0..MAX_LEAVES)
             .map(|i| {
-                let slot = Slot::default();
+                let slot = LeafSlot::default();
                 leaves.map.insert(format!("*.z{i}.pkg.dev"), slot.clone());
                 slot
             })
