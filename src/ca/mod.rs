@@ -1,5 +1,5 @@
-//! The local CA: load or create it ([`authority`]), issue and cache one leaf certificate per SNI
-//! name ([`leaf`]), and hand rustls the right leaf during the handshake ([`resolver`]). No
+//! The local CA: load or create it (`authority`), issue and cache one leaf certificate per SNI
+//! name (`leaf`), and hand rustls the right leaf during the handshake (`resolver`). No
 //! networking.
 //!
 //! The CA's NameConstraints extension (critical) permits exactly the configured registry names, so

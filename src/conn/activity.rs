@@ -77,7 +77,7 @@ impl Activity {
     }
 
     /// A request starts; it is in flight until the guard is dropped (put it in the response body
-    /// with [`Tracked`], so a response being sent counts).
+    /// with [`Tracked`](super::Tracked), so a response being sent counts).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
