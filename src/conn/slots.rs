@@ -363,9 +363,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn under_a_lowered_cap_a_newcomer_takes_over_the_evicted_slot_only() {
         let slots = Slots::new(2);
-        let (a, b) = (Activity::new(), Activity::new());
+        let a = Activity::new();
         let slot_a = free_slot(&slots);
         slot_a.watch(&a);
+        // `a` has been idle longer (the clock is paused: without this, a tie).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let b = Activity::new();
         let slot_b = free_slot(&slots);
         slot_b.watch(&b);
         slots.set_max(1);
