@@ -3,10 +3,13 @@
 //! host names) for client onboarding.
 //!
 //! Does not bind: [`serve`] takes a bound listener. Clients outside `access.allow` (IPv4 and IPv6
-//! alike) are closed, and so are connections beyond [`MAX_CONNECTIONS`].
+//! alike) are closed. At most [`MAX_CONNECTIONS`] are open, with the connection bounds of the
+//! proxy listeners (first-byte and idle timeouts, the idlest giving way at the cap).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
@@ -15,22 +18,31 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::AccessList;
 use crate::cache::Store;
-use crate::conn::Slots;
+use crate::conn::{self, Activity, Slot, Slots, Tracked, Watched};
 use crate::metrics::{self, Listener, Metrics, Rejected};
 use crate::status::{Facts, Status};
+use crate::sync::ReadWrite;
 
-/// Admin connections open at once; more are closed at accept. Scrapers and people need few.
+/// Admin connections open at once. Scrapers and people need few: at the cap, the connection idle
+/// longest gives way to a newcomer, as on the proxy listeners ([`crate::conn::Slots`]); when
+/// every one has a request in flight, the newcomer is closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends no byte within this is closed (as hyper's header timeout would).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection may take to finish the response it is sending.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// A request head must arrive whole within this. hyper starts it whenever the connection waits
 /// for a request, so it also closes a client that sends nothing and an idle keep-alive
 /// connection.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin pages show.
 pub struct Admin {
@@ -69,7 +81,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -80,31 +92,68 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
             warn!(%peer, "admin connection refused: client not in access.allow");
             continue;
         }
-        let Some(slot) = slots.try_take() else {
+        let Some(admission) = slots.try_take() else {
             admin.metrics.rejected(Listener::Admin, Rejected::Limit);
             debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
             continue;
         };
-        let open = admin.metrics.open(Listener::Admin);
         let admin = admin.clone();
-        let service = service_fn(move |req| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(page(&admin, &req)) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(16 * 1024)
-            .max_headers(64)
-            .serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let _held = (slot, open);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "admin connection error");
-            }
+            let Some(slot) = admission.slot().await else {
+                admin.metrics.rejected(Listener::Admin, Rejected::Limit);
+                debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+                return;
+            };
+            connection(admin, stream, peer, slot).await;
         });
     }
     info!("admin stopped");
+}
+
+/// Serves one admin connection within the bounds of [`crate::conn`]: closed when no byte comes
+/// within [`FIRST_BYTE_TIMEOUT`], when no request is in flight for [`IDLE_TIMEOUT`], or when a
+/// newcomer at [`MAX_CONNECTIONS`] needs its slot while it is idle.
+async fn connection(admin: Arc<Admin>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    let _open = admin.metrics.open(Listener::Admin);
+    let activity = Activity::new();
+    slot.watch(&activity);
+    let service = {
+        let (admin, activity) = (admin.clone(), activity.clone());
+        service_fn(move |req| {
+            let in_flight = activity.begin();
+            let resp = page(&admin, &req).map(|body| Tracked::new(body, in_flight));
+            async move { Ok::<_, Infallible>(resp) }
+        })
+    };
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .max_headers(64)
+        .serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let why = tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+            return;
+        }
+        why = conn::expiry(&activity, FIRST_BYTE_TIMEOUT, IDLE_TIMEOUT) => why,
+    };
+    admin.metrics.expired(Listener::Admin, expired_label(why));
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+}
+
+fn expired_label(why: conn::Expired) -> metrics::Expired {
+    match why {
+        conn::Expired::FirstByte => metrics::Expired::FirstByte,
+        conn::Expired::Idle => metrics::Expired::Idle,
+        conn::Expired::Evicted => metrics::Expired::Evicted,
+        conn::Expired::Stalled => metrics::Expired::Stalled,
+    }
 }
 
 fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -136,7 +185,7 @@ fn page(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             text(StatusCode::OK, "application/json", json)
         }
         "/registries" => {
-            let names = admin.registries.read().unwrap_or_else(|e| e.into_inner());
+            let names = admin.registries.read_now();
             let list: String = names.iter().map(|h| format!("{h}\n")).collect();
             text(StatusCode::OK, "text/plain", list)
         }

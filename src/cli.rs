@@ -1,6 +1,6 @@
 //! Command-line definitions (clap derive) only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -19,8 +19,34 @@ pub struct Cli {
 pub struct ConfigArg {
     /// Config file; default $REGCACHE_CONFIG, else ./regcache.toml, else /etc/regcache/regcache.toml
     /// if present, else the embedded default.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG", value_parser = AnyPath)]
     pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file named by `--config`, else by `$REGCACHE_CONFIG`; an empty value counts as none
+    /// (an exported but empty `REGCACHE_CONFIG` falls through to the next place to look).
+    pub fn file(&self) -> Option<&Path> {
+        self.config.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// A path, possibly empty: clap's own path parser refuses an empty value, and an empty
+/// `$REGCACHE_CONFIG` is "not set", not an error.
+#[derive(Clone, Debug)]
+struct AnyPath;
+
+impl clap::builder::TypedValueParser for AnyPath {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<PathBuf, clap::Error> {
+        Ok(PathBuf::from(value))
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,21 +8,26 @@
 //! - [`config`]: raw TOML → validated [`config::Config`]; the embedded default registry list.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
-//! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
+//! - [`ca`]: the local CA, no networking: `authority` (load or create, name constraints),
+//!   `leaf` (issuance, the bounded leaf cache, the wildcard budget, pinned configured leaves),
+//!   `resolver` (the rustls certificate resolver).
 //! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
 //! - [`proxy`]: listeners and TLS accept; each request routed by host and classified once into a
 //!   typed endpoint, handled in the endpoint's file, with authorization and offline policy in
 //!   files of their own; one `Upstream` for every request to a registry or CDN; the cache outcome
 //!   travels with the response to the access log, metrics and status page.
-//! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
+//! - [`admin`]: the admin listener over plain HTTP: status page, `/healthz`, `/metrics`,
+//!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
 //! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
 //! - [`status`]: the status page's figures (`/`, `/api/status`).
-//! - [`conn`]: connection bounds shared by the TCP listeners (cap, first-byte and idle timeouts).
+//! - [`conn`]: connection bounds shared by the TCP listeners: `slots` (the cap; the idlest gives
+//!   way and its slot is handed over once it closes), `activity` (first-byte, idle and stall
+//!   timeouts), `io` (the IO wrapper and body guard that feed them).
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
-//! - [`cli`]: clap definitions only.
+//! - [`cli`]: clap definitions only (`--config` also from `$REGCACHE_CONFIG`).
 //! - [`sync`]: lock helpers that recover from poisoning (`m.locked()`).
 #![forbid(unsafe_code)]
 

@@ -36,59 +36,9 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check(arg),
         } => check(&arg),
-        Command::Ca {
-            command:
-                CaCommand::Cert {
-                    config,
-                    fingerprint,
-                },
-        } => with_config(&config, |config| {
-            let ca = app::load_ca(&config)?;
-            match fingerprint {
-                true => println!("{}", ca.fingerprint()),
-                false => print!("{}", ca.cert_pem()),
-            }
-            Ok(())
-        }),
-        Command::Ca {
-            command:
-                CaCommand::Install {
-                    config,
-                    create,
-                    docker,
-                    containerd,
-                    podman,
-                    system,
-                    root,
-                },
-        } => with_config(&config, |config| {
-            let flags = [docker, containerd, podman, system];
-            let chosen: Vec<Runtime> = (Runtime::ALL.into_iter().zip(flags))
-                .filter_map(|(r, on)| on.then_some(r))
-                .collect();
-            let ca = match create {
-                true => app::load_ca(&config)?,
-                false => Ca::load_existing(&config.state_dir.join("certs"), &config.patterns())?,
-            };
-            let report = install::install(&root, ca.cert_pem(), &config.patterns(), &chosen)?;
-            report.lines.iter().for_each(|l| println!("{l}"));
-            println!("CA fingerprint (SHA-256): {}", ca.fingerprint());
-            Ok(())
-        }),
-        Command::Ca {
-            command: CaCommand::Uninstall { root },
-        } => match install::uninstall(&root) {
-            Ok(report) => {
-                report.lines.iter().for_each(|l| println!("{l}"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Ca { command } => ca(command),
         Command::Serve(arg) => {
-            let path = config::locate(arg.config.as_deref());
+            let path = config::locate(arg.file());
             with_config(&arg, |config| serve(config, path))
         }
         Command::Healthcheck { config, admin } => match admin {
@@ -111,8 +61,57 @@ fn main() -> ExitCode {
     }
 }
 
+/// `regcache ca cert|install|uninstall`.
+fn ca(command: CaCommand) -> ExitCode {
+    match command {
+        CaCommand::Cert {
+            config,
+            fingerprint,
+        } => with_config(&config, |config| {
+            let ca = app::load_ca(&config)?;
+            match fingerprint {
+                true => println!("{}", ca.fingerprint()),
+                false => print!("{}", ca.cert_pem()),
+            }
+            Ok(())
+        }),
+        CaCommand::Install {
+            config,
+            create,
+            docker,
+            containerd,
+            podman,
+            system,
+            root,
+        } => with_config(&config, |config| {
+            let flags = [docker, containerd, podman, system];
+            let chosen: Vec<Runtime> = (Runtime::ALL.into_iter().zip(flags))
+                .filter_map(|(r, on)| on.then_some(r))
+                .collect();
+            let ca = match create {
+                true => app::load_ca(&config)?,
+                false => Ca::load_existing(&config.state_dir.join("certs"), &config.patterns())?,
+            };
+            let report = install::install(&root, ca.cert_pem(), &config.patterns(), &chosen)?;
+            report.lines.iter().for_each(|l| println!("{l}"));
+            println!("CA fingerprint (SHA-256): {}", ca.fingerprint());
+            Ok(())
+        }),
+        CaCommand::Uninstall { root } => match install::uninstall(&root) {
+            Ok(report) => {
+                report.lines.iter().for_each(|l| println!("{l}"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    let path = config::locate(arg.config.as_deref());
+    let path = config::locate(arg.file());
     config::load(path.as_deref()).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EXIT_CONFIG)
@@ -120,7 +119,7 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
 }
 
 fn check(arg: &ConfigArg) -> ExitCode {
-    let path = config::locate(arg.config.as_deref());
+    let path = config::locate(arg.file());
     let source = path
         .as_ref()
         .map_or("<embedded default>".to_owned(), |p| p.display().to_string());

@@ -1,4 +1,17 @@
-use super::*;
+//! The CA's tests: creation and loading, leaf issuance, the cache and the wildcard budget.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+
+use super::authority::{pem_to_der, within};
+use super::leaf::{LeafSlot, MAX_LEAVES, WILDCARD_BURST, WILDCARD_REFILL};
+use super::{Ca, CertResolver, Error};
+use crate::names::NamePattern;
 
 fn names(list: &[&str]) -> Vec<NamePattern> {
     list.iter()
@@ -251,4 +264,75 @@ fn load_existing_refuses_to_create_a_ca() {
     let made = Ca::load_or_create(dir.path(), &names(&["ghcr.io"])).unwrap();
     let loaded = Ca::load_existing(dir.path(), &names(&["ghcr.io"])).unwrap();
     assert_eq!(made.fingerprint(), loaded.fingerprint());
+}
+
+/// Spends the wildcard budget with made-up deep names until one is refused.
+fn spend_the_wildcard_budget(resolver: &CertResolver) {
+    let refused = (0..10_000).any(|i| resolver.leaf_for(&format!("a.y{i}.pkg.dev")).is_none());
+    assert!(refused, "the budget ran out");
+}
+
+#[test]
+fn made_up_deep_names_cannot_spend_the_budget_of_a_configured_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, _) = counting_resolver(dir.path(), &["ghcr.io", "*.pkg.dev"]);
+    spend_the_wildcard_budget(&resolver);
+    // `*.pkg.dev` is the configured pattern's own leaf: never on the budget.
+    let key = resolver
+        .leaf_for("us.pkg.dev")
+        .expect("a real name still gets its leaf");
+    let (_, leaf) = x509_parser::parse_x509_certificate(key.cert[0].as_ref()).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", san.value.general_names),
+        "[DNSName(\"*.pkg.dev\")]"
+    );
+    assert!(resolver.leaf_for("ghcr.io").is_some());
+    spend_the_wildcard_budget(&resolver);
+}
+
+#[test]
+fn a_full_leaf_cache_never_evicts_a_configured_patterns_own_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, issued) = counting_resolver(dir.path(), &["ghcr.io", "*.pkg.dev"]);
+    let own = resolver.leaf_for("us.pkg.dev").unwrap();
+    let exact = resolver.leaf_for("ghcr.io").unwrap();
+    // Fill the cache with made-up leaves that are all in use: the pinned leaves are the only
+    // idle ones, the first choice of an eviction that did not know them.
+    let held: Vec<LeafSlot> = {
+        let mut leaves = resolver.leaves.lock().unwrap();
+        (0..MAX_LEAVES)
+            .map(|i| {
+                let slot = LeafSlot::default();
+                leaves.map.insert(format!("*.z{i}.pkg.dev"), slot.clone());
+                slot
+            })
+            .collect()
+    };
+    for i in 0..8 {
+        assert!(resolver.leaf_for(&format!("a.w{i}.pkg.dev")).is_some());
+    }
+    assert!(resolver.leaves.lock().unwrap().map.len() <= MAX_LEAVES);
+    let before = issued.load(std::sync::atomic::Ordering::SeqCst);
+    let again = resolver.leaf_for("eu.pkg.dev").unwrap();
+    assert!(
+        Arc::ptr_eq(&own, &again),
+        "the pinned *.pkg.dev leaf survived"
+    );
+    assert!(Arc::ptr_eq(&exact, &resolver.leaf_for("ghcr.io").unwrap()));
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), before);
+    drop(held);
+}
+
+#[test]
+fn a_reload_unpins_the_leaves_of_names_no_longer_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (resolver, _) = counting_resolver(dir.path(), &["ghcr.io", "*.pkg.dev"]);
+    resolver.leaf_for("us.pkg.dev").unwrap();
+    resolver.leaf_for("ghcr.io").unwrap();
+    resolver.set_names(names(&["ghcr.io"]));
+    let leaves = resolver.leaves.lock().unwrap();
+    let pinned: Vec<&String> = leaves.pinned.keys().collect();
+    assert_eq!(pinned, ["ghcr.io"]);
+    assert!(leaves.map.contains_key("*.pkg.dev"));
 }

@@ -32,6 +32,7 @@ use std::sync::{Arc, RwLock};
 use crate::access::AccessList;
 use crate::metrics::{DnsOutcome, Metrics};
 use crate::names::{normalize, NamePattern};
+use crate::sync::{Locked, ReadWrite};
 
 pub use system::{primary_ipv4, resolv_conf_nameservers};
 
@@ -86,10 +87,7 @@ impl Handler {
     }
 
     fn answers(&self) -> Arc<Answers> {
-        self.answers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.answers.read_now().clone()
     }
 
     fn intercepts(&self, name: &str) -> bool {
@@ -333,7 +331,7 @@ pub async fn answer_raw(handler: &Handler, raw: &[u8], src: SocketAddr) -> Optio
             let _ = capture.clone().send_response(response).await;
         }
     }
-    let bytes = capture.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let bytes = capture.0.locked().take();
     bytes
 }
 
@@ -360,7 +358,7 @@ impl ResponseHandler for Capture {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(max);
         let info = response.destructive_emit(&mut encoder)?;
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        *self.0.locked() = Some(bytes);
         Ok(info)
     }
 }

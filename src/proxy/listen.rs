@@ -114,19 +114,25 @@ async fn accept_loop(
             warn!(%peer, "connection refused: client not in access.allow");
             continue;
         }
-        let Some(slot) = proxy.slots.try_take() else {
+        let Some(admission) = proxy.slots.try_take() else {
             // Dropping the stream closes it at once; debug only, as a flood would flood the log.
             proxy.metrics.rejected(kind.label(), m::Rejected::Limit);
             debug!(%peer, "connection refused: limits.max_connections reached");
             continue;
         };
         let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
-        match kind {
-            Listener::Https => tokio::spawn(connection(proxy, stream, peer, slot, shutdown)),
-            Listener::Mirror => {
-                tokio::spawn(mirror_connection(proxy, stream, peer, slot, shutdown))
+        tokio::spawn(async move {
+            // At the cap: the slot of the connection told to give way, once it has closed.
+            let Some(slot) = admission.slot().await else {
+                proxy.metrics.rejected(kind.label(), m::Rejected::Limit);
+                debug!(%peer, "connection refused: limits.max_connections reached");
+                return;
+            };
+            match kind {
+                Listener::Https => connection(proxy, stream, peer, slot, shutdown).await,
+                Listener::Mirror => mirror_connection(proxy, stream, peer, slot, shutdown).await,
             }
-        };
+        });
     }
 }
 

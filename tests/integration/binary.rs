@@ -84,6 +84,25 @@ fn config_lookup_order_and_the_embedded_default() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("env.toml: OK (1 registries"));
+    // --config wins over $REGCACHE_CONFIG; an empty $REGCACHE_CONFIG counts as unset.
+    for (args, env, expect) in [
+        (
+            &["--config", "regcache.toml"][..],
+            "env.toml",
+            "regcache.toml: OK",
+        ),
+        (&[][..], "", "regcache.toml: OK"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["config", "check"])
+            .args(args)
+            .current_dir(dir.path())
+            .env("REGCACHE_CONFIG", env)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with(expect), "{args:?} {env:?}: {stdout}");
+    }
 }
 
 #[test]

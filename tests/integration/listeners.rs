@@ -491,3 +491,38 @@ async fn a_reload_changes_the_connection_cap_at_once() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 "));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_listener_at_its_cap_lets_the_idlest_connection_give_way() {
+    let app = Dual::start("[]", "127.0.0.1:0", "").await;
+    // Fill the admin listener with silent connections, oldest first.
+    let mut silent = Vec::new();
+    for _ in 0..regcache::admin::MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(app.admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A newcomer is served (the metrics scrape is one), and the oldest silent one closes.
+    let metrics = app.metrics().await;
+    let took = closed_within(&mut silent[0], Duration::from_secs(3)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "the idlest gave way after {took:?}"
+    );
+    let line = "regcache_connections_expired_total{listener=\"admin\",timeout=\"evicted\"}";
+    let after = app.metrics().await;
+    assert!(after.contains(&format!("{line} ")), "{line} in\n{after}");
+    assert!(metrics.contains("regcache_"), "the newcomer was served");
+    // The others are still open: a request on the newest is answered.
+    let newest = silent.last_mut().unwrap();
+    newest
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), newest.read(&mut buf))
+        .await
+        .expect("the newest is still served")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    app.stop().await;
+}
