@@ -104,6 +104,18 @@ objects_whole() { # STATE-DIR: every object file hashes to its name
 }
 tmp_files() { find "$1/cache/tmp" -type f 2>/dev/null | wc -l; }
 largest_tmp() { find "$1/cache/tmp" -type f -printf '%s\n' 2>/dev/null | sort -n | tail -n 1; }
+# fill_size STATE-DIR BYTES PID: waits (up to 30 s, while PID lives) for a temp file larger than BYTES;
+# prints the largest size seen last
+fill_size() {
+    local i size=''
+    for ((i = 0; i < 600; i++)); do
+        size=$(largest_tmp "$1")
+        [[ ${size:-0} -gt $2 ]] && break
+        alive "$3" || break
+        sleep 0.05
+    done
+    echo "$size"
+}
 wait_tmp_empty() { # STATE-DIR: fills end (bounded)
     local i
     for ((i = 0; i < 50; i++)); do [[ $(tmp_files "$1") == 0 ]] && return 0; sleep 0.2; done
@@ -167,12 +179,7 @@ fault_kill9_mid_fill() {
     start_fault_regcache "$st/config.toml" regcache-fault-kill9
     fault_copy "$FAULT/kill9-1" >"$FAULT/kill9-1.log" 2>&1 &
     cpid=$!
-    for ((i = 0; i < 600; i++)); do
-        size=$(largest_tmp "$st/state")
-        [[ ${size:-0} -gt $((6 << 20)) ]] && break
-        alive "$cpid" || break
-        sleep 0.05
-    done
+    size=$(fill_size "$st/state" $((6 << 20)) "$cpid")
     echo "largest temp file: ${size:-none} bytes"
     [[ ${size:-0} -gt $((6 << 20)) ]] || { echo "the fill never passed 6 MiB"; cat "$FAULT/kill9-1.log"; return 1; }
     kill -KILL "$FR_PID"
@@ -333,12 +340,7 @@ fault_sigterm() {
     start_fault_regcache "$st/config.toml" regcache-fault-sigterm
     fault_copy "$FAULT/sigterm-1" >"$FAULT/sigterm-1.log" 2>&1 &
     cpid=$!
-    for ((i = 0; i < 600; i++)); do
-        size=$(largest_tmp "$st/state")
-        [[ ${size:-0} -gt $((2 << 20)) ]] && break
-        alive "$cpid" || break
-        sleep 0.05
-    done
+    size=$(fill_size "$st/state" $((2 << 20)) "$cpid")
     [[ ${size:-0} -gt $((2 << 20)) ]] || { echo "no fill in flight"; cat "$FAULT/sigterm-1.log"; return 1; }
     t0=$(date +%s.%N)
     kill -TERM "$FR_PID"
