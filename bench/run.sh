@@ -96,16 +96,7 @@ stats() { "$PY" "$LIB/stats.py" "$@"; }
 app() { ip netns exec "$APP_NS" "$@"; }
 cli() { ip netns exec "$CLI_NS" "$@"; }
 
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    teardown_world "$CLI_NS" "$APP_NS"
-    if [[ -n $W && -d $W ]]; then
-        if [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; then say "bench: work dir kept: $W" >&2; else rm -rf "$W"; fi
-    fi
-    exit "$rc"
-}
+keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 # ---------------------------------------------------------------------------------------------------
 # preflight, build
@@ -123,7 +114,7 @@ if [[ $BENCH_NGINX == 1 && -z $NGINX_BIN ]]; then
     info "no nginx (apt-get install nginx-light): no nginx contestant"; BENCH_NGINX=0
 fi
 single_run "${BASH_SOURCE[0]}"
-trap cleanup EXIT
+trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap '[[ $- == *e* && $BASHPID == "$$" ]] && say "bench: error at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -278,18 +269,22 @@ skopeo_pull() { # REF LOGNAME: prints seconds
     secs "$t0" "$t1"
 }
 declare -A T=()   # "client kind" -> space-separated seconds
-for ((r = 1; r <= ROUNDS; r++)); do
-    T[skopeo_direct]+=" $(skopeo_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "skopeo-direct-$r")"
-    empty_cache
-    T[skopeo_cold]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-cold-$r")"
-    T[skopeo_warm]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-warm-$r")"
-    info "skopeo round $r: direct${T[skopeo_direct]##* } s, cold${T[skopeo_cold]##* } s, warm${T[skopeo_warm]##* } s"
-done
+# pull_rounds CLIENT PULL-FUNC LOG-PREFIX: ROUNDS rounds of direct, cold (empty cache), warm into T[CLIENT_kind]
+pull_rounds() {
+    local c=$1 pull=$2 pfx=$3 r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        T[${c}_direct]+=" $("$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r")"
+        empty_cache
+        T[${c}_cold]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold-$r")"
+        T[${c}_warm]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm-$r")"
+        info "$c round $r: direct${T[${c}_direct]##* } s, cold${T[${c}_cold]##* } s, warm${T[${c}_warm]##* } s"
+    done
+}
+pull_rounds skopeo skopeo_pull skopeo
 
 DOCKER_DONE=0
 if [[ $BENCH_DOCKERD == 1 ]]; then
     D=$W/docker
-    mkdir -p "$D/data" "$D/exec"
     dockerd_dir "$D" '{"max-concurrent-downloads": 3, "log-level": "warn"}'
     export DOCKER_HOST=unix://$D/docker.sock
     bg dockerd "$CLI_NS" sh -c "$(dockerd_sh "$D")"
@@ -304,13 +299,7 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
             docker rmi -f "$1" >/dev/null 2>&1 || true
             secs "$t0" "$t1"
         }
-        for ((r = 1; r <= ROUNDS; r++)); do
-            T[dockerd_direct]+=" $(docker_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "docker-direct-$r")"
-            empty_cache
-            T[dockerd_cold]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-cold-$r")"
-            T[dockerd_warm]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-warm-$r")"
-            info "dockerd round $r: direct${T[dockerd_direct]##* } s, cold${T[dockerd_cold]##* } s, warm${T[dockerd_warm]##* } s"
-        done
+        pull_rounds dockerd docker_pull docker
         DOCKER_DONE=1
     else
         info "dockerd did not start (logs/dockerd.log): no dockerd figures"

@@ -123,23 +123,14 @@ need() {
 # ---------------------------------------------------------------------------------------------------
 # preflight, work dir, binary
 
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    teardown_world "$CLI_NS" "$APP_NS"
-    if [[ -n $W && -d $W ]]; then
-        if [[ ${E2E_KEEP:-0} == 1 || $FAILED != 0 || $rc != 0 ]]; then say "e2e: work dir kept: $W"; else rm -rf "$W"; fi
-    fi
-    exit "$rc"
-}
+keep_workdir() { [[ ${E2E_KEEP:-0} == 1 || $FAILED != 0 || $1 != 0 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root (network namespaces, dockerd)"
 for tool in ip dig curl openssl jq skopeo podman dockerd docker docker-registry dnsmasq flock timeout "$PY"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 single_run "${BASH_SOURCE[0]}"
-trap cleanup EXIT
+trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 # report setup errors of the main shell (checks run in subshells and report for themselves)

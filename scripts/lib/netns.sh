@@ -94,3 +94,16 @@ teardown_world() { # NS...: every tracked process stopped (last started first), 
     stop_tracked
     remove_netns_all "$@"
 }
+
+# on_exit KEEP-FUNC NS...: the EXIT trap: stops what was started and removes the namespaces, then the
+# work dir $W unless KEEP-FUNC RC says to keep it; exits with the status the script had
+on_exit() {
+    local rc=$? keep=$1; shift
+    set +e
+    trap - EXIT INT TERM
+    teardown_world "$@"
+    if [[ -n $W && -d $W ]]; then
+        if "$keep" "$rc"; then say "$LIB_TAG: work dir kept: $W"; else rm -rf "$W"; fi
+    fi
+    exit "$rc"
+}

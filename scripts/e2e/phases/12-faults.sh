@@ -104,6 +104,15 @@ objects_whole() { # STATE-DIR: every object file hashes to its name
 }
 tmp_files() { find "$1/cache/tmp" -type f 2>/dev/null | wc -l; }
 largest_tmp() { find "$1/cache/tmp" -type f -printf '%s\n' 2>/dev/null | sort -n | tail -n 1; }
+# throttled_pull NAME RATE: a fresh instance (its dir in ST) behind a relay throttled to RATE bytes/s, and
+# skopeo copying the fault image through it in the background (pid in CPID, log $FAULT/NAME-1.log)
+throttled_pull() {
+    ST=$(fault_instance "$1")
+    relay_start "relay-$1" "$NVCR_IP" --rate "$2"
+    start_fault_regcache "$ST/config.toml" "regcache-fault-$1"
+    fault_copy "$FAULT/$1-1" >"$FAULT/$1-1.log" 2>&1 &
+    CPID=$!
+}
 # fill_size STATE-DIR BYTES PID: waits (up to 30 s, while PID lives) for a temp file larger than BYTES;
 # prints the largest size seen last
 fill_size() {
@@ -173,12 +182,9 @@ fault_reset_mid_blob() {
 # B2: kill -9 once the layer's temp file passes 6 MiB (upstream throttled to 8 MiB/s), restart, pull again
 fault_kill9_mid_fill() {
     trap fault_teardown EXIT
-    local st i size='' rc=0 cpid left
-    st=$(fault_instance kill9)
-    relay_start relay-kill9 "$NVCR_IP" --rate $((8 << 20))
-    start_fault_regcache "$st/config.toml" regcache-fault-kill9
-    fault_copy "$FAULT/kill9-1" >"$FAULT/kill9-1.log" 2>&1 &
-    cpid=$!
+    local st size='' rc=0 cpid left
+    throttled_pull kill9 $((8 << 20))
+    st=$ST cpid=$CPID
     size=$(fill_size "$st/state" $((6 << 20)) "$cpid")
     echo "largest temp file: ${size:-none} bytes"
     [[ ${size:-0} -gt $((6 << 20)) ]] || { echo "the fill never passed 6 MiB"; cat "$FAULT/kill9-1.log"; return 1; }
@@ -335,11 +341,8 @@ fault_idle_connections() {
 fault_sigterm() {
     trap fault_teardown EXIT
     local st i size cpid rc=0 t0 refused='' probe waited ec
-    st=$(fault_instance sigterm)
-    relay_start relay-sigterm "$NVCR_IP" --rate $((2 << 20))
-    start_fault_regcache "$st/config.toml" regcache-fault-sigterm
-    fault_copy "$FAULT/sigterm-1" >"$FAULT/sigterm-1.log" 2>&1 &
-    cpid=$!
+    throttled_pull sigterm $((2 << 20))
+    st=$ST cpid=$CPID
     size=$(fill_size "$st/state" $((2 << 20)) "$cpid")
     [[ ${size:-0} -gt $((2 << 20)) ]] || { echo "no fill in flight"; cat "$FAULT/sigterm-1.log"; return 1; }
     t0=$(date +%s.%N)
