@@ -26,6 +26,7 @@
 #      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
 #      x-cache-status: HIT.
 #
+# Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
 #   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
 #             (https 10.78.0.1:8443, certificate for nginx.rcbench.test from the per-run public CA; the
