@@ -26,6 +26,7 @@
 #      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
 #      x-cache-status: HIT.
 #
+# Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
 #   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
 #             (https 10.78.0.1:8443, certificate for nginx.rcbench.test from the per-run public CA; the
@@ -50,8 +51,20 @@ shopt -u patsub_replacement 2>/dev/null || true
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+LIB=$REPO/scripts/lib
 ASSETS=$REPO/scripts/e2e
 PY=${PYTHON:-/usr/bin/python3}
+LIB_TAG=bench
+W='' LOGS='' OK=0
+# shellcheck source=../scripts/lib/proc.sh
+. "$LIB/proc.sh"
+# shellcheck source=../scripts/lib/netns.sh
+. "$LIB/netns.sh"
+# shellcheck source=../scripts/lib/pki.sh
+. "$LIB/pki.sh"
+# shellcheck source=../scripts/lib/upstream.sh
+. "$LIB/upstream.sh"
+hermetic_mounts rcbench
 
 APP_NS=rcbench-app
 CLI_NS=rcbench-cli
@@ -77,81 +90,20 @@ STREAMS=${BENCH_STREAMS:-4}
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY \
     SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE REGISTRY_AUTH_FILE DOCKER_HOST || true
 
-PIDS=()
-declare -A PIDNAME=()
-W='' LOGS='' NETNS_DIR_CREATED=0 RUN_NETNS_CREATED=0 OK=0
-
-say() { printf '%s\n' "$*"; }
 info() { say "bench: $*" >&2; }
 die() { say "bench: failed: $*" >&2; exit 1; }
+stats() { "$PY" "$LIB/stats.py" "$@"; }
 
 app() { ip netns exec "$APP_NS" "$@"; }
 cli() { ip netns exec "$CLI_NS" "$@"; }
-HERMETIC_MOUNTS='mount -n -t tmpfs -o size=64m,mode=755 rcbench-run /run && mount -n -t tmpfs -o size=64m,mode=755 rcbench-varlib /var/lib'
 
-bg() { # NAME NS CMD...
-    local name=$1 ns=$2; shift 2
-    ip netns exec "$ns" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9<&- &
-    PIDS+=("$!"); PIDNAME[$!]=$name
-}
-alive() { kill -0 "$1" 2>/dev/null; }
-wait_for() { # DESC PID TRIES DELAY CMD...
-    local desc=$1 pid=$2 tries=$3 delay=$4 i; shift 4
-    for ((i = 0; i < tries; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        if [[ $pid != - ]] && ! alive "$pid"; then
-            info "$desc: ${PIDNAME[$pid]:-$pid} exited"; tail -n 20 "$LOGS/${PIDNAME[$pid]:-none}.log" >&2 || true
-            return 1
-        fi
-        sleep "$delay"
-    done
-    info "timed out waiting for $desc"
-    return 1
-}
-stop_pid() {
-    local pid=$1 i
-    alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.2; done
-    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-    wait "$pid" 2>/dev/null || true
-}
-forget_pid() {
-    local p keep=()
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-remove_ns() {
-    local ns=$1 pid
-    if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        sleep 0.2
-        ip netns del "$ns" 2>/dev/null || true
-    fi
-    rm -rf "/etc/netns/$ns"
-}
-cleanup() {
-    local rc=$? i
-    set +e
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-    remove_ns "$CLI_NS"
-    remove_ns "$APP_NS"
-    [[ $NETNS_DIR_CREATED == 1 ]] && rmdir /etc/netns 2>/dev/null
-    if [[ $RUN_NETNS_CREATED == 1 && -z $(ip netns list) ]]; then
-        umount -n /run/netns 2>/dev/null; rmdir /run/netns 2>/dev/null
-    fi
-    if [[ -n $W && -d $W ]]; then
-        if [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; then say "bench: work dir kept: $W" >&2; else rm -rf "$W"; fi
-    fi
-    exit "$rc"
-}
+keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 # ---------------------------------------------------------------------------------------------------
 # preflight, build
 
 [[ $(id -u) == 0 ]] || die "must run as root"
-for tool in ip curl openssl skopeo docker-registry dnsmasq flock sha256sum pgrep "$PY"; do
+for tool in ip dig curl openssl skopeo docker-registry dnsmasq flock sha256sum pgrep "$PY"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
@@ -162,18 +114,13 @@ NGINX_BIN=$(command -v nginx || true)
 if [[ $BENCH_NGINX == 1 && -z $NGINX_BIN ]]; then
     info "no nginx (apt-get install nginx-light): no nginx contestant"; BENCH_NGINX=0
 fi
-exec 9<"${BASH_SOURCE[0]}"
-flock -n 9 || die "another bench/run.sh holds the lock"
-trap cleanup EXIT
+single_run "${BASH_SOURCE[0]}"
+trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap '[[ $- == *e* && $BASHPID == "$$" ]] && say "bench: error at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-for ns in "$APP_NS" "$CLI_NS"; do
-    if ip netns list | awk '{print $1}' | grep -qx "$ns" || [[ -e /etc/netns/$ns ]]; then
-        info "removing stale namespace $ns"; remove_ns "$ns"
-    fi
-done
+remove_stale_ns "$APP_NS" "$CLI_NS" >&2
 W=$(mktemp -d "${BENCH_WORKDIR:-/tmp}/rcbench.XXXXXX")
 chmod 755 "$W"
 LOGS=$W/logs PKI=$W/pki
@@ -203,62 +150,27 @@ export HOME=$W/home DOCKER_CONFIG=$W/home/.docker
 # ---------------------------------------------------------------------------------------------------
 # PKI, namespaces, upstream resolver and registry
 
-(
-    cd "$PKI"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ca.key -out ca.crt \
-        -subj "/CN=regcache bench public root $$" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout up.key -out up.csr -subj "/CN=$UP_HOST"
-    printf 'subjectAltName=DNS:%s,DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
-        "$UP_HOST" "$DIRECT_HOST" >up.ext
-    openssl x509 -req -in up.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile up.ext -out up.crt
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout nginx.key -out nginx.csr -subj "/CN=$NGINX_HOST"
-    printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
-        "$NGINX_HOST" >nginx.ext
-    openssl x509 -req -in nginx.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile nginx.ext -out nginx.crt
-) >"$LOGS/pki.log" 2>&1
+{
+    pki_ca "$PKI" "regcache bench public root $$"
+    pki_leaf "$PKI" up "$UP_HOST" "$DIRECT_HOST"
+    pki_leaf "$PKI" nginx "$NGINX_HOST"
+} >"$LOGS/pki.log" 2>&1
 
-[[ -d /etc/netns ]] || { mkdir /etc/netns; NETNS_DIR_CREATED=1; }
-[[ -d /run/netns ]] || RUN_NETNS_CREATED=1
-mkdir -p /etc/docker /etc/containers
-ip netns add "$APP_NS"
-ip netns add "$CLI_NS"
-ip link add rcbench-app netns "$APP_NS" type veth peer name rcbench-cli netns "$CLI_NS"
-ip -n "$APP_NS" addr add "$APP_IP/24" dev rcbench-app
-ip -n "$CLI_NS" addr add "$CLI_IP/24" dev rcbench-cli
-for ns in "$APP_NS" "$CLI_NS"; do
-    ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=0
-done
-ip -n "$APP_NS" link set rcbench-app up
-ip -n "$CLI_NS" link set rcbench-cli up
+netns_pair "$APP_NS" "$APP_IP" "$CLI_NS" "$CLI_IP"
 ip -n "$APP_NS" addr add "$UP_IP/32" dev lo
 # the upstream address is local to APP: no forwarding is needed to reach it over the veth
 ip -n "$CLI_NS" route add "$UP_IP/32" via "$APP_IP"
-mkdir -p "/etc/netns/$APP_NS" "/etc/netns/$CLI_NS"
 echo "nameserver 127.0.0.9" >"/etc/netns/$APP_NS/resolv.conf"
 echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
 
-bg dnsmasq "$APP_NS" dnsmasq -k -C /dev/null --log-facility=- --user=root --pid-file="$W/dnsmasq.pid" \
-    --port "$DNSMASQ_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
-    --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" --address=/#/
-
-render() { # TEMPLATE OUT KEY=VALUE...
-    local tmpl=$1 out=$2 kv text; shift 2
-    text=$(<"$tmpl")
-    for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
-    [[ $text != *@[A-Z_]*@* ]] || die "unfilled placeholder in $out"
-    printf '%s\n' "$text" >"$out"
-}
+start_dnsmasq "$APP_NS" "$DNSMASQ_PORT" --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" \
+    || die "dnsmasq (logs/dnsmasq.log)"
 UP=$W/upstream
-mkdir -p "$UP/storage"
-render "$ASSETS/registry-plain.yml.in" "$UP/config.yml" ROOT="$UP/storage" ADDR="$UP_IP:443" \
-    SECRET="$(openssl rand -hex 16)" CERT="$PKI/up.crt" KEY="$PKI/up.key"
+registry_config "$ASSETS/registry-plain.yml.in" "$UP" "$UP_IP:443" up
 bg upstream "$APP_NS" docker-registry serve "$UP/config.yml"
 UP_PID=$!
 app_curl() { app curl -sS --max-time 120 --cacert "$PKI/ca.crt" --resolve "$UP_HOST:443:$UP_IP" "$@"; }
-code_is() { local want=$1 code; shift; code=$("$@" -o /dev/null -w '%{http_code}') && [[ $code == "$want" ]]; }
-wait_for upstream "$UP_PID" 100 0.1 code_is 200 app_curl --max-time 2 "https://$UP_HOST/v2/" || die "upstream registry"
+wait_for upstream "$UP_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$UP_HOST/v2/" || die "upstream registry"
 
 # ---------------------------------------------------------------------------------------------------
 # the image: generated locally, pushed through the registry API, then the local copy removed
@@ -274,25 +186,7 @@ while read -r kind a _; do
     IMAGE_BYTES=$((IMAGE_BYTES + s))
     if ((s > BIG_SIZE)); then BIG_SIZE=$s BIG_BLOB=$a; fi
 done <"$W/image/push-plan"
-push() {
-    local kind a b c loc sep
-    while read -r kind a b c; do
-        case $kind in
-        blob)
-            loc=$(app_curl -f -X POST -o /dev/null -w '%header{location}' "https://$UP_HOST/v2/$REPO_NAME/blobs/uploads/")
-            [[ $loc == /* ]] && loc=https://$UP_HOST$loc
-            [[ $loc == *\?* ]] && sep='&' || sep='?'
-            app_curl -f -o /dev/null -H 'Content-Type: application/octet-stream' \
-                -T "$W/image/blobs/sha256/${a#sha256:}" "$loc${sep}digest=$a"
-            ;;
-        tag)
-            app_curl -f -o /dev/null -H "Content-Type: $c" -T "$W/image/blobs/sha256/${b#sha256:}" \
-                "https://$UP_HOST/v2/$REPO_NAME/manifests/$a"
-            ;;
-        esac
-    done <"$W/image/push-plan"
-}
-push >"$LOGS/push.log" 2>&1 || die "push (logs/push.log)"
+push_layout "$UP_HOST" "$REPO_NAME" "$W/image" >"$LOGS/push.log" 2>&1 || die "push (logs/push.log)"
 rm -rf "$W/image"
 info "image $UP_HOST/$REPO_NAME:$TAG $IMAGE_DIGEST pushed: $((IMAGE_BYTES >> 20)) MiB of blobs, largest $BIG_BLOB ($((BIG_SIZE >> 20)) MiB); $((SECONDS - T0)) s"
 
@@ -310,11 +204,11 @@ start_regcache() {
     ip netns exec "$APP_NS" "$BIN" serve --config "$RC/config.toml" >>"$LOGS/regcache.access.log" \
         2>"$LOGS/regcache.$NSTART.log" </dev/null 9<&- &
     REGCACHE_PID=$!
-    PIDS+=("$REGCACHE_PID"); PIDNAME[$REGCACHE_PID]=regcache.$NSTART
+    track_pid "$REGCACHE_PID" "regcache.$NSTART"
     wait_for regcache "$REGCACHE_PID" 150 0.2 grep -q 'listening for https on' "$LOGS/regcache.$NSTART.log" \
         || die "regcache did not start (logs/regcache.$NSTART.log)"
 }
-stop_regcache() { stop_pid "$REGCACHE_PID"; forget_pid "$REGCACHE_PID"; REGCACHE_PID=''; }
+stop_regcache() { stop_forget "$REGCACHE_PID"; REGCACHE_PID=''; }
 empty_cache() { # restart regcache with an empty cache (its CA, in state/, stays)
     stop_regcache
     rm -rf "$RC/cache"
@@ -335,13 +229,13 @@ done
 # forwarded by regcache to dnsmasq -> 198.51.100.30, routed over the same veth)
 via_url() { echo "https://$UP_HOST/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
 direct_url() { echo "https://$DIRECT_HOST/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
-code_is 200 cli curl -sS --max-time 10 --cacert "$W/regcache-ca.crt" "https://$UP_HOST/v2/" || die "client -> regcache"
-code_is 200 cli curl -sS --max-time 10 --cacert "$PKI/ca.crt" "https://$DIRECT_HOST/v2/" || die "client -> upstream directly"
+http_code_in 200 cli curl -sS --max-time 10 --cacert "$W/regcache-ca.crt" "https://$UP_HOST/v2/" || die "client -> regcache"
+http_code_in 200 cli curl -sS --max-time 10 --cacert "$PKI/ca.crt" "https://$DIRECT_HOST/v2/" || die "client -> upstream directly"
 
 now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+secs() { stats elapsed "$1" "$2"; }
+median() { stats median "$@"; }
+ratio() { stats ratio "$1" "$2"; }
 path_label() { case $1 in via) echo regcache ;; *) echo "$1" ;; esac; }
 # capacity_line PREFIX CPU-ARRAY-NAME KEY-SUFFIX: what each server moves per second of its own CPU
 # (blob size / median server CPU per GET), the serving capacity of one core when the clients run
@@ -353,15 +247,12 @@ capacity_line() {
     for path in "${PATHS[@]}"; do
         # shellcheck disable=SC2086
         c=$(median ${cpus[$path$3]})
-        cap[$path]=$(awk -v s="$BIG_SIZE" -v c="$c" 'BEGIN { if (c > 0) printf "%.0f", s / c / 1e6; else print 0 }')
+        cap[$path]=$(stats per-core "$BIG_SIZE" "$c")
         line+="$sep $(path_label "$path") ${cap[$path]}"
         sep=','
     done
     [[ -n ${cap[nginx]:-} ]] && line+="; regcache / nginx = $(ratio "${cap[via]}" "${cap[nginx]}")"
     echo "$line"
-}
-cpu_secs() { # PID: user+system CPU seconds so far
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,25 +270,25 @@ skopeo_pull() { # REF LOGNAME: prints seconds
     secs "$t0" "$t1"
 }
 declare -A T=()   # "client kind" -> space-separated seconds
-for ((r = 1; r <= ROUNDS; r++)); do
-    T[skopeo_direct]+=" $(skopeo_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "skopeo-direct-$r")"
-    empty_cache
-    T[skopeo_cold]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-cold-$r")"
-    T[skopeo_warm]+=" $(skopeo_pull "$UP_HOST/$REPO_NAME:$TAG" "skopeo-warm-$r")"
-    info "skopeo round $r: direct${T[skopeo_direct]##* } s, cold${T[skopeo_cold]##* } s, warm${T[skopeo_warm]##* } s"
-done
+# pull_rounds CLIENT PULL-FUNC LOG-PREFIX: ROUNDS rounds of direct, cold (empty cache), warm into T[CLIENT_kind]
+pull_rounds() {
+    local c=$1 pull=$2 pfx=$3 r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        T[${c}_direct]+=" $("$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r")"
+        empty_cache
+        T[${c}_cold]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold-$r")"
+        T[${c}_warm]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm-$r")"
+        info "$c round $r: direct${T[${c}_direct]##* } s, cold${T[${c}_cold]##* } s, warm${T[${c}_warm]##* } s"
+    done
+}
+pull_rounds skopeo skopeo_pull skopeo
 
 DOCKER_DONE=0
 if [[ $BENCH_DOCKERD == 1 ]]; then
     D=$W/docker
-    mkdir -p "$D/data" "$D/exec"
-    echo '{"max-concurrent-downloads": 3, "log-level": "warn"}' >"$D/daemon.json"
-    awk '$2 ~ "^/sys/fs/cgroup" && ($3 == "tmpfs" || $3 == "cgroup" || $3 == "cgroup2") {
-            printf "mkdir -p %s && mount -n -t %s -o %s %s %s\n", $2, $3, $4, $1, $2 }' /proc/self/mounts >"$D/cgroups.sh"
+    dockerd_dir "$D" '{"max-concurrent-downloads": 3, "log-level": "warn"}'
     export DOCKER_HOST=unix://$D/docker.sock
-    bg dockerd "$CLI_NS" sh -c ". '$D/cgroups.sh' && $HERMETIC_MOUNTS && exec dockerd --data-root '$D/data' \
-        --exec-root '$D/exec' --pidfile '$D/docker.pid' -H 'unix://$D/docker.sock' --config-file '$D/daemon.json' \
-        --iptables=false --ip-forward=false --bridge=none --storage-driver=vfs"
+    bg dockerd "$CLI_NS" sh -c "$(dockerd_sh "$D")"
     DOCKERD_PID=$!
     if wait_for dockerd "$DOCKERD_PID" 120 0.5 docker info; then
         docker_pull() { # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing)
@@ -409,18 +300,12 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
             docker rmi -f "$1" >/dev/null 2>&1 || true
             secs "$t0" "$t1"
         }
-        for ((r = 1; r <= ROUNDS; r++)); do
-            T[dockerd_direct]+=" $(docker_pull "$DIRECT_HOST/$REPO_NAME:$TAG" "docker-direct-$r")"
-            empty_cache
-            T[dockerd_cold]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-cold-$r")"
-            T[dockerd_warm]+=" $(docker_pull "$UP_HOST/$REPO_NAME:$TAG" "docker-warm-$r")"
-            info "dockerd round $r: direct${T[dockerd_direct]##* } s, cold${T[dockerd_cold]##* } s, warm${T[dockerd_warm]##* } s"
-        done
+        pull_rounds dockerd docker_pull docker
         DOCKER_DONE=1
     else
         info "dockerd did not start (logs/dockerd.log): no dockerd figures"
     fi
-    stop_pid "$DOCKERD_PID"; forget_pid "$DOCKERD_PID"
+    stop_forget "$DOCKERD_PID"
     rm -rf "$D/data"
 fi
 
@@ -440,19 +325,12 @@ if [[ $BENCH_NGINX == 1 ]]; then
     NGINX_PID=$!
     nginx_v2() { cli curl -sS --max-time 2 --cacert "$PKI/ca.crt" --resolve "$NGINX_HOST:$NGINX_PORT:$APP_IP" \
         "https://$NGINX_HOST:$NGINX_PORT/v2/" "$@"; }
-    wait_for nginx "$NGINX_PID" 100 0.1 code_is 200 nginx_v2 || die "nginx (logs/nginx.log, nginx/error.log)"
+    wait_for nginx "$NGINX_PID" 100 0.1 http_code_in 200 nginx_v2 || die "nginx (logs/nginx.log, nginx/error.log)"
 fi
 nginx_url() { echo "https://$NGINX_HOST:$NGINX_PORT/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
 NGINX_RESOLVE="--resolve $NGINX_HOST:$NGINX_PORT:$APP_IP"
 
 stat_cpu() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6; exit }' /proc/stat; }   # busy idle (jiffies)
-tree_cpu_secs() { # PID: CPU seconds of PID and its children (nginx's workers)
-    local p sum kids
-    sum=$(cpu_secs "$1")
-    kids=$(pgrep -P "$1" 2>/dev/null || true)
-    for p in $kids; do sum=$(awk -v a="$sum" -v b="$(cpu_secs "$p" 2>/dev/null || echo 0)" 'BEGIN { print a + b }'); done
-    echo "$sum"
-}
 # blob_get URL CA SERVER-PID [CURL-OPTS]: one GET; prints "MB/s server-CPU-s client-CPU-s machine-busy-% x-cache x-cache-status"
 # (machine busy: share of both CPUs not idle during the GET, everything included; "-" for a header not sent)
 blob_get() {
@@ -466,11 +344,9 @@ blob_get() {
     c1=$(tree_cpu_secs "$3") s1=$(stat_cpu)
     read -r code speed size xc xcs <"$W/curl.out"
     xc=${xc#x} xcs=${xcs#x}
-    ct=$(awk '{ print $1 + $2 }' "$W/curl.time")
+    ct=$(stats sum $(<"$W/curl.time"))
     [[ $code == 200 && $size == "$BIG_SIZE" ]] || die "curl $1: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
-    awk -v s="$speed" -v a="$c0" -v b="$c1" -v ct="$ct" -v s0="$s0" -v s1="$s1" -v x="${xc:--}" -v y="${xcs:--}" 'BEGIN {
-        split(s0, p, " "); split(s1, q, " "); busy = q[1] - p[1]; idle = q[2] - p[2]
-        printf "%.0f %.2f %.2f %.0f %s %s\n", s / 1e6, b - a, ct, (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), x, y }'
+    stats get "$speed" "$c0" "$c1" "$ct" "$s0" "$s1" "${xc:--}" "${xcs:--}"
 }
 # make sure every copy is in the page cache and each cached copy is complete; nginx: the first GET fills
 # its cache (MISS), the second must come from it (HIT)
@@ -550,13 +426,9 @@ blob_par() {
         x-cache-status) [[ $xcs == HIT ]] || die "parallel GET $j of $STREAMS through nginx answered x-cache-status: ${xcs:--}" ;;
         esac
     done
-    ct=$(awk '{ print $1 + $2 }' "$W/par.time")
+    ct=$(stats sum $(<"$W/par.time"))
     read -r t0 t1 <"$W/par.wall" || true
-    awk -v n="$STREAMS" -v size="$BIG_SIZE" -v t0="$t0" -v t1="$t1" -v a="$c0" -v b="$c1" -v ct="$ct" \
-        -v s0="$s0" -v s1="$s1" 'BEGIN {
-        split(s0, p, " "); split(s1, q, " "); busy = q[1] - p[1]; idle = q[2] - p[2]; w = t1 - t0
-        printf "%.0f %.2f %.2f %.0f %.2f\n", (w > 0 ? n * size / w / 1e6 : 0), (b - a) / n, ct / n,
-            (busy + idle > 0 ? 100 * busy / (busy + idle) : 0), w }'
+    stats par "$STREAMS" "$BIG_SIZE" "$t0" "$t1" "$c0" "$c1" "$ct" "$s0" "$s1"
 }
 declare -A PMBS=() PCPU=() PCCPU=() PBUSY=()
 if ((STREAMS > 0)); then
@@ -577,7 +449,7 @@ fi
 NGINX_VERSION=''
 if [[ $BENCH_NGINX == 1 ]]; then
     NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
-    stop_pid "$NGINX_PID"; forget_pid "$NGINX_PID"
+    stop_forget "$NGINX_PID"
 fi
 
 # ---------------------------------------------------------------------------------------------------
@@ -636,8 +508,7 @@ for proto in http1.1 http2; do
     for path in "${PATHS[@]}"; do
         k=${path}_$proto
         # shellcheck disable=SC2086
-        line+="$sep $(path_label "$path") $(awk -v s="$BIG_SIZE" -v c="$(median ${CCPU[$k]})" -v m="$(median ${MBS[$k]})" 'BEGIN {
-            if (c > 0) printf "%.0f MB/s (measured = %.0f %%)", s / c / 1e6, 100 * m * c * 1e6 / s; else print "n/a" }')"
+        line+="$sep $(path_label "$path") $(stats ceiling "$BIG_SIZE" "$(median ${CCPU[$k]})" "$(median ${MBS[$k]})")"
         sep=','
     done
     say "$line"

@@ -17,10 +17,11 @@ Each request is logged on stderr with the names of the request headers it carrie
 import argparse
 import hashlib
 import re
-import ssl
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote
+
+from tls_server import HandshakeInThread, serve_tls
 
 LOGIN_PAGE = b"<!doctype html><html><head><title>Sign in</title></head><body><form method=post>" \
     b"<input name=user><input name=password type=password></form></body></html>\n"
@@ -33,16 +34,8 @@ NO_SUCH_KEY = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</
     b"<Message>The specified key does not exist.</Message></Error>\n"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 60
+class Handler(HandshakeInThread, BaseHTTPRequestHandler):
     opts = None
-
-    def setup(self):
-        # handshake in the request's own thread (the listening socket does not handshake on accept)
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
 
     def answer(self, status, headers, body):
         self.send_response(status)
@@ -108,15 +101,8 @@ def main():
     if a.mode == "liar" and not a.claim:
         ap.error("--mode liar needs --claim")
     Handler.opts = a
-    host, _, port = a.listen.rpartition(":")
-    server = ThreadingHTTPServer((host, int(port)), Handler)
-    server.daemon_threads = True
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    sys.stderr.write("%s server listening on https://%s\n" % (a.mode, a.listen))
-    sys.stderr.flush()
-    server.serve_forever()
+    serve_tls(a.listen, Handler, a.tls_cert, a.tls_key, "%s server listening on https://%s" % (a.mode, a.listen),
+              daemon_threads=True)
 
 
 if __name__ == "__main__":

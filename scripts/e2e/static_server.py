@@ -9,22 +9,13 @@ followed a cross-host redirect here.
 """
 import argparse
 import functools
-import ssl
 import sys
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
+
+from tls_server import HandshakeInThread, serve_tls
 
 
-class Handler(SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 60
-
-    def setup(self):
-        # The listening socket is wrapped with do_handshake_on_connect=False so one slow client's
-        # handshake runs in its own thread instead of blocking accept().
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
-
+class Handler(HandshakeInThread, SimpleHTTPRequestHandler):
     def list_directory(self, path):
         self.send_error(403, "no listing")
         return None
@@ -44,14 +35,8 @@ def main():
     ap.add_argument("--tls-cert", required=True)
     ap.add_argument("--tls-key", required=True)
     a = ap.parse_args()
-    host, _, port = a.listen.rpartition(":")
-    server = ThreadingHTTPServer((host, int(port)), functools.partial(Handler, directory=a.root))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    sys.stderr.write("static server listening on https://%s root=%s\n" % (a.listen, a.root))
-    sys.stderr.flush()
-    server.serve_forever()
+    serve_tls(a.listen, functools.partial(Handler, directory=a.root), a.tls_cert, a.tls_key,
+              "static server listening on https://%s root=%s" % (a.listen, a.root))
 
 
 if __name__ == "__main__":

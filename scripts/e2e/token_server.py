@@ -14,13 +14,14 @@ Every request and the access it granted are logged on stderr.
 import argparse
 import base64
 import json
-import ssl
 import subprocess
 import sys
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
+
+from tls_server import HandshakeInThread, serve_tls
 
 
 def b64url(data):
@@ -33,16 +34,7 @@ def pem_to_der(path):
     return base64.b64decode("".join(body.split()))
 
 
-class TokenHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 60
-
-    def setup(self):
-        # The listening socket is wrapped with do_handshake_on_connect=False so one slow client's
-        # handshake runs in its own thread instead of blocking accept().
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
+class TokenHandler(HandshakeInThread, BaseHTTPRequestHandler):
     opts = None
 
     def log_message(self, fmt, *args):
@@ -143,14 +135,7 @@ def main():
     opts = ap.parse_args()
     opts.cert_der = pem_to_der(opts.sign_cert)
     TokenHandler.opts = opts
-    host, _, port = opts.listen.rpartition(":")
-    server = ThreadingHTTPServer((host, int(port)), TokenHandler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    sys.stderr.write("token server listening on https://%s\n" % opts.listen)
-    sys.stderr.flush()
-    server.serve_forever()
+    serve_tls(opts.listen, TokenHandler, opts.tls_cert, opts.tls_key, "token server listening on https://%s" % opts.listen)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,11 @@
 # shellcheck shell=bash
-# Sourced by scripts/e2e.sh: the trust phases of issue 9 ("Attacks, end to end" and "Faults, end to
-# end"). Uses e2e.sh's world (namespaces, upstreams, seeded images, helpers such as run_check, cli_curl,
-# quay_get); defines functions only. e2e.sh calls trust_attacks while its first appliance runs (after the
-# quay.io private content was cached), and trust_faults after that appliance stopped.
-#
-# Attacks (each check FAILS on code that trusts a redirect as a grant, and passes once grants need a 2xx
-# of the same digest at the end of the redirect chain):
-#   registry.k8s.io      every /v2/<anything> is a 307 to its store, which answers 404 (holds nothing)
-#   registry.corp.example   every request is a 302 to its login host, which answers 200 text/html
-#   - quay.io's private layer and manifest (Basic auth, cached by an authorised read) requested by digest
-#     anonymously through both, over HTTPS and over the plain-HTTP mirror (?ns=), HEAD and GET: never
-#     served;
-#   - an anonymous GET of a tag through the login-page registry is neither stored nor mapped, and does
-#     not make the repository public (with that upstream gone, the tag is not served);
-#   - a blob GET with Cookie and Authorization whose upstream (Docker Hub) redirects to the CDN: the CDN
-#     gets neither header;
-#   registry.liar.example   its HEAD of any tag names quay.io's private manifest digest
-#   - a HEAD then a GET of a tag through it, anonymously: the GET never serves quay.io's manifest.
-# Faults (fresh state dirs holding the run's CA; nvcr.io/nvidia/fault:1 has one 24 MiB layer):
-#   upstream reset mid-blob, kill -9 mid-fill, a full 64 MiB tmpfs cache, 5,000 idle connections plus
-#   slowloris clients, SIGTERM during a pull. Upstream faults go through scripts/e2e/tcp_relay.py behind
-#   an iptables DNAT rule in APP's nat OUTPUT chain (regcache and the upstreams share APP; the relay
-#   marks its own upstream connections, which the rule skips).
+# Phase faults (issue 9, "Faults, end to end"), each on a fresh appliance (its own state dir holding the
+# run's CA; nvcr.io/nvidia/fault:1 has one 24 MiB layer): upstream reset mid-blob, kill -9 mid-fill, a
+# full 64 MiB tmpfs cache, 5,000 idle connections plus slowloris clients, SIGTERM during a pull.
+# Upstream faults go through scripts/e2e/tcp_relay.py behind an iptables DNAT rule in APP's nat OUTPUT
+# chain (regcache and the upstreams share APP; the relay marks its own upstream connections, which the
+# rule skips). Figures for RELIABILITY.md in "INFO: FIGURES:" lines.
+PHASE_NEEDS=(stopped-appliance upstreams client-dockerd)
 
 RELAY_PORT=8443
 RELAY_MARK=0x77
@@ -30,208 +14,6 @@ RSS_CAP_KIB=$((256 << 10))
 GRACE_S=$(sed -n 's/.*const GRACE: Duration = Duration::from_secs(\([0-9]*\)).*/\1/p' "$REPO/src/app.rs" 2>/dev/null)
 GRACE_S=${GRACE_S:-10}
 FAULT=$W/fault
-
-# ---------------------------------------------------------------------------------------------------
-# attacks
-
-start_trust_upstreams() {
-    bg upstream-k8s "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$K8S_IP:443" --tls-cert "$PKI/$K8S_HOST.crt" \
-        --tls-key "$PKI/$K8S_HOST.key" --mode redirect --status 307 --to "https://$K8S_STORE"
-    K8S_PID=$!
-    bg upstream-k8s-store "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$K8S_STORE_IP:443" \
-        --tls-cert "$PKI/$K8S_STORE.crt" --tls-key "$PKI/$K8S_STORE.key" --mode bucket
-    K8S_STORE_PID=$!
-    bg upstream-sso "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$SSO_IP:443" --tls-cert "$PKI/$SSO_HOST.crt" \
-        --tls-key "$PKI/$SSO_HOST.key" --mode redirect --status 302 --to "https://$LOGIN_HOST" --all
-    SSO_PID=$!
-    bg upstream-login "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$LOGIN_IP:443" \
-        --tls-cert "$PKI/$LOGIN_HOST.crt" --tls-key "$PKI/$LOGIN_HOST.key" --mode login
-    LOGIN_PID=$!
-    bg upstream-liar "$APP_NS" "$PY" "$ASSETS/redirector.py" --listen "$LIAR_IP:443" \
-        --tls-cert "$PKI/$LIAR_HOST.crt" --tls-key "$PKI/$LIAR_HOST.key" --mode liar --claim "${DIGEST[quay]}"
-    LIAR_PID=$!
-    wait_for "$K8S_HOST" "$K8S_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$K8S_HOST/v2/" &&
-        wait_for "$K8S_STORE" "$K8S_STORE_PID" 100 0.1 http_code_in 404 app_curl --max-time 2 "https://$K8S_STORE/x" &&
-        wait_for "$SSO_HOST" "$SSO_PID" 100 0.1 http_code_in 302 app_curl --max-time 2 "https://$SSO_HOST/v2/" &&
-        wait_for "$LOGIN_HOST" "$LOGIN_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$LOGIN_HOST/login" &&
-        wait_for "$LIAR_HOST" "$LIAR_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$LIAR_HOST/v2/"
-}
-stop_trust_upstreams() {
-    local pid
-    for pid in ${K8S_PID:-} ${K8S_STORE_PID:-} ${SSO_PID:-} ${LOGIN_PID:-} ${LIAR_PID:-}; do
-        stop_pid "$pid"; forget_pid "$pid"
-    done
-    K8S_PID='' K8S_STORE_PID='' SSO_PID='' LOGIN_PID='' LIAR_PID=''
-}
-
-ZERO_DIGEST=sha256:$(printf '%064d' 0)
-world_k8s_redirects() {
-    local out
-    for path in "/v2/no/such/repo/blobs/$ZERO_DIGEST" "/v2/x/manifests/$ZERO_DIGEST" "/v2/x/manifests/latest"; do
-        out=$(app_curl -I -o /dev/null -w '%{http_code} %{redirect_url}' "https://$K8S_HOST$path")
-        echo "HEAD $path: $out"
-        [[ $out == "307 https://$K8S_STORE$path" ]] || { echo "want a 307 to the store"; return 1; }
-        out=$(app_curl -L -o /dev/null -w '%{http_code} %{url_effective}' "https://$K8S_HOST$path")
-        echo "GET -L $path: $out"
-        [[ $out == "404 https://$K8S_STORE$path" ]] || { echo "want a 404 from the store"; return 1; }
-    done
-}
-world_sso_login() {
-    local out
-    for path in /v2/ "/v2/team/app/manifests/latest" "/v2/x/blobs/$ZERO_DIGEST"; do
-        out=$(app_curl -L -o /dev/null -w '%{http_code} %{content_type} %{url_effective} (%{num_redirects} redirect)' \
-            "https://$SSO_HOST$path")
-        echo "GET -L $path: $out"
-        [[ $out == "200 text/html"*" https://$LOGIN_HOST/login?next="* ]] || { echo "want the login page"; return 1; }
-    done
-}
-
-world_liar() {
-    local out path=/v2/team/app/manifests/v1
-    out=$(app_curl -I -o /dev/null -w '%{http_code} %header{docker-content-digest}' "https://$LIAR_HOST$path")
-    echo "HEAD $path: $out"
-    expect_eq "$out" "200 ${DIGEST[quay]}" "HEAD answer"
-    out=$(app_curl -o "$W/liar-body" -w '%{http_code} %header{docker-content-digest}' "https://$LIAR_HOST$path")
-    echo "GET $path: $out (body $(wc -c <"$W/liar-body") bytes)"
-    expect_eq "$out" "200 sha256:$(sha256sum <"$W/liar-body" | cut -d' ' -f1)" "GET answer and the digest of its body"
-}
-
-# A HEAD of a tag whose Docker-Content-Digest names quay.io's cached private manifest, then a GET of it
-# (same Accept), anonymously: the GET must not serve that manifest (a tag maps to the digest of manifest
-# bytes regcache fetched and verified).
-attack_head_tag() {
-    local via=$1 tag=$2 path leaks=0 method
-    path=/v2/team/app/manifests/$tag
-    for method in HEAD GET GET; do
-        attack_get "$via" "$method" "$LIAR_HOST" "$path" -H 'Accept: application/vnd.oci.image.manifest.v1+json'
-        if [[ $method == GET && ($A_SUM == "${DIGEST[quay]}" || ($A_CODE == 2* && $A_DCD == "${DIGEST[quay]}")) ]]; then
-            echo "  LEAK: quay.io's private manifest served for $LIAR_HOST$path"; leaks=$((leaks + 1))
-        fi
-    done
-    expect_eq "$leaks" 0 "GETs answered with quay.io's private manifest"
-}
-
-# the quay.io private layer and manifest (Basic auth) are in the cache: served as HITs with credentials
-private_cached() {
-    local blob path out i
-    blob=$(quay_blob)
-    for path in "blobs/$blob" "manifests/${DIGEST[quay]}"; do
-        for ((i = 0; i < 3; i++)); do
-            out=$(quay_get "$QUAY_USER:$QUAY_PASS" "/v2/corp/app/$path")
-            echo "GET /v2/corp/app/$path with credentials: $out"
-            [[ $out == "200 HIT"* ]] && break
-            sleep 0.5
-        done
-        [[ $out == "200 HIT"* ]] && body_is "${path#*/}" || { echo "not served from the cache"; return 1; }
-    done
-}
-
-# attack_get VIA METHOD HOST PATH [CURL-ARGS...]: one anonymous request from CLI through the appliance, over
-# HTTPS (the name resolved by the appliance's DNS, as the clients do) or the plain-HTTP mirror (?ns=HOST).
-# Sets A_CODE A_TYPE A_DCD A_XC A_SUM (the body's digest, GET only) and prints one line.
-attack_get() {
-    local via=$1 method=$2 host=$3 path=$4 url head=() out; shift 4
-    case $via in
-    https) url=https://$host$path ;;
-    mirror) url="http://$APP_IP$path?ns=$host" ;;
-    esac
-    [[ $method == HEAD ]] && head=(-I)
-    rm -f "$W/attack-body"
-    out=$(cli curl -sS --max-time 30 --cacert "$W/regcache-ca.crt" "${head[@]}" "$@" -o "$W/attack-body" \
-        -w '%{http_code}|%header{content-type}|%header{docker-content-digest}|%header{x-cache}|%{size_download}' "$url") \
-        || out="000||||0"
-    IFS='|' read -r A_CODE A_TYPE A_DCD A_XC A_SIZE <<<"$out"
-    A_SUM=-
-    [[ $method == GET && -f $W/attack-body ]] && A_SUM=sha256:$(sha256sum <"$W/attack-body" | cut -d' ' -f1)
-    echo "$via $method $url: HTTP $A_CODE type=${A_TYPE:-none} docker-content-digest=${A_DCD:-none} x-cache=${A_XC:-none} bytes=$A_SIZE"
-}
-# attack_cached_private HOST VIA STRICT: quay.io's cached private layer and manifest, by digest, under an
-# arbitrary repository of HOST. STRICT=yes: no 2xx at all (the redirect target answers 404); no: a 2xx
-# is allowed only as the upstream's login page (text/html, not naming the digest).
-attack_cached_private() {
-    local host=$1 via=$2 strict=$3 blob method kind digest leaks=0 repo=e2e/any-repo
-    blob=$(quay_blob)
-    for kind in blobs manifests; do
-        digest=$blob
-        [[ $kind == manifests ]] && digest=${DIGEST[quay]}
-        for method in HEAD GET; do
-            attack_get "$via" "$method" "$host" "/v2/$repo/$kind/$digest" \
-                -H 'Accept: application/vnd.oci.image.manifest.v1+json'
-            if [[ $A_SUM == "$digest" || $A_DCD == "$digest" ]]; then
-                echo "  LEAK: the appliance served (or vouched for) quay.io's private $digest"; leaks=$((leaks + 1))
-            elif [[ $A_CODE == 2* ]] && [[ $strict == yes || $A_TYPE != text/html* ]]; then
-                echo "  LEAK: a 2xx that is not the upstream's own answer"; leaks=$((leaks + 1))
-            fi
-        done
-    done
-    expect_eq "$leaks" 0 "requests answered with the private object"
-}
-
-# An anonymous GET of a tag through the login-page registry: not stored, not mapped, not public.
-attack_login_tag() {
-    local path=/v2/team/app/manifests/latest listed
-    attack_get https GET "$SSO_HOST" "$path" -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'
-    listed=$(app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" --repo team/app 2>&1 | grep -c '^sha256:' || true)
-    echo "objects referenced from $SSO_HOST/team/app in the cache: $listed"
-    app "$BIN" cache ls --config "$RC/config.toml" --registry "$SSO_HOST" --repo team/app 2>&1 | sed -n '1,5p' || true
-    # the upstream goes away (connection refused), the tag's TTL (2s) passes: would it be served offline?
-    stop_pid "$SSO_PID"
-    sleep 2.5
-    attack_get https GET "$SSO_HOST" "$path" -H 'Accept: application/vnd.docker.distribution.manifest.v2+json'
-    local code=$A_CODE
-    attack_get https GET "$SSO_HOST" "/v2/team/app/blobs/$(quay_blob)"
-    local blob_code=$A_CODE blob_sum=$A_SUM
-    expect_eq "$listed" 0 "objects stored for $SSO_HOST/team/app after the login page"
-    [[ $code != 2* ]] || { echo "the login page's answer was served with the upstream down (x-cache $A_XC)"; return 1; }
-    [[ $blob_code != 2* && $blob_sum != "$(quay_blob)" ]] || { echo "a private layer was served offline"; return 1; }
-}
-
-# A blob whose upstream (Docker Hub) redirects to the CDN, requested with Cookie and Authorization:
-# HEAD and a ranged GET (passed through: not cached yet), then a GET (the fill).
-COOKIE_SECRET=e2e-session-$RANDOM$RANDOM
-attack_cookie_redirect() {
-    local blob token n0 lines bad url
-    blob=$(awk '$1 == "blob" {print $2; exit}' "$W/images/cookie/push-plan")
-    url=https://$HUB_HOST/v2/library/cookiejar/blobs/$blob
-    token=$(cli_curl -f "https://$AUTH_HOST/token?service=registry.docker.io&scope=repository:library/cookiejar:pull" | jq -er .token)
-    n0=$(wc -l <"$LOGS/upstream-cdn.log")
-    local auth=(-H "Authorization: Bearer $token" -H "Cookie: session=$COOKIE_SECRET")
-    echo "HEAD: $(cli_curl -I -o /dev/null -w '%{http_code} %header{x-cache}' "${auth[@]}" "$url")"
-    echo "GET 0-0: $(cli_curl -o /dev/null -w '%{http_code} %header{x-cache}' -H 'Range: bytes=0-0' "${auth[@]}" "$url")"
-    echo "GET: $(cli_curl -o "$W/cookie-body" -w '%{http_code} %header{x-cache}' "${auth[@]}" "$url")"
-    expect_eq "sha256:$(sha256sum <"$W/cookie-body" | cut -d' ' -f1)" "$blob" "digest of the blob's body"
-    sleep 0.3
-    lines=$(tail -n "+$((n0 + 1))" "$LOGS/upstream-cdn.log" | grep -F "/${blob#sha256:}/data" || true)
-    echo "CDN log lines for the blob:"; echo "$lines"
-    [[ -n $lines ]] || { echo "the CDN saw no request for the blob (no redirect followed?)"; return 1; }
-    bad=$(grep -cE 'hdrs=\[[^]]*(authorization|cookie)' <<<"$lines" || true)
-    expect_eq "$bad" 0 "CDN requests that carried Authorization or Cookie"
-}
-
-trust_attacks() {
-    run_check_here "attack setup: $K8S_HOST (307 to its store), its store, $SSO_HOST (302 to its login host), its login host and $LIAR_HOST start" \
-        start_trust_upstreams
-    run_check "attack world: $K8S_HOST answers any /v2/ object with a 307 to $K8S_STORE, which answers 404" world_k8s_redirects
-    run_check "attack world: $SSO_HOST answers everything with a 302 to $LOGIN_HOST, which answers 200 text/html" world_sso_login
-    run_check "attack world: $LIAR_HOST's HEAD of a tag names quay.io's private manifest digest; its GET serves another manifest" \
-        world_liar
-    run_check "attack setup: quay.io's private layer and manifest are cached (HIT with credentials)" private_cached
-    run_check "attack: a HEAD of a tag through $LIAR_HOST naming quay.io's cached private manifest, then GETs of that tag (anonymous, HTTPS): that manifest is not served" \
-        attack_head_tag https v1
-    run_check "attack: the same through the mirror listener (?ns=$LIAR_HOST): not served" attack_head_tag mirror v2
-    run_check "attack: quay.io's cached private layer/manifest by digest through $K8S_HOST over HTTPS (anonymous HEAD/GET): not served" \
-        attack_cached_private "$K8S_HOST" https yes
-    run_check "attack: the same through the mirror listener (?ns=$K8S_HOST): not served" \
-        attack_cached_private "$K8S_HOST" mirror yes
-    run_check "attack: quay.io's cached private layer/manifest through $SSO_HOST (302 to a login page) over HTTPS: not served" \
-        attack_cached_private "$SSO_HOST" https no
-    run_check "attack: the same through the mirror listener (?ns=$SSO_HOST): not served" \
-        attack_cached_private "$SSO_HOST" mirror no
-    run_check "attack: Cookie and Authorization are not sent to the CDN a Docker Hub blob redirects to" attack_cookie_redirect
-    run_check "attack: an anonymous tag GET answered by $SSO_HOST's login page is not stored or mapped, nor served once that upstream is gone" \
-        attack_login_tag
-    stop_trust_upstreams
-}
 
 # ---------------------------------------------------------------------------------------------------
 # faults: helpers
@@ -322,6 +104,27 @@ objects_whole() { # STATE-DIR: every object file hashes to its name
 }
 tmp_files() { find "$1/cache/tmp" -type f 2>/dev/null | wc -l; }
 largest_tmp() { find "$1/cache/tmp" -type f -printf '%s\n' 2>/dev/null | sort -n | tail -n 1; }
+# throttled_pull NAME RATE: a fresh instance (its dir in ST) behind a relay throttled to RATE bytes/s, and
+# skopeo copying the fault image through it in the background (pid in CPID, log $FAULT/NAME-1.log)
+throttled_pull() {
+    ST=$(fault_instance "$1")
+    relay_start "relay-$1" "$NVCR_IP" --rate "$2"
+    start_fault_regcache "$ST/config.toml" "regcache-fault-$1"
+    fault_copy "$FAULT/$1-1" >"$FAULT/$1-1.log" 2>&1 &
+    CPID=$!
+}
+# fill_size STATE-DIR BYTES PID: waits (up to 30 s, while PID lives) for a temp file larger than BYTES;
+# prints the largest size seen last
+fill_size() {
+    local i size=''
+    for ((i = 0; i < 600; i++)); do
+        size=$(largest_tmp "$1")
+        [[ ${size:-0} -gt $2 ]] && break
+        alive "$3" || break
+        sleep 0.05
+    done
+    echo "$size"
+}
 wait_tmp_empty() { # STATE-DIR: fills end (bounded)
     local i
     for ((i = 0; i < 50; i++)); do [[ $(tmp_files "$1") == 0 ]] && return 0; sleep 0.2; done
@@ -335,7 +138,7 @@ fault_copied_ok() { # DEST-DIR: the copy holds the fault image's layer, whole
     local layer
     layer=$(fault_blob)
     [[ -f $1/blobs/sha256/${layer#sha256:} ]] || { echo "layer $layer missing from the copy"; return 1; }
-    expect_eq "sha256:$(sha256sum <"$1/blobs/sha256/${layer#sha256:}" | cut -d' ' -f1)" "$layer" "digest of the copied layer"
+    expect_eq "$(sha256_of "$1/blobs/sha256/${layer#sha256:}")" "$layer" "digest of the copied layer"
 }
 retrying() { # CMD...: up to 4 attempts, 5 s apart; logs "retrying: ..." with the attempt that succeeded
     local i
@@ -379,18 +182,10 @@ fault_reset_mid_blob() {
 # B2: kill -9 once the layer's temp file passes 6 MiB (upstream throttled to 8 MiB/s), restart, pull again
 fault_kill9_mid_fill() {
     trap fault_teardown EXIT
-    local st i size='' rc=0 cpid left
-    st=$(fault_instance kill9)
-    relay_start relay-kill9 "$NVCR_IP" --rate $((8 << 20))
-    start_fault_regcache "$st/config.toml" regcache-fault-kill9
-    fault_copy "$FAULT/kill9-1" >"$FAULT/kill9-1.log" 2>&1 &
-    cpid=$!
-    for ((i = 0; i < 600; i++)); do
-        size=$(largest_tmp "$st/state")
-        [[ ${size:-0} -gt $((6 << 20)) ]] && break
-        alive "$cpid" || break
-        sleep 0.05
-    done
+    local st size='' rc=0 cpid left
+    throttled_pull kill9 $((8 << 20))
+    st=$ST cpid=$CPID
+    size=$(fill_size "$st/state" $((6 << 20)) "$cpid")
     echo "largest temp file: ${size:-none} bytes"
     [[ ${size:-0} -gt $((6 << 20)) ]] || { echo "the fill never passed 6 MiB"; cat "$FAULT/kill9-1.log"; return 1; }
     kill -KILL "$FR_PID"
@@ -510,7 +305,7 @@ fault_idle_connections() {
     local attempts
     attempts=$(cat "$FAULT"/idle-{skopeo,docker,mirror}.log 2>/dev/null | sed -n 's/^retrying: \(.*\)$/\1/p' | paste -sd';' || true)
     echo "attempts: $attempts"
-    expect_eq "sha256:$(sha256sum <"$FAULT/idle-mirror.bin" | cut -d' ' -f1)" "$layer" "digest of the mirror client's layer" || pulls_ok=0
+    expect_eq "$(sha256_of "$FAULT/idle-mirror.bin")" "$layer" "digest of the mirror client's layer" || pulls_ok=0
     # hold on for 40 s in all: slowloris bytes keep coming; a first-byte or idle timeout would show (and
     # hyper drops a request head still unfinished after 30 s)
     while [[ $SECONDS -lt $hold_until ]] && alive "$HPID"; do
@@ -546,17 +341,9 @@ fault_idle_connections() {
 fault_sigterm() {
     trap fault_teardown EXIT
     local st i size cpid rc=0 t0 refused='' probe waited ec
-    st=$(fault_instance sigterm)
-    relay_start relay-sigterm "$NVCR_IP" --rate $((2 << 20))
-    start_fault_regcache "$st/config.toml" regcache-fault-sigterm
-    fault_copy "$FAULT/sigterm-1" >"$FAULT/sigterm-1.log" 2>&1 &
-    cpid=$!
-    for ((i = 0; i < 600; i++)); do
-        size=$(largest_tmp "$st/state")
-        [[ ${size:-0} -gt $((2 << 20)) ]] && break
-        alive "$cpid" || break
-        sleep 0.05
-    done
+    throttled_pull sigterm $((2 << 20))
+    st=$ST cpid=$CPID
+    size=$(fill_size "$st/state" $((2 << 20)) "$cpid")
     [[ ${size:-0} -gt $((2 << 20)) ]] || { echo "no fill in flight"; cat "$FAULT/sigterm-1.log"; return 1; }
     t0=$(date +%s.%N)
     kill -TERM "$FR_PID"
@@ -564,12 +351,12 @@ fault_sigterm() {
     for ((i = 0; i < 30; i++)); do
         probe=0
         cli curl -sS --max-time 1 -o /dev/null "http://$APP_IP/v2/" 2>/dev/null || probe=$?
-        if [[ $probe != 0 ]]; then refused="after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s (curl exit $probe)"; break; fi
+        if [[ $probe != 0 ]]; then refused="after $("$PY" "$LIB/stats.py" elapsed "$t0" "$(date +%s.%N)" 1) s (curl exit $probe)"; break; fi
         sleep 0.1
     done
     echo "new connections refused: ${refused:-no, still answered 3 s after SIGTERM}"
     for ((i = 0; i < (GRACE_S + 5) * 10; i++)); do alive "$FR_PID" || break; sleep 0.1; done
-    waited=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    waited=$("$PY" "$LIB/stats.py" elapsed "$t0" "$(date +%s.%N)" 1)
     if alive "$FR_PID"; then echo "still running $waited s after SIGTERM (grace ${GRACE_S} s)"; return 1; fi
     ec=0; wait "$FR_PID" || ec=$?
     FR_PID=''
@@ -580,11 +367,11 @@ fault_sigterm() {
     echo "FIGURES: exit code $ec after $waited s; pull exit $rc; refused new connections ${refused:-never}"
     [[ -n $refused ]] || return 1
     expect_eq "$ec" 0 "exit code"
-    awk -v w="$waited" -v g="$GRACE_S" 'BEGIN {exit !(w <= g + 3)}' || { echo "took longer than grace + 3 s"; return 1; }
+    "$PY" "$LIB/stats.py" le "$waited" "$((GRACE_S + 3))" || { echo "took longer than grace + 3 s"; return 1; }
 }
 
 fault_check() { run_check "$@"; fault_reap; }
-trust_faults() {
+phase_run() {
     mkdir -p "$FAULT"
     : >"$FAULT/pids"
     command -v iptables >/dev/null || say "INFO: iptables missing: the upstream fault checks will fail"

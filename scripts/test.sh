@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs every check (what .ci/run runs).
+#
+#   sudo scripts/test.sh                      # everything: install, fmt, clippy, tests, fuzz, e2e
+#   sudo scripts/test.sh --skip fuzz,e2e      # without the brief fuzzing and the end-to-end run
+#   scripts/test.sh --no-install --skip e2e   # as a user, when the packages are already there
+#
+# Steps, in order (names for --skip): install (Debian packages, rustup components, the nightly
+# toolchain and cargo-fuzz), fmt, clippy, test (`cargo test`: green on its own, no outside tool), tools
+# (the tests that need an outside tool, `#[ignore]`d in a plain `cargo test`, run here with
+# `--ignored`: promtool's check of /metrics, the status page in headless Chromium; they FAIL when the
+# tool is missing), fuzz (scripts/fuzz.sh, every target briefly), e2e (scripts/e2e.sh, as root).
+# Runs on a fresh Debian 12 machine with the Rust toolchain (rustup); ends with "test.sh: ok".
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+skip=,
+install=1
+while (($#)); do
+    case $1 in
+    --skip) skip+=$2,; shift 2 ;;
+    --no-install) install=0; shift ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
+    esac
+done
+wanted() { [[ $skip != *",$1,"* ]]; }
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# docker.io: dockerd for the e2e clients and the compose bring-up (docker-compose); containerd: ctr;
+# docker-registry: the real upstream registries; dnsmasq-base: the upstream resolver; dnsutils: dig;
+# python3: the e2e token and CDN servers; prometheus: promtool for the /metrics tests; libcap2-bin:
+# setcap for scripts/docker-image.sh; chromium: renders the status page in its test.
+PACKAGES=(docker.io containerd docker-compose skopeo podman docker-registry dnsmasq-base dnsutils iproute2
+    openssl curl ca-certificates jq python3 procps uidmap prometheus libcap2-bin iptables
+    chromium fonts-dejavu-core)
+
+install_packages() {
+    step "install Debian packages"
+    # No package may start its daemon (dockerd, prometheus…): the tests start what they need.
+    local policy=/usr/sbin/policy-rc.d ours=0
+    [[ -e $policy ]] || { printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null; as_root chmod +x "$policy"; ours=1; }
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    [[ $ours == 0 ]] || as_root rm -f "$policy"
+    step "install Rust components"
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    if wanted fuzz; then
+        rustup toolchain list | grep '^nightly' >/dev/null || rustup toolchain install nightly --profile minimal
+        command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    fi
+}
+
+[[ $install == 0 ]] || ! wanted install || install_packages
+
+if wanted fmt; then step "cargo fmt --check"; cargo fmt --all -- --check; fi
+if wanted clippy; then step "cargo clippy"; cargo clippy --all-targets -- -D warnings; fi
+if wanted test; then step "cargo test"; cargo test; fi
+if wanted tools; then
+    step "the tests that need promtool and chromium (cargo test -- --ignored)"
+    for tool in promtool chromium; do
+        command -v "$tool" >/dev/null || echo "test.sh: $tool missing: its test will fail (install step skipped?)" >&2
+    done
+    cargo test --test integration -- --ignored
+fi
+if wanted fuzz; then step "scripts/fuzz.sh, every target briefly"; bash scripts/fuzz.sh; fi
+if wanted e2e; then step "scripts/e2e.sh"; as_root bash scripts/e2e.sh; fi
+step "done"
+echo "test.sh: ok"
