@@ -1,17 +1,20 @@
-//! The only module that knows every subsystem: build (bind every listener, load the CA, make the
-//! upstream client — failing fast with a message that says what to change), run, drain.
+//! The only module that knows every subsystem: build (bind every listener — `bind.rs` — load the
+//! CA, make the upstream client, failing fast with a message that says what to change), run,
+//! drain, and apply a reloaded configuration ([`Reloader`]). With `main.rs`, the binary's edge:
+//! errors here are `anyhow`, with the context a person needs.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+mod bind;
 
 use crate::admin::{self, Admin};
 use crate::ca::{Ca, CertResolver};
@@ -22,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::names::NamePattern;
 use crate::proxy::{self, access_log::AccessLog, upstream, Listener, Policy, Proxy, Route};
 use crate::status::Status;
+use crate::sync::ReadWrite;
+use bind::Sockets;
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -79,81 +84,36 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let status = Arc::new(Status::default());
     let ca = Arc::new(load_ca(&config)?);
     info!("CA fingerprint (SHA-256): {}", ca.fingerprint());
-    let expiry = ca
-        .not_after()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    metrics
-        .ca_expiry
-        .set(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
-    let (dns_udp, dns_tcp, dns_addrs) = bind_dns(&config.dns.listen).await?;
-    let https = bind_all("https", "tls.listen", &config.tls.listen).await?;
-    let http = bind_all("http", "http.listen", &config.http_listen).await?;
-    let admin_listener = bind_tcp("admin", "admin.listen", config.admin.listen).await?;
-
-    let ipv4 = answer_ipv4(&config, &dns_addrs)?;
-    let upstreams = dns_upstreams(&config, &dns_addrs, &ipv4)?;
+    let sockets = Sockets::bind(&config).await?;
+    let ipv4 = answer_ipv4(&config, &sockets.dns_addrs)?;
+    let upstreams = dns_upstreams(&config, &sockets.dns_addrs, &ipv4)?;
     info!(resolvers = ?upstreams, answer = ?ipv4, "dns upstream resolvers and answers");
     let resolver = dns::resolver(&upstreams).context("cannot set up the upstream resolver")?;
     let dns_handler = dns::Handler::new(answers(&config, &ipv4), resolver.clone(), metrics.clone());
-
     let roots = upstream::roots(&config.upstream.extra_ca)?;
     let client = upstream::client(roots, resolver, provider.clone())?;
-    let routes = routes(&config);
-    let issued = metrics.clone();
-    let certs = CertResolver::new(ca.clone(), config.patterns(), provider.clone()).on_issue(
-        Box::new(move || {
-            issued.tls_leaves_issued.inc();
-        }),
-    );
-    let certs = Arc::new(certs);
+    let certs = cert_resolver(&ca, &config, &provider, &metrics);
     let cache = open_cache(&config, metrics.clone())?;
-    let policy = policy(&config);
-    let proxy = Proxy::new(proxy::Setup {
-        routes,
+    let proxy = Arc::new(Proxy::new(proxy::Setup {
+        routes: routes(&config),
         client,
         certs: certs.clone(),
         provider,
         access: config.access.clone(),
         log: log.clone(),
         cache: cache.clone(),
-        policy,
+        policy: policy(&config),
         metrics: metrics.clone(),
         status: status.clone(),
         limits: config.limits.clone(),
-    })?;
-    let registries = std::sync::RwLock::new(exact_names(&config));
-    let admin = Admin {
-        ca_pem: ca.cert_pem().to_owned(),
-        registries,
-        access: config.access.clone(),
-        metrics,
-        status,
-        cache: cache.clone(),
-        ca_fingerprint: ca.fingerprint(),
-        ca_expires: expiry.as_secs(),
-    };
-
-    let https_addrs = local_addrs(&https)?;
-    let http_addrs = local_addrs(&http)?;
-    let admin_addr = admin_listener.local_addr()?;
-    for addr in &dns_addrs {
-        info!("listening for dns on {addr}");
-    }
-    for addr in &https_addrs {
-        info!("listening for https on {addr}");
-    }
-    for addr in &http_addrs {
-        info!("listening for http on {addr} (registry mirror)");
-    }
-    info!("listening for admin on {admin_addr}");
+    })?);
+    let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
+    let addrs = sockets.addresses()?;
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
-    let proxy = Arc::new(proxy);
-    let admin = Arc::new(admin);
     let reloader = Reloader {
         current: config.clone(),
         default_ipv4: ipv4,
-        ca: ca.clone(),
+        ca,
         answers: dns_handler.shared_answers(),
         certs,
         proxy: proxy.clone(),
@@ -162,21 +122,58 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     };
     Ok(Bound {
         reloader: Some(reloader),
-        dns_udp,
-        dns_tcp,
-        https,
-        http,
-        admin_listener,
+        dns_udp: sockets.dns_udp,
+        dns_tcp: sockets.dns_tcp,
+        https: sockets.https,
+        http: sockets.http,
+        admin_listener: sockets.admin,
         dns_handler,
         proxy,
         admin,
         config,
         cache,
-        dns_addrs,
-        https_addrs,
-        http_addrs,
-        admin_addr,
+        dns_addrs: sockets.dns_addrs,
+        https_addrs: addrs.https,
+        http_addrs: addrs.http,
+        admin_addr: addrs.admin,
     })
+}
+
+/// The leaf issuer for the configured names, counting each leaf it issues.
+fn cert_resolver(
+    ca: &Arc<Ca>,
+    config: &Config,
+    provider: &Arc<CryptoProvider>,
+    metrics: &Arc<Metrics>,
+) -> Arc<CertResolver> {
+    let issued = metrics.clone();
+    let certs = CertResolver::new(ca.clone(), config.patterns(), provider.clone());
+    let certs = certs.on_issue(Box::new(move || {
+        issued.tls_leaves_issued.inc();
+    }));
+    Arc::new(certs)
+}
+
+/// The admin listener's handler; also sets the CA expiry metric.
+fn admin_handler(
+    config: &Config,
+    ca: &Ca,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    cache: &Arc<Store>,
+) -> Admin {
+    let expiry = (ca.not_after().duration_since(std::time::UNIX_EPOCH)).unwrap_or_default();
+    (metrics.ca_expiry).set(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
+    Admin {
+        ca_pem: ca.cert_pem().to_owned(),
+        registries: std::sync::RwLock::new(exact_names(config)),
+        access: config.access.clone(),
+        metrics,
+        status,
+        cache: cache.clone(),
+        ca_fingerprint: ca.fingerprint(),
+        ca_expires: expiry.as_secs(),
+    }
 }
 
 /// Runs until `shutdown` is cancelled, then drains in-flight requests within [`GRACE`].
@@ -284,16 +281,11 @@ impl Reloader {
         self.log
             .configure(&new.log)
             .context("cannot open log.access_file")?;
-        *self.answers.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(answers(&new, &self.default_ipv4));
+        *self.answers.write_now() = Arc::new(answers(&new, &self.default_ipv4));
         self.certs.set_names(names);
         self.proxy.reconfigure(routes(&new), policy(&new));
         self.proxy.set_limits(new.limits.clone());
-        *self
-            .admin
-            .registries
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = exact_names(&new);
+        *self.admin.registries.write_now() = exact_names(&new);
         let notes = restart_only(&self.current, &new);
         self.current = new;
         Ok(notes)
@@ -328,73 +320,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
     notes
-}
-
-/// Binds UDP and TCP on each address, on the same port (also when the port is 0).
-async fn bind_dns(
-    addrs: &[SocketAddr],
-) -> anyhow::Result<(Vec<UdpSocket>, Vec<TcpListener>, Vec<SocketAddr>)> {
-    let (mut udp, mut tcp, mut bound) = (Vec::new(), Vec::new(), Vec::new());
-    for &addr in addrs {
-        let mut attempt = 0;
-        let (socket, listener) = loop {
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|e| bind_error("dns", "dns.listen", addr, "UDP", &e))?;
-            let actual = socket.local_addr()?;
-            match TcpListener::bind(actual).await {
-                Ok(listener) => break (socket, listener),
-                // Port 0 picked a UDP port whose TCP twin is taken: try another, a few times.
-                Err(_) if addr.port() == 0 && attempt < 50 => attempt += 1,
-                Err(e) => return Err(bind_error("dns", "dns.listen", actual, "TCP", &e)),
-            }
-        };
-        bound.push(socket.local_addr()?);
-        udp.push(socket);
-        tcp.push(listener);
-    }
-    Ok((udp, tcp, bound))
-}
-
-async fn bind_all(what: &str, key: &str, addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for &addr in addrs {
-        out.push(bind_tcp(what, key, addr).await?);
-    }
-    Ok(out)
-}
-
-async fn bind_tcp(what: &str, key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| bind_error(what, key, addr, "TCP", &e))
-}
-
-fn bind_error(
-    what: &str,
-    key: &str,
-    addr: SocketAddr,
-    proto: &str,
-    e: &io::Error,
-) -> anyhow::Error {
-    let hint = match e.kind() {
-        io::ErrorKind::AddrInUse if key == "dns.listen" => {
-            "another DNS server holds the port (systemd-resolved listens on 127.0.0.53:53, \
-             dnsmasq or a container runtime's resolver on others): stop it or listen on a \
-             specific address"
-        }
-        io::ErrorKind::AddrInUse => "another process holds the port",
-        io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability"
-        }
-        io::ErrorKind::AddrNotAvailable => "no interface of this host has that address",
-        _ => "the address cannot be used",
-    };
-    anyhow!("cannot listen for {what} on {addr} ({proto}): {e}: {hint}; change {key} in the config")
-}
-
-fn local_addrs(listeners: &[TcpListener]) -> io::Result<Vec<SocketAddr>> {
-    listeners.iter().map(TcpListener::local_addr).collect()
 }
 
 /// `dns.answer_ipv4`, else the host's primary IPv4, else the first specific IPv4 we listen on.
