@@ -19,14 +19,13 @@
 mod chunk;
 mod fill;
 mod store;
+mod tags;
 
 use std::fmt;
 
 pub use fill::{Fill, FillState, FillWriter};
-pub use store::{
-    parse_meta, parse_tag, Claim, FillLimits, ObjectInfo, Reader, Store, TagEntry, TagKey,
-    VerifyReport,
-};
+pub use store::{parse_meta, Claim, FillLimits, ObjectInfo, Reader, Store, VerifyReport};
+pub use tags::{parse_tag, TagEntry, TagKey, MAX_TAGS};
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).
 pub const CHUNK: usize = 1 << 20;

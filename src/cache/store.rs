@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::fill::{Fill, FillWriter};
+use super::tags::{TagEntry, TagFiles, TagKey, Tags, MAX_TAGS};
 use super::{chunk, Digest, Error, Hasher, CHUNK};
 use crate::metrics::Metrics;
 
@@ -50,33 +51,6 @@ pub(super) struct Entry {
     verified: bool,
 }
 
-/// Which tag mapping: a tag of a repository, as asked for with a given (normalised) Accept.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TagKey {
-    pub registry: String,
-    pub repo: String,
-    pub tag: String,
-    pub accept: String,
-}
-
-impl TagKey {
-    fn file_name(&self) -> String {
-        let key = format!(
-            "{}\n{}\n{}\n{}",
-            self.registry, self.repo, self.tag, self.accept
-        );
-        Digest::of(key.as_bytes()).hex().to_owned()
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct TagEntry {
-    pub digest: Digest,
-    pub media_type: String,
-    /// Fresh (served without asking upstream) until then; entries loaded at start are stale.
-    pub fresh_until: tokio::time::Instant,
-}
-
 struct State {
     objects: HashMap<Digest, Entry>,
     total: u64,
@@ -90,7 +64,7 @@ struct State {
     reserved: HashMap<Digest, (u64, u64)>,
     reserved_total: u64,
     written_total: u64,
-    tags: HashMap<TagKey, TagEntry>,
+    tags: Tags,
 }
 
 /// How many upstream downloads may fill the cache at once.
@@ -111,9 +85,6 @@ impl Default for FillLimits {
     }
 }
 
-/// At most this many tag mappings are kept (each is a small file under `tags/`).
-pub const MAX_TAGS: usize = 100_000;
-
 /// An object is remembered as fetched from at most this many repositories; past it the oldest
 /// reference goes (its repository is then checked upstream again).
 pub const MAX_REFS: usize = 1024;
@@ -133,7 +104,24 @@ pub struct Store {
     limits: Mutex<FillLimits>,
     /// [`MAX_TAGS`], smaller in tests.
     max_tags: std::sync::atomic::AtomicUsize,
+    /// Keeps `tags/` in step with `State::tags`, in a thread of its own.
+    tag_files: Arc<TagFiles>,
     pub(super) metrics: Arc<Metrics>,
+}
+
+/// Files to remove once the store's lock is released: objects with their metadata, and the
+/// files of dropped tag mappings.
+#[derive(Default)]
+struct Doomed {
+    files: Vec<PathBuf>,
+    tags: Vec<TagKey>,
+}
+
+/// A store that is gone has its tag mappings on disk (a restart finds them).
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.tag_files.flush();
+    }
 }
 
 /// One stored object, as listed by `regcache cache ls`.
@@ -198,7 +186,7 @@ impl Store {
             }
         }
         let (objects, total) = scan_objects(&dir.join("objects/sha256"))?;
-        let tags = load_tags(&dir.join("tags"), &objects);
+        let tags = Tags::load(&dir.join("tags"), |d| objects.contains_key(d));
         let store = Arc::new(Self {
             dir: dir.to_owned(),
             max_size,
@@ -217,16 +205,19 @@ impl Store {
             fault: Mutex::new(None),
             limits: Mutex::new(FillLimits::default()),
             max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
+            tag_files: TagFiles::new(dir.join("tags")),
             metrics,
         });
         store
             .metrics
             .cache_max_bytes
             .set(i64::try_from(max_size).unwrap_or(i64::MAX));
+        let mut doomed = Doomed::default();
         let mut state = store.lock();
-        store.evict(&mut state);
+        store.evict(&mut state, &mut doomed);
         store.gauge(&state);
         drop(state);
+        store.bury(doomed);
         Ok(store)
     }
 
@@ -297,7 +288,14 @@ impl Store {
                 Ok(reader) => return Ok(Claim::Hit(reader)),
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                    self.remove(&mut state, digest);
+                    let mut doomed = Doomed::default();
+                    self.remove(&mut state, digest, &mut doomed);
+                    drop(state);
+                    self.bury(doomed);
+                    state = self.lock();
+                    if let Some(fill) = state.fills.get(digest) {
+                        return Ok(Claim::Join(fill.clone()));
+                    }
                 }
             }
         }
@@ -332,7 +330,10 @@ impl Store {
             Ok(reader) => Some(reader),
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                self.remove(&mut state, digest);
+                let mut doomed = Doomed::default();
+                self.remove(&mut state, digest, &mut doomed);
+                drop(state);
+                self.bury(doomed);
                 None
             }
         }
@@ -421,21 +422,27 @@ impl Store {
 
     /// The fill of `digest` has written `written` bytes: stored objects make room for them.
     pub(super) fn wrote(&self, digest: &Digest, written: u64) {
+        let mut doomed = Doomed::default();
         let mut guard = self.lock();
         let state = &mut *guard;
         if let Some((_, w)) = state.reserved.get_mut(digest) {
             state.written_total += written.saturating_sub(*w);
             *w = written.max(*w);
         }
-        self.evict(state);
+        self.evict(state, &mut doomed);
+        drop(guard);
+        self.bury(doomed);
     }
 
     /// The disk itself is full: evicts `bytes` more than the fills' written bytes need.
     pub(super) fn make_room(&self, bytes: u64) {
+        let mut doomed = Doomed::default();
         let mut state = self.lock();
         state.written_total += bytes;
-        self.evict(&mut state);
+        self.evict(&mut state, &mut doomed);
         state.written_total -= bytes;
+        drop(state);
+        self.bury(doomed);
     }
 
     /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
@@ -477,8 +484,18 @@ impl Store {
             },
         );
         state.total = state.total + size - old.map_or(0, |e| e.size);
-        self.evict(&mut state);
+        // Mappings recorded (from a HEAD) before the object was held are persisted now.
+        let tags: Vec<(TagKey, TagEntry)> = (state.tags.of_digest(digest))
+            .filter_map(|k| Some((k.clone(), state.tags.get(k)?.clone())))
+            .collect();
+        let mut doomed = Doomed::default();
+        self.evict(&mut state, &mut doomed);
         self.gauge(&state);
+        drop(state);
+        for (key, entry) in &tags {
+            self.tag_files.write(key, entry);
+        }
+        self.bury(doomed);
         if self.write_failing.swap(false, Ordering::Relaxed) {
             tracing::info!("cache writes work again; caching resumed");
         }
@@ -505,9 +522,12 @@ impl Store {
     pub(super) fn discard(&self, digest: &Digest, why: &str) {
         tracing::error!(%digest, why, "stored object is corrupt; dropped, it will be fetched again");
         self.metrics.cache_digest_mismatches.inc();
+        let mut doomed = Doomed::default();
         let mut state = self.lock();
-        self.remove(&mut state, digest);
+        self.remove(&mut state, digest, &mut doomed);
         self.gauge(&state);
+        drop(state);
+        self.bury(doomed);
     }
 
     fn gauge(&self, state: &State) {
@@ -517,26 +537,30 @@ impl Store {
         m.cache_stored_objects.set(state.objects.len() as i64);
     }
 
-    fn remove(&self, state: &mut State, digest: &Digest) {
+    /// Drops `digest` and its tag mappings from the index; their files go into `doomed`.
+    fn remove(&self, state: &mut State, digest: &Digest, doomed: &mut Doomed) {
         if let Some(entry) = state.objects.remove(digest) {
             state.total -= entry.size;
         }
         let path = self.object_path(digest);
-        let _ = fs::remove_file(&path);
-        let _ = fs::remove_file(meta_path(&path));
-        let dropped: Vec<TagKey> = (state.tags.iter())
-            .filter(|(_, t)| &t.digest == digest)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dropped {
-            state.tags.remove(&key);
-            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
+        doomed.files.push(meta_path(&path));
+        doomed.files.push(path);
+        doomed.tags.extend(state.tags.remove_digest(digest));
+    }
+
+    /// Removes the files of what was dropped from the index (call without the lock). A fill that
+    /// commits the same digest in between loses its file: the next claim finds it unreadable and
+    /// fetches it again.
+    fn bury(&self, doomed: Doomed) {
+        for path in &doomed.files {
+            let _ = fs::remove_file(path);
         }
+        self.tag_files.remove(&doomed.tags);
     }
 
     /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
     /// Fills under way count with the bytes they have written.
-    fn evict(&self, state: &mut State) {
+    fn evict(&self, state: &mut State, doomed: &mut Doomed) {
         let fits = |state: &State| state.total + state.written_total <= self.max_size;
         if fits(state) {
             return;
@@ -552,7 +576,7 @@ impl Store {
             }
             tracing::info!(%digest, "evicted (cache.max_size)");
             self.metrics.cache_evictions.inc();
-            self.remove(state, &digest);
+            self.remove(state, &digest, doomed);
         }
     }
 
@@ -647,32 +671,38 @@ impl Store {
         tags
     }
 
-    /// Maps `key` to `digest`, fresh for `ttl`, and persists the mapping.
+    /// Maps `key` to `digest`, fresh for `ttl`. The mapping is persisted (by the tag file
+    /// writer, not here) when `digest` is held; otherwise it stays in memory until it is.
     pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
-        let text = format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n",
-            key.registry, key.repo, key.tag, key.accept, digest, media_type
-        );
-        let path = self.dir.join("tags").join(key.file_name());
         let entry = TagEntry {
             digest,
             media_type: media_type.to_owned(),
             fresh_until: tokio::time::Instant::now() + ttl,
         };
-        let mut state = self.lock();
-        state.tags.insert(key, entry);
+        let mut doomed = Doomed::default();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let old = state.tags.insert(key.clone(), entry.clone());
+        let held = |d: &Digest| state.objects.contains_key(d);
+        let persist = held(&entry.digest);
+        // A file of the older mapping (to a held object) must not come back at a restart.
+        let unpersist = !persist && old.is_some_and(|old| held(&old.digest));
         if state.tags.len() > self.max_tags.load(Ordering::Relaxed) {
-            self.shed_tags(&mut state);
+            doomed.tags = self.shed_tags(state);
         }
-        drop(state);
-        if let Err(e) = write_atomic(&path, text.as_bytes()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot persist a tag mapping");
+        drop(guard);
+        if persist {
+            self.tag_files.write(&key, &entry);
         }
+        if unpersist {
+            doomed.tags.push(key);
+        }
+        self.bury(doomed);
     }
 
     /// Past [`MAX_TAGS`] mappings: those whose manifest is not held go first, then the least
-    /// recently confirmed, down to nine tenths of the cap.
-    fn shed_tags(&self, state: &mut State) {
+    /// recently confirmed, down to nine tenths of the cap. Returns the keys dropped.
+    fn shed_tags(&self, state: &mut State) -> Vec<TagKey> {
         let keep = self.max_tags.load(Ordering::Relaxed) / 10 * 9;
         let mut order: Vec<(bool, tokio::time::Instant, TagKey)> = (state.tags.iter())
             .map(|(k, t)| {
@@ -682,11 +712,12 @@ impl Store {
             .collect();
         order.sort_by_key(|a| (a.0, a.1));
         let excess = order.len().saturating_sub(keep);
-        for (_, _, key) in order.into_iter().take(excess) {
-            state.tags.remove(&key);
-            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
+        let dropped: Vec<TagKey> = order.into_iter().take(excess).map(|(_, _, k)| k).collect();
+        for key in &dropped {
+            state.tags.remove(key);
         }
         tracing::info!(excess, "tag mappings over their cap: the oldest forgotten");
+        dropped
     }
 
     /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).
@@ -716,13 +747,16 @@ impl Store {
     /// Removes the objects `select` picks; returns (objects, bytes) removed.
     pub fn purge(&self, select: impl Fn(&ObjectInfo) -> bool) -> (usize, u64) {
         let chosen: Vec<ObjectInfo> = self.list().into_iter().filter(|o| select(o)).collect();
+        let mut doomed = Doomed::default();
         let mut state = self.lock();
         let mut bytes = 0;
         for o in &chosen {
             bytes += o.size;
-            self.remove(&mut state, &o.digest);
+            self.remove(&mut state, &o.digest, &mut doomed);
         }
         self.gauge(&state);
+        drop(state);
+        self.bury(doomed);
         (chosen.len(), bytes)
     }
 
@@ -739,8 +773,9 @@ impl Store {
             report.checked += 1;
             report.bytes += o.size;
             if let Some(why) = problem {
-                let mut state = self.lock();
-                self.remove(&mut state, &o.digest);
+                let mut doomed = Doomed::default();
+                self.remove(&mut self.lock(), &o.digest, &mut doomed);
+                self.bury(doomed);
                 report.dropped.push((o.digest, why));
             }
         }
@@ -981,44 +1016,6 @@ pub fn parse_meta(text: &str) -> (String, Vec<(String, String)>) {
         .map(|(r, p)| (r.to_owned(), p.to_owned()))
         .collect();
     (media_type, refs)
-}
-
-fn load_tags(dir: &Path, objects: &HashMap<Digest, Entry>) -> HashMap<TagKey, TagEntry> {
-    let mut tags = HashMap::new();
-    let now = tokio::time::Instant::now();
-    for file in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let text = fs::read_to_string(file.path()).unwrap_or_default();
-        match parse_tag(&text, now) {
-            Some((key, entry)) if objects.contains_key(&entry.digest) => {
-                tags.insert(key, entry);
-            }
-            _ => {
-                let _ = fs::remove_file(file.path());
-            }
-        }
-    }
-    tags
-}
-
-/// A tag file's text (`registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line),
-/// fresh until `fresh_until`.
-pub fn parse_tag(text: &str, fresh_until: tokio::time::Instant) -> Option<(TagKey, TagEntry)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let [registry, repo, tag, accept, digest, media_type] = lines.as_slice() else {
-        return None;
-    };
-    let key = TagKey {
-        registry: registry.to_string(),
-        repo: repo.to_string(),
-        tag: tag.to_string(),
-        accept: accept.to_string(),
-    };
-    let entry = TagEntry {
-        digest: Digest::parse(digest)?,
-        media_type: media_type.to_string(),
-        fresh_until,
-    };
-    Some((key, entry))
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
