@@ -445,6 +445,18 @@ impl Store {
         self.bury(doomed);
     }
 
+    /// A fill that stopped writing to disk: what it set aside beyond the bytes it wrote is
+    /// given back (those stay counted until it ends).
+    pub(super) fn cap_reservation(&self, digest: &Digest) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some((reserved, written)) = state.reserved.get_mut(digest) {
+            let spare = reserved.saturating_sub(*written);
+            *reserved -= spare;
+            state.reserved_total -= spare;
+        }
+    }
+
     /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
     pub(super) fn release_reservation(&self, digest: &Digest) {
         Self::unreserve(&mut self.lock(), digest);

@@ -507,3 +507,67 @@ async fn tag_work_stays_off_the_lock_and_off_the_callers_thread() {
     drop(store);
     assert_eq!(tag_files(), 0, "and so did its file");
 }
+
+/// Issue 9 (trust), fills past the room: a body of unknown length that outgrows the cache's
+/// room goes on, whole and verified, to the readers already reading; nothing is committed and
+/// the room is given back.
+#[tokio::test]
+async fn a_fill_of_unknown_length_that_outgrows_the_room_is_relayed_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 10_000).unwrap();
+    let relay = |content: Vec<u8>, claimed: Digest| {
+        let store = store.clone();
+        async move {
+            let mut w = lead(&store, &claimed);
+            let joined: Vec<Arc<Fill>> = (0..3)
+                .map(|_| match store.claim(&claimed).unwrap() {
+                    Claim::Join(f) => f,
+                    _ => panic!("expected to join"),
+                })
+                .collect();
+            let mut streams = vec![w.fill().clone().stream().boxed()];
+            streams.extend(joined.iter().map(|f| f.clone().stream().boxed()));
+            let readers: Vec<_> = (streams.into_iter())
+                .map(|s| tokio::spawn(s.try_collect::<Vec<bytes::Bytes>>()))
+                .collect();
+            w.start(None, "application/octet-stream", "reg", "lib/a");
+            for chunk in content.chunks(1000) {
+                let chunk = bytes::Bytes::copy_from_slice(chunk);
+                w.write_or_relay(chunk).await.unwrap();
+            }
+            let Claim::Join(late) = store.claim(&claimed).unwrap() else {
+                panic!("the fill is still under way")
+            };
+            assert_eq!(
+                late.head().await,
+                FillState::Declined,
+                "a late reader asks upstream"
+            );
+            let finished = w.finish();
+            let mut got = Vec::new();
+            for r in readers {
+                got.push(r.await.unwrap().map(|chunks| chunks.concat()));
+            }
+            (finished, got)
+        }
+    };
+    let content = data(50_000, 8);
+    let (finished, got) = relay(content.clone(), Digest::of(&content)).await;
+    assert!(
+        matches!(finished, Err(Error::NoRoom { .. })),
+        "{finished:?}"
+    );
+    for body in got {
+        assert_eq!(body.unwrap(), content, "every reader got it whole");
+    }
+    assert!(!store.contains(&Digest::of(&content)), "not cached");
+    assert_eq!((store.usage(), tmp_files(dir.path())), ((0, 0), 0));
+    let mut w = lead(&store, &Digest::of(b"next"));
+    assert!(w.reserve(10_000), "the room was given back");
+    drop(w);
+
+    // Relayed bytes are verified too: on a mismatch the readers never get the last chunk.
+    let (finished, got) = relay(data(50_000, 9), Digest::of(b"other")).await;
+    assert!(matches!(finished, Err(Error::DigestMismatch { .. })));
+    assert!(got.iter().all(|body| body.is_err()));
+}

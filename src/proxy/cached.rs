@@ -227,7 +227,7 @@ impl Proxy {
                 if let Err(refused) = self.authorize(up, repo, &cred, &expect, confirmed).await {
                     return Ok(refused);
                 }
-                Ok(serve_fill(fill, "JOIN"))
+                Ok(serve_fill(fill.clone(), fill.stream(), "JOIN"))
             }
             Claim::Lead(writer) => self.lead(up, repo, cred, writer).await,
             Claim::Bypass => self.pass(up).await,
@@ -244,6 +244,8 @@ impl Proxy {
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
         let fill = writer.fill().clone();
+        // Started before the download: a body that outgrows the cache is relayed to it.
+        let body = fill.clone().stream();
         let (tx, rx) = oneshot::channel();
         let task = FillTask {
             proxy: self.clone(),
@@ -255,7 +257,7 @@ impl Proxy {
         };
         tokio::spawn(task.run(writer, tx));
         match rx.await {
-            Ok(Outcome::Started) => Ok(serve_fill(fill, "MISS")),
+            Ok(Outcome::Started) => Ok(serve_fill(fill, body, "MISS")),
             Ok(Outcome::Relay(resp)) => Ok(relay(resp, up.route, up.host)),
             Ok(Outcome::Failed(e)) => Err(e),
             Err(_) => Err(Error::Unavailable("the download task ended early".into())),
@@ -793,7 +795,7 @@ impl FillTask {
                 sample = Some((at, data[(at - written) as usize]));
             }
             written += data.len() as u64;
-            if let Err(e) = writer.write(&data) {
+            if let Err(e) = writer.write_or_relay(data).await {
                 writer.fail(e.to_string());
                 return;
             }
@@ -921,8 +923,12 @@ fn serve_reader(
     resp
 }
 
-/// An object still being downloaded, streamed as it grows.
-fn serve_fill(fill: Arc<Fill>, cache: &'static str) -> Response<Body> {
+/// An object still being downloaded, streamed as it grows (`body`, its stream).
+fn serve_fill(
+    fill: Arc<Fill>,
+    body: impl Stream<Item = Result<Bytes, crate::cache::Error>> + Send + 'static,
+    cache: &'static str,
+) -> Response<Body> {
     let (size, media_type) = match fill.state() {
         FillState::Writing {
             size, media_type, ..
@@ -931,7 +937,7 @@ fn serve_fill(fill: Arc<Fill>, cache: &'static str) -> Response<Body> {
         _ => (None, "application/octet-stream".to_owned()),
     };
     let digest = fill.digest.clone();
-    let mut resp = Response::new(stream_body(fill.stream()));
+    let mut resp = Response::new(stream_body(body));
     object_headers(resp.headers_mut(), &media_type, &digest, cache);
     if let Some(size) = size {
         resp.headers_mut()

@@ -150,6 +150,27 @@ async fn bad_upstream_bodies_are_never_committed_and_the_client_sees_an_abort() 
     }
 }
 
+/// Issue 9 (trust): a blob of unknown length (no Content-Length) larger than the cache's room
+/// reaches its client whole, and nothing of it is cached.
+#[tokio::test]
+async fn a_blob_without_length_larger_than_the_room_is_served_whole_uncached() {
+    let w = World::start_with("[cache]\nmax_size = \"1MB\"").await;
+    let path = format!("/v2/library/unsized/blobs/{}", digest_of(&big()));
+    let got = (w.app)
+        .try_request(HUB, build("GET", HUB, &path, &[], Bytes::new()))
+        .await;
+    let resp = got.expect("the response completes");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.body().len(), big().len());
+    assert_eq!(sha256_hex(resp.body()), sha256_hex(&big()));
+    assert!(!w.app.cache.contains(&digest(&digest_of(&big()))));
+    assert_eq!(w.app.cache.usage(), (0, 0));
+    let tmp = std::fs::read_dir(w.app.cache.dir().join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "no temp file left");
+}
+
 #[tokio::test]
 async fn tags_are_fresh_for_the_ttl_then_revalidated_with_a_head() {
     let w = World::start().await;
