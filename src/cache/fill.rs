@@ -17,9 +17,8 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 
 use super::chunk;
-use super::store::{
-    create_private_dirs, io_err, meta_path, meta_text, write_atomic, Store, PRIVATE_FILE,
-};
+use super::files::{create_private_dirs, io_err, meta_path, meta_text, write_atomic, PRIVATE_FILE};
+use super::store::Store;
 use super::{Digest, Error, Hasher, CHUNK};
 use crate::sync::Locked;
 

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,14 +13,16 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::files::{
+    append_line, create_private_dirs, hash_file, io_err, meta_path, meta_text, tighten_dir,
+    write_atomic,
+};
 use super::fill::{Fill, FillWriter};
+use super::scan::{clear_dir, scan_objects};
 use super::tags::{TagEntry, TagFiles, TagKey, Tags, MAX_TAGS};
 use super::{chunk, Digest, Error, Hasher, CHUNK};
 use crate::metrics::Metrics;
-
-/// Modes of cache folders and files: other local users read nothing (private layers).
-pub(super) const PRIVATE_DIR: u32 = 0o700;
-pub(super) const PRIVATE_FILE: u32 = 0o600;
+use crate::sync::Locked;
 
 /// After a write error, caching pauses this long before it is tried again.
 const WRITE_PAUSE: Duration = Duration::from_secs(30);
@@ -40,15 +42,15 @@ pub enum Claim {
 }
 
 pub(super) struct Entry {
-    size: u64,
-    media_type: String,
+    pub(super) size: u64,
+    pub(super) media_type: String,
     /// (registry, repository) pairs that fetched this object.
-    refs: Vec<(String, String)>,
-    last_used: SystemTime,
+    pub(super) refs: Vec<(String, String)>,
+    pub(super) last_used: SystemTime,
     /// Readers and fills holding it: never evicted while > 0.
-    pins: usize,
+    pub(super) pins: usize,
     /// Hashed since this process started (written by it, or read through once).
-    verified: bool,
+    pub(super) verified: bool,
 }
 
 struct State {
@@ -222,7 +224,7 @@ impl Store {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     pub fn dir(&self) -> &Path {
@@ -266,7 +268,7 @@ impl Store {
 
     /// Sets the caps on concurrent fills (config load and reload).
     pub fn set_fill_limits(&self, limits: FillLimits) {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        *self.limits.locked() = limits;
     }
 
     /// Hit, join, lead or bypass, decided atomically so that one fetch serves every asker.
@@ -278,7 +280,7 @@ impl Store {
     /// this registry) the answer is Bypass, so that clients that start many cold downloads
     /// and leave cannot hold the disk or the uplink.
     pub fn claim_for(self: &Arc<Self>, digest: &Digest, registry: &str) -> Result<Claim, Error> {
-        let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let limits = *self.limits.locked();
         let mut state = self.lock();
         if let Some(fill) = state.fills.get(digest) {
             return Ok(Claim::Join(fill.clone()));
@@ -595,7 +597,7 @@ impl Store {
     // ---- write health ------------------------------------------------------------------------
 
     fn paused(&self) -> bool {
-        let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut until = self.paused_until.locked();
         match *until {
             Some(t) if t > std::time::Instant::now() => true,
             Some(_) => {
@@ -609,8 +611,7 @@ impl Store {
     /// Pauses caching after a write error; logs once per episode.
     pub(super) fn write_failed(&self, error: &Error) {
         self.metrics.cache_write_errors.inc();
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now() + WRITE_PAUSE);
+        *self.paused_until.locked() = Some(std::time::Instant::now() + WRITE_PAUSE);
         if !self.write_failing.swap(true, Ordering::Relaxed) {
             tracing::error!(%error, pause = ?WRITE_PAUSE, "cache write failed; serving without the cache until writes work again");
         }
@@ -625,12 +626,12 @@ impl Store {
     /// `None`; also ends a pause so the next claim tries again.
     #[doc(hidden)]
     pub fn inject_write_fault(&self, kind: Option<io::ErrorKind>) {
-        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = kind;
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.fault.locked() = kind;
+        *self.paused_until.locked() = None;
     }
 
     pub(super) fn check_fault(&self) -> io::Result<()> {
-        match *self.fault.lock().unwrap_or_else(|e| e.into_inner()) {
+        match *self.fault.locked() {
             Some(kind) => Err(io::Error::new(kind, "injected write fault")),
             None => Ok(()),
         }
@@ -886,153 +887,4 @@ impl Reader {
 fn held_for(state: &State, digest: &Digest, registry: &str, repo: &str) -> bool {
     let entry = state.objects.get(digest);
     entry.is_some_and(|e| e.refs.iter().any(|(r, p)| r == registry && p == repo))
-}
-
-fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
-    let file = File::open(path)?;
-    let mut hasher = Hasher::new();
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read_at(&mut buf, offset)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok((hasher.finish(), offset))
-}
-
-pub(super) fn meta_path(object: &Path) -> PathBuf {
-    let mut name = object.file_name().unwrap_or_default().to_owned();
-    name.push(".meta");
-    object.with_file_name(name)
-}
-
-pub(super) fn meta_text(media_type: &str, refs: &[(String, String)]) -> String {
-    let mut text = format!("{media_type}\n");
-    for (registry, repo) in refs {
-        text.push_str(&format!("{registry} {repo}\n"));
-    }
-    text
-}
-
-/// Appends one line to `path` (created if missing).
-fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(PRIVATE_FILE)
-        .open(path)?;
-    file.write_all(line.as_bytes())
-}
-
-/// Cache folders: owner only (0700), whatever the umask. Modes of existing folders are kept.
-pub(super) fn create_private_dirs(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR)
-        .create(path)
-}
-
-/// Makes an existing cache folder owner-only (caches of older versions were world-readable).
-fn tighten_dir(dir: &Path) -> io::Result<()> {
-    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 {
-        return Ok(());
-    }
-    tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the cache folder was readable by other users; setting it to 0700");
-    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR))
-}
-
-/// Writes `path` (owner-only, 0600) through a temp file and rename.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(PRIVATE_FILE)
-        .open(&tmp)?;
-    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    fs::rename(&tmp, path)
-}
-
-fn clear_dir(dir: &Path) -> Result<usize, Error> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-fn scan_objects(root: &Path) -> Result<(HashMap<Digest, Entry>, u64), Error> {
-    let mut objects = HashMap::new();
-    let mut total = 0;
-    for shard in fs::read_dir(root).map_err(io_err(root))?.flatten() {
-        let Ok(files) = fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            let name = file.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".partial") {
-                // A metadata write cut short by a crash.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let Some(digest) = Digest::parse(&format!("sha256:{name}")) else {
-                if !name.ends_with(".meta") {
-                    tracing::warn!(path = %path.display(), "unexpected file in the cache; ignored");
-                }
-                continue;
-            };
-            let Ok(meta) = file.metadata() else { continue };
-            let (media_type, refs) = read_meta(&meta_path(&path));
-            total += meta.len();
-            objects.insert(
-                digest,
-                Entry {
-                    size: meta.len(),
-                    media_type,
-                    refs,
-                    last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    pins: 0,
-                    verified: false,
-                },
-            );
-        }
-    }
-    Ok((objects, total))
-}
-
-fn read_meta(path: &Path) -> (String, Vec<(String, String)>) {
-    parse_meta(&fs::read_to_string(path).unwrap_or_default())
-}
-
-/// A `.meta` file's text: line 1 the media type, then `registry repo` lines.
-pub fn parse_meta(text: &str) -> (String, Vec<(String, String)>) {
-    let mut lines = text.lines();
-    let media_type = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
-    let refs = lines
-        .filter_map(|l| l.split_once(' '))
-        .map(|(r, p)| (r.to_owned(), p.to_owned()))
-        .collect();
-    (media_type, refs)
-}
-
-pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
 }

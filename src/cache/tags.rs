@@ -11,7 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::store::write_atomic;
+use super::files::write_atomic;
 use super::Digest;
 use crate::sync::Locked;
 
