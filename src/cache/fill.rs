@@ -233,7 +233,6 @@ pub struct FillWriter {
 impl FillWriter {
     pub(super) fn create(store: Arc<Store>, digest: &Digest) -> Result<Self, Error> {
         let tmp = store.tmp_path(digest);
-        store.check_fault().map_err(io_err(&tmp))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -333,10 +332,7 @@ impl FillWriter {
                 size: end,
             });
         }
-        let result = self
-            .store
-            .check_fault()
-            .and_then(|()| self.fill.file.write_all_at(data, self.written));
+        let result = self.fill.file.write_all_at(data, self.written);
         if let Err(e) = result {
             let error = Error::Io {
                 path: self.tmp.clone(),

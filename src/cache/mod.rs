@@ -20,6 +20,7 @@ mod chunk;
 mod digest;
 mod files;
 mod fill;
+mod health;
 mod scan;
 mod store;
 mod tags;

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -18,14 +18,13 @@ use super::files::{
     write_atomic,
 };
 use super::fill::{Fill, FillWriter};
+use super::health::WriteHealth;
 use super::scan::{clear_dir, scan_objects};
 use super::tags::{TagEntry, TagFiles, TagKey, Tags, MAX_TAGS};
 use super::{chunk, Digest, Error, Hasher, CHUNK};
 use crate::metrics::Metrics;
 use crate::sync::Locked;
 
-/// After a write error, caching pauses this long before it is tried again.
-const WRITE_PAUSE: Duration = Duration::from_secs(30);
 /// A hit refreshes the file's mtime (the persisted LRU clock) at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -97,11 +96,8 @@ pub struct Store {
     max_size: u64,
     /// std Mutex, never held across .await or file I/O of object contents.
     state: Mutex<State>,
-    /// Set while caching is paused after a write error; logged once per episode.
-    paused_until: Mutex<Option<std::time::Instant>>,
-    write_failing: AtomicBool,
-    /// Test hook: fail the next writes with this error kind.
-    fault: Mutex<Option<io::ErrorKind>>,
+    /// Paused after a write error.
+    health: WriteHealth,
     /// std Mutex, never held across .await.
     limits: Mutex<FillLimits>,
     /// [`MAX_TAGS`], smaller in tests.
@@ -202,9 +198,7 @@ impl Store {
                 written_total: 0,
                 tags,
             }),
-            paused_until: Mutex::new(None),
-            write_failing: AtomicBool::new(false),
-            fault: Mutex::new(None),
+            health: WriteHealth::default(),
             limits: Mutex::new(FillLimits::default()),
             max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
             tag_files: TagFiles::new(dir.join("tags")),
@@ -301,7 +295,7 @@ impl Store {
                 }
             }
         }
-        if self.paused() {
+        if self.health.paused() {
             return Ok(Claim::Bypass);
         }
         let same = (state.fill_registry.values())
@@ -510,9 +504,7 @@ impl Store {
             self.tag_files.write(key, entry);
         }
         self.bury(doomed);
-        if self.write_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("cache writes work again; caching resumed");
-        }
+        self.health.recovered();
     }
 
     /// Called by a fill that did not commit.
@@ -596,45 +588,15 @@ impl Store {
 
     // ---- write health ------------------------------------------------------------------------
 
-    fn paused(&self) -> bool {
-        let mut until = self.paused_until.locked();
-        match *until {
-            Some(t) if t > std::time::Instant::now() => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Pauses caching after a write error; logs once per episode.
     pub(super) fn write_failed(&self, error: &Error) {
         self.metrics.cache_write_errors.inc();
-        *self.paused_until.locked() = Some(std::time::Instant::now() + WRITE_PAUSE);
-        if !self.write_failing.swap(true, Ordering::Relaxed) {
-            tracing::error!(%error, pause = ?WRITE_PAUSE, "cache write failed; serving without the cache until writes work again");
-        }
+        self.health.failed(error);
     }
 
     /// Whether a write error paused caching.
     pub fn writes_failing(&self) -> bool {
-        self.write_failing.load(Ordering::Relaxed)
-    }
-
-    /// Test hook: make cache writes fail with `kind` (e.g. `StorageFull`) until cleared with
-    /// `None`; also ends a pause so the next claim tries again.
-    #[doc(hidden)]
-    pub fn inject_write_fault(&self, kind: Option<io::ErrorKind>) {
-        *self.fault.locked() = kind;
-        *self.paused_until.locked() = None;
-    }
-
-    pub(super) fn check_fault(&self) -> io::Result<()> {
-        match *self.fault.locked() {
-            Some(kind) => Err(io::Error::new(kind, "injected write fault")),
-            None => Ok(()),
-        }
+        self.health.failing()
     }
 
     // ---- tags ----------------------------------------------------------------------------------

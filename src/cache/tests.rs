@@ -275,23 +275,52 @@ async fn a_corrupt_file_is_dropped_when_detected_and_never_served_whole() {
     assert!(matches!(store.claim(&d2).unwrap(), Claim::Lead(_)));
 }
 
+/// Replaces the folder `path` with a file (a real write fault: nothing can be created in it).
+fn break_folder(path: &std::path::Path) {
+    std::fs::remove_dir_all(path).unwrap();
+    std::fs::write(path, b"").unwrap();
+}
+
+fn mend_folder(path: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::create_dir(path).unwrap();
+}
+
+async fn past_the_write_pause() {
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    tokio::time::resume();
+}
+
 #[tokio::test]
 async fn a_write_error_pauses_caching_until_writes_work() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 1 << 30).unwrap();
     let content = data(10_000, 6);
     let d = Digest::of(&content);
+    // The commit fails: its shard folder cannot be made.
+    let shard = dir.path().join("objects/sha256").join(&d.hex()[..2]);
+    std::fs::write(&shard, b"").unwrap();
     let mut w = lead(&store, &d);
     w.start(Some(10_000), "t", "reg", "lib/a");
-    store.inject_write_fault(Some(std::io::ErrorKind::StorageFull));
-    assert!(w.write(&content).is_err());
-    w.fail("disk full".into());
+    w.write(&content).unwrap();
+    assert!(matches!(w.finish(), Err(Error::Io { .. })));
     assert!(store.writes_failing());
     assert!(
         matches!(store.claim(&d).unwrap(), Claim::Bypass),
         "paused: pass through"
     );
-    store.inject_write_fault(None);
+    std::fs::remove_file(&shard).unwrap();
+    // A fill that cannot even start (no temp folder) pauses caching too.
+    past_the_write_pause().await;
+    break_folder(&dir.path().join("tmp"));
+    assert!(matches!(store.claim(&d).unwrap(), Claim::Bypass));
+    mend_folder(&dir.path().join("tmp"));
+    assert!(
+        matches!(store.claim(&d).unwrap(), Claim::Bypass),
+        "still paused"
+    );
+    past_the_write_pause().await;
     let d = fill(&store, &content).await;
     assert!(store.contains(&d));
     assert!(!store.writes_failing(), "recovered");

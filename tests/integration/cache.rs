@@ -402,14 +402,19 @@ async fn least_recently_used_objects_are_evicted_under_max_size() {
 async fn a_write_error_falls_back_to_pass_through_and_caching_resumes_later() {
     let w = World::start().await;
     let path = format!("/v2/library/small/blobs/{}", blob_digest());
-    w.app
-        .cache
-        .inject_write_fault(Some(std::io::ErrorKind::StorageFull));
+    // A real fault: a file where the temp folder should be, so no fill can start.
+    let tmp = w.app.cache.dir().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
     let resp = w.app.get(HUB, &path, &[]).await;
     assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob()));
     assert!(!w.app.cache.contains(&digest(&blob_digest())));
     assert!(w.app.cache.writes_failing());
-    w.app.cache.inject_write_fault(None);
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(31)).await; // past the write pause
+    tokio::time::resume();
     let resp = w.app.get(HUB, &path, &[]).await;
     assert_eq!((x_cache(&resp), resp.body()), ("MISS", &blob()));
     assert!(w.app.cache.contains(&digest(&blob_digest())));
