@@ -21,15 +21,19 @@ mod digest;
 mod files;
 mod fill;
 mod health;
+mod reader;
 mod scan;
 mod store;
 mod tags;
+mod writer;
 
 pub use digest::{Digest, Hasher};
 pub use files::parse_meta;
-pub use fill::{Fill, FillState, FillWriter};
-pub use store::{Claim, FillLimits, ObjectInfo, Reader, Store, VerifyReport};
+pub use fill::{Fill, FillState};
+pub use reader::Reader;
+pub use store::{Claim, FillLimits, ObjectInfo, Store, VerifyReport};
 pub use tags::{parse_tag, TagEntry, TagKey, MAX_TAGS};
+pub use writer::FillWriter;
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).
 pub const CHUNK: usize = 1 << 20;

@@ -4,24 +4,22 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use futures_util::Stream;
-
 use super::files::{
     append_line, create_private_dirs, hash_file, io_err, meta_path, meta_text, tighten_dir,
     write_atomic,
 };
-use super::fill::{Fill, FillWriter};
+use super::fill::Fill;
 use super::health::WriteHealth;
+use super::reader::{Reader, Shelf};
 use super::scan::{clear_dir, scan_objects};
 use super::tags::{TagEntry, TagFiles, TagKey, Tags, MAX_TAGS};
-use super::{chunk, Digest, Error, Hasher, CHUNK};
+use super::writer::{FillWriter, Sink};
+use super::{Digest, Error};
 use crate::metrics::Metrics;
 use crate::sync::Locked;
 
@@ -306,7 +304,7 @@ impl Store {
             self.metrics.cache_fills_capped.inc();
             return Ok(Claim::Bypass);
         }
-        let writer = match FillWriter::create(self.clone(), digest) {
+        let writer = match FillWriter::create(self.clone(), digest, self.tmp_path(digest)) {
             Ok(writer) => writer,
             Err(e) => {
                 self.write_failed(&e);
@@ -353,14 +351,9 @@ impl Store {
         }
         entry.last_used = now;
         entry.pins += 1;
-        Ok(Reader {
-            file: Arc::new(file),
-            size: entry.size,
-            media_type: entry.media_type.clone(),
-            digest: digest.clone(),
-            verify: !entry.verified,
-            store: self.clone(),
-        })
+        let info = (digest.clone(), entry.size, entry.media_type.clone());
+        let verify = !entry.verified;
+        Ok(Reader::new(file, path, info, verify, self.clone()))
     }
 
     /// Whether the upstream confirmed that `registry`/`repo` has `digest` (it was fetched from
@@ -508,24 +501,26 @@ impl Store {
     }
 
     /// Called by a fill that did not commit.
-    pub(super) fn fill_ended(&self, digest: &Digest) {
+    fn fill_ended(&self, digest: &Digest) {
         Self::release(&mut self.lock(), digest);
     }
+}
 
+impl Shelf for Store {
     fn unpin(&self, digest: &Digest) {
         if let Some(entry) = self.lock().objects.get_mut(digest) {
             entry.pins = entry.pins.saturating_sub(1);
         }
     }
 
-    fn mark_verified(&self, digest: &Digest) {
+    fn verified(&self, digest: &Digest) {
         if let Some(entry) = self.lock().objects.get_mut(digest) {
             entry.verified = true;
         }
     }
 
     /// Drops a stored object whose content turned out wrong.
-    pub(super) fn discard(&self, digest: &Digest, why: &str) {
+    fn discard(&self, digest: &Digest, why: &str) {
         tracing::error!(%digest, why, "stored object is corrupt; dropped, it will be fetched again");
         self.metrics.cache_digest_mismatches.inc();
         let mut doomed = Doomed::default();
@@ -535,7 +530,9 @@ impl Store {
         drop(state);
         self.bury(doomed);
     }
+}
 
+impl Store {
     fn gauge(&self, state: &State) {
         let m = &self.metrics;
         m.cache_stored_bytes
@@ -758,90 +755,36 @@ impl Store {
     }
 }
 
-/// A pinned, open stored object. Dropping it unpins.
-pub struct Reader {
-    file: Arc<File>,
-    pub size: u64,
-    pub media_type: String,
-    pub digest: Digest,
-    /// Not yet hashed in this process: hash while streaming the whole object.
-    verify: bool,
-    store: Arc<Store>,
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.store.unpin(&self.digest);
+impl Sink for Store {
+    fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
+        Store::reserve(self, digest, bytes)
     }
-}
-
-impl Reader {
-    /// The object's byte at `offset` (`None` past its end or unreadable): evidence a CDN's
-    /// ranged answer is compared with.
-    pub fn byte_at(&self, offset: u64) -> Option<u8> {
-        let mut b = [0u8; 1];
-        (self.file.read_at(&mut b, offset).ok()? == 1).then_some(b[0])
+    fn wrote(&self, digest: &Digest, written: u64) {
+        Store::wrote(self, digest, written)
     }
-
-    /// The whole object into memory (for manifests, which are small).
-    pub async fn read_all(self) -> Result<Bytes, Error> {
-        use futures_util::TryStreamExt;
-        let chunks: Vec<Bytes> = self.stream(None).try_collect().await?;
-        Ok(chunks.concat().into())
+    fn make_room(&self, bytes: u64) {
+        Store::make_room(self, bytes)
     }
-
-    /// Streams `range` (inclusive first..=last) or the whole object. A whole-object stream of
-    /// an unverified object is hashed on the way and its last chunk held back until the hash
-    /// matches; on a mismatch the object is dropped and the stream ends with an error.
-    pub fn stream(
-        self,
-        range: Option<(u64, u64)>,
-    ) -> impl Stream<Item = Result<Bytes, Error>> + Send {
-        let (start, end) = range.map_or((0, self.size), |(a, b)| (a, b + 1));
-        let hasher = (self.verify && range.is_none()).then(Hasher::new);
-        let state = (self, start, end, hasher, None::<Bytes>);
-        futures_util::stream::unfold(Some(state), |state| async move {
-            let (reader, offset, end, mut hasher, held) = state?;
-            if offset >= end {
-                // Everything read: release the held-back chunk only if the hash matches.
-                if let Some(h) = hasher.take() {
-                    let actual = h.finish();
-                    if actual != reader.digest {
-                        reader
-                            .store
-                            .discard(&reader.digest, "hash mismatch on read");
-                        let e = Error::DigestMismatch {
-                            expected: reader.digest.clone(),
-                            actual,
-                        };
-                        return Some((Err(e), None));
-                    }
-                    reader.store.mark_verified(&reader.digest);
-                }
-                return held.map(|chunk| (Ok(chunk), None));
-            }
-            let len = (end - offset).min(CHUNK as u64) as usize;
-            let chunk = match chunk::read(reader.file.clone(), offset, len).await {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    let e = Error::Io {
-                        path: reader.store.object_path(&reader.digest),
-                        source: e,
-                    };
-                    return Some((Err(e), None));
-                }
-            };
-            let next = offset + chunk.len() as u64;
-            match hasher.as_mut() {
-                Some(h) => {
-                    h.update(&chunk);
-                    // Emit the previous chunk; hold this one.
-                    let out = held.unwrap_or_default();
-                    Some((Ok(out), Some((reader, next, end, hasher, Some(chunk)))))
-                }
-                None => Some((Ok(chunk), Some((reader, next, end, None, None)))),
-            }
-        })
+    fn cap_reservation(&self, digest: &Digest) {
+        Store::cap_reservation(self, digest)
+    }
+    fn release_reservation(&self, digest: &Digest) {
+        Store::release_reservation(self, digest)
+    }
+    fn object_path(&self, digest: &Digest) -> PathBuf {
+        Store::object_path(self, digest)
+    }
+    fn committed(&self, digest: &Digest, size: u64, media_type: &str, refs: Vec<(String, String)>) {
+        Store::committed(self, digest, size, media_type, refs)
+    }
+    fn ended(&self, digest: &Digest) {
+        self.fill_ended(digest)
+    }
+    fn write_failed(&self, error: &Error) {
+        Store::write_failed(self, error)
+    }
+    fn digest_mismatch(&self) {
+        self.metrics.cache_digest_mismatches.inc();
     }
 }
 
