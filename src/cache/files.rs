@@ -29,6 +29,11 @@ pub(super) fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
     Ok((hasher.finish(), offset))
 }
 
+/// Where the object `d` is stored under the store's folder `dir`.
+pub(super) fn object_path(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join("objects/sha256").join(&d.hex()[..2]).join(d.hex())
+}
+
 pub(super) fn meta_path(object: &Path) -> PathBuf {
     let mut name = object.file_name().unwrap_or_default().to_owned();
     name.push(".meta");

@@ -21,18 +21,24 @@ mod digest;
 mod files;
 mod fill;
 mod health;
+mod index;
+mod maintenance;
 mod reader;
+mod room;
 mod scan;
 mod store;
+mod tag_files;
+mod tag_map;
 mod tags;
 mod writer;
 
 pub use digest::{Digest, Hasher};
 pub use files::parse_meta;
 pub use fill::{Fill, FillState};
+pub use maintenance::{ObjectInfo, VerifyReport};
 pub use reader::Reader;
-pub use store::{Claim, FillLimits, ObjectInfo, Store, VerifyReport};
-pub use tags::{parse_tag, TagEntry, TagKey, MAX_TAGS};
+pub use store::{Claim, FillLimits, Store};
+pub use tag_map::{parse_tag, TagEntry, TagKey, MAX_TAGS};
 pub use writer::FillWriter;
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).

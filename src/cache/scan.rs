@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::files::{io_err, meta_path, read_meta};
-use super::store::Entry;
+use super::index::Entry;
 use super::{Digest, Error};
 
 pub(super) fn clear_dir(dir: &Path) -> Result<usize, Error> {

@@ -1,23 +1,23 @@
 //! The store: the object index, claims (hit, join a fill, lead a fill), LRU eviction, tag
 //! mappings, and the maintenance operations behind `regcache cache …`.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use super::files::{
-    append_line, create_private_dirs, hash_file, io_err, meta_path, meta_text, tighten_dir,
+    append_line, create_private_dirs, io_err, meta_path, meta_text, object_path, tighten_dir,
     write_atomic,
 };
 use super::fill::Fill;
 use super::health::WriteHealth;
+use super::index::{Doomed, Entry, State};
 use super::reader::{Reader, Shelf};
 use super::scan::{clear_dir, scan_objects};
-use super::tags::{TagEntry, TagFiles, TagKey, Tags, MAX_TAGS};
+use super::tag_files::TagFiles;
+use super::tag_map::{TagEntry, TagKey, Tags, MAX_TAGS};
 use super::writer::{FillWriter, Sink};
 use super::{Digest, Error};
 use crate::metrics::Metrics;
@@ -36,34 +36,6 @@ pub enum Claim {
     Lead(FillWriter),
     /// Caching is paused (a write failed recently): pass the request through.
     Bypass,
-}
-
-pub(super) struct Entry {
-    pub(super) size: u64,
-    pub(super) media_type: String,
-    /// (registry, repository) pairs that fetched this object.
-    pub(super) refs: Vec<(String, String)>,
-    pub(super) last_used: SystemTime,
-    /// Readers and fills holding it: never evicted while > 0.
-    pub(super) pins: usize,
-    /// Hashed since this process started (written by it, or read through once).
-    pub(super) verified: bool,
-}
-
-struct State {
-    objects: HashMap<Digest, Entry>,
-    total: u64,
-    fills: HashMap<Digest, Arc<Fill>>,
-    /// The registry each fill fetches from (for the per-registry cap).
-    fill_registry: HashMap<Digest, String>,
-    /// For each fill under way: the bytes it may write (its size, or what it has grown to) and
-    /// the bytes it has written. Fills are admitted while their promises fit `max_size`; stored
-    /// objects are evicted for the bytes as they are written, not for promises, so fills that are
-    /// abandoned early do not empty the cache.
-    reserved: HashMap<Digest, (u64, u64)>,
-    reserved_total: u64,
-    written_total: u64,
-    tags: Tags,
 }
 
 /// How many upstream downloads may fill the cache at once.
@@ -90,8 +62,8 @@ pub const MAX_REFS: usize = 1024;
 
 /// The content store. Share it as `Arc<Store>`.
 pub struct Store {
-    dir: PathBuf,
-    max_size: u64,
+    pub(super) dir: PathBuf,
+    pub(super) max_size: u64,
     /// std Mutex, never held across .await or file I/O of object contents.
     state: Mutex<State>,
     /// Paused after a write error.
@@ -99,18 +71,10 @@ pub struct Store {
     /// std Mutex, never held across .await.
     limits: Mutex<FillLimits>,
     /// [`MAX_TAGS`], smaller in tests.
-    max_tags: std::sync::atomic::AtomicUsize,
+    pub(super) max_tags: std::sync::atomic::AtomicUsize,
     /// Keeps `tags/` in step with `State::tags`, in a thread of its own.
-    tag_files: Arc<TagFiles>,
+    pub(super) tag_files: Arc<TagFiles>,
     pub(super) metrics: Arc<Metrics>,
-}
-
-/// Files to remove once the store's lock is released: objects with their metadata, and the
-/// files of dropped tag mappings.
-#[derive(Default)]
-struct Doomed {
-    files: Vec<PathBuf>,
-    tags: Vec<TagKey>,
 }
 
 /// A store that is gone has its tag mappings on disk (a restart finds them).
@@ -118,24 +82,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.tag_files.flush();
     }
-}
-
-/// One stored object, as listed by `regcache cache ls`.
-#[derive(Clone, Debug)]
-pub struct ObjectInfo {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    pub refs: Vec<(String, String)>,
-    pub last_used: SystemTime,
-}
-
-/// What `regcache cache verify` found.
-#[derive(Debug, Default)]
-pub struct VerifyReport {
-    pub checked: usize,
-    pub bytes: u64,
-    pub dropped: Vec<(Digest, String)>,
 }
 
 impl Store {
@@ -186,16 +132,7 @@ impl Store {
         let store = Arc::new(Self {
             dir: dir.to_owned(),
             max_size,
-            state: Mutex::new(State {
-                objects,
-                total,
-                fills: HashMap::new(),
-                fill_registry: HashMap::new(),
-                reserved: HashMap::new(),
-                reserved_total: 0,
-                written_total: 0,
-                tags,
-            }),
+            state: Mutex::new(State::new(objects, total, tags)),
             health: WriteHealth::default(),
             limits: Mutex::new(FillLimits::default()),
             max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
@@ -215,7 +152,7 @@ impl Store {
         Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.locked()
     }
 
@@ -234,10 +171,7 @@ impl Store {
     }
 
     pub(super) fn object_path(&self, d: &Digest) -> PathBuf {
-        self.dir
-            .join("objects/sha256")
-            .join(&d.hex()[..2])
-            .join(d.hex())
+        object_path(&self.dir, d)
     }
 
     pub(super) fn tmp_path(&self, d: &Digest) -> PathBuf {
@@ -251,11 +185,6 @@ impl Store {
     /// Whether `digest` is stored (without pinning it).
     pub fn contains(&self, digest: &Digest) -> bool {
         self.lock().objects.contains_key(digest)
-    }
-
-    #[cfg(test)]
-    pub(super) fn set_max_tags(&self, n: usize) {
-        self.max_tags.store(n, Ordering::Relaxed);
     }
 
     /// Sets the caps on concurrent fills (config load and reload).
@@ -283,7 +212,7 @@ impl Store {
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
                     let mut doomed = Doomed::default();
-                    self.remove(&mut state, digest, &mut doomed);
+                    state.remove(&self.dir, digest, &mut doomed);
                     drop(state);
                     self.bury(doomed);
                     state = self.lock();
@@ -325,7 +254,7 @@ impl Store {
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
                 let mut doomed = Doomed::default();
-                self.remove(&mut state, digest, &mut doomed);
+                state.remove(&self.dir, digest, &mut doomed);
                 drop(state);
                 self.bury(doomed);
                 None
@@ -394,75 +323,6 @@ impl Store {
         }
     }
 
-    /// Admits a fill of `digest` that may write `bytes` (more, if it already has some): false
-    /// when the fills under way would then promise more than `max_size` (the fill should then
-    /// not be cached). Nothing is evicted yet: see [`Store::wrote`].
-    pub(super) fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
-        let mut state = self.lock();
-        let (had, written) = state.reserved.get(digest).copied().unwrap_or((0, 0));
-        let more = bytes.saturating_sub(had);
-        if bytes > self.max_size || state.reserved_total + more > self.max_size {
-            return false;
-        }
-        state.reserved_total += more;
-        state.reserved.insert(digest.clone(), (had + more, written));
-        true
-    }
-
-    /// The fill of `digest` has written `written` bytes: stored objects make room for them.
-    pub(super) fn wrote(&self, digest: &Digest, written: u64) {
-        let mut doomed = Doomed::default();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if let Some((_, w)) = state.reserved.get_mut(digest) {
-            state.written_total += written.saturating_sub(*w);
-            *w = written.max(*w);
-        }
-        self.evict(state, &mut doomed);
-        drop(guard);
-        self.bury(doomed);
-    }
-
-    /// The disk itself is full: evicts `bytes` more than the fills' written bytes need.
-    pub(super) fn make_room(&self, bytes: u64) {
-        let mut doomed = Doomed::default();
-        let mut state = self.lock();
-        state.written_total += bytes;
-        self.evict(&mut state, &mut doomed);
-        state.written_total -= bytes;
-        drop(state);
-        self.bury(doomed);
-    }
-
-    /// A fill that stopped writing to disk: what it set aside beyond the bytes it wrote is
-    /// given back (those stay counted until it ends).
-    pub(super) fn cap_reservation(&self, digest: &Digest) {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if let Some((reserved, written)) = state.reserved.get_mut(digest) {
-            let spare = reserved.saturating_sub(*written);
-            *reserved -= spare;
-            state.reserved_total -= spare;
-        }
-    }
-
-    /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
-    pub(super) fn release_reservation(&self, digest: &Digest) {
-        Self::unreserve(&mut self.lock(), digest);
-    }
-
-    fn unreserve(state: &mut State, digest: &Digest) {
-        let (reserved, written) = state.reserved.remove(digest).unwrap_or((0, 0));
-        state.reserved_total -= reserved;
-        state.written_total -= written;
-    }
-
-    fn release(state: &mut State, digest: &Digest) {
-        state.fills.remove(digest);
-        state.fill_registry.remove(digest);
-        Self::unreserve(state, digest);
-    }
-
     /// Called by a fill that verified its content: index it and evict down to the size cap.
     pub(super) fn committed(
         &self,
@@ -472,7 +332,7 @@ impl Store {
         refs: Vec<(String, String)>,
     ) {
         let mut state = self.lock();
-        Self::release(&mut state, digest);
+        state.release(digest);
         let old = state.objects.insert(
             digest.clone(),
             Entry {
@@ -502,7 +362,7 @@ impl Store {
 
     /// Called by a fill that did not commit.
     fn fill_ended(&self, digest: &Digest) {
-        Self::release(&mut self.lock(), digest);
+        self.lock().release(digest);
     }
 }
 
@@ -525,7 +385,7 @@ impl Shelf for Store {
         self.metrics.cache_digest_mismatches.inc();
         let mut doomed = Doomed::default();
         let mut state = self.lock();
-        self.remove(&mut state, digest, &mut doomed);
+        state.remove(&self.dir, digest, &mut doomed);
         self.gauge(&state);
         drop(state);
         self.bury(doomed);
@@ -533,54 +393,14 @@ impl Shelf for Store {
 }
 
 impl Store {
-    fn gauge(&self, state: &State) {
-        let m = &self.metrics;
-        m.cache_stored_bytes
-            .set(i64::try_from(state.total).unwrap_or(i64::MAX));
-        m.cache_stored_objects.set(state.objects.len() as i64);
-    }
-
-    /// Drops `digest` and its tag mappings from the index; their files go into `doomed`.
-    fn remove(&self, state: &mut State, digest: &Digest, doomed: &mut Doomed) {
-        if let Some(entry) = state.objects.remove(digest) {
-            state.total -= entry.size;
-        }
-        let path = self.object_path(digest);
-        doomed.files.push(meta_path(&path));
-        doomed.files.push(path);
-        doomed.tags.extend(state.tags.remove_digest(digest));
-    }
-
     /// Removes the files of what was dropped from the index (call without the lock). A fill that
     /// commits the same digest in between loses its file: the next claim finds it unreadable and
     /// fetches it again.
-    fn bury(&self, doomed: Doomed) {
+    pub(super) fn bury(&self, doomed: Doomed) {
         for path in &doomed.files {
             let _ = fs::remove_file(path);
         }
         self.tag_files.remove(&doomed.tags);
-    }
-
-    /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
-    /// Fills under way count with the bytes they have written.
-    fn evict(&self, state: &mut State, doomed: &mut Doomed) {
-        let fits = |state: &State| state.total + state.written_total <= self.max_size;
-        if fits(state) {
-            return;
-        }
-        let mut candidates: Vec<(SystemTime, Digest)> = (state.objects.iter())
-            .filter(|(_, e)| e.pins == 0)
-            .map(|(d, e)| (e.last_used, d.clone()))
-            .collect();
-        candidates.sort();
-        for (_, digest) in candidates {
-            if fits(state) {
-                break;
-            }
-            tracing::info!(%digest, "evicted (cache.max_size)");
-            self.metrics.cache_evictions.inc();
-            self.remove(state, &digest, doomed);
-        }
     }
 
     // ---- write health ------------------------------------------------------------------------
@@ -594,164 +414,6 @@ impl Store {
     /// Whether a write error paused caching.
     pub fn writes_failing(&self) -> bool {
         self.health.failing()
-    }
-
-    // ---- tags ----------------------------------------------------------------------------------
-
-    /// The mapping of `key`, when the manifest it names is stored and was fetched from, or
-    /// confirmed in, that very registry and repository (a mapping recorded from a HEAD waits
-    /// until the bytes are fetched and verified).
-    pub fn tag(&self, key: &TagKey) -> Option<TagEntry> {
-        let state = self.lock();
-        let entry = state.tags.get(key)?;
-        held_for(&state, &entry.digest, &key.registry, &key.repo).then(|| entry.clone())
-    }
-
-    /// Any mapping of `tag` (whatever Accept it was made for) whose object is stored and whose
-    /// media type is one of `accepted` (any, when `accepted` is empty).
-    pub fn tag_any(
-        &self,
-        registry: &str,
-        repo: &str,
-        tag: &str,
-        accepted: &[&str],
-    ) -> Option<TagEntry> {
-        let state = self.lock();
-        let fits = |t: &TagEntry| {
-            accepted.is_empty() || accepted.iter().any(|a| *a == t.media_type || *a == "*/*")
-        };
-        let found = (state.tags.iter())
-            .filter(|(k, _)| k.registry == registry && k.repo == repo && k.tag == tag)
-            .find(|(_, t)| fits(t) && held_for(&state, &t.digest, registry, repo));
-        found.map(|(_, t)| t.clone())
-    }
-
-    /// The tags of a repository that map to a stored manifest, sorted: what an offline
-    /// `/tags/list` can truthfully say.
-    pub fn tags_of(&self, registry: &str, repo: &str) -> Vec<String> {
-        let state = self.lock();
-        let mut tags: Vec<String> = (state.tags.iter())
-            .filter(|(k, t)| {
-                k.registry == registry
-                    && k.repo == repo
-                    && held_for(&state, &t.digest, registry, repo)
-            })
-            .map(|(k, _)| k.tag.clone())
-            .collect();
-        tags.sort();
-        tags.dedup();
-        tags
-    }
-
-    /// Maps `key` to `digest`, fresh for `ttl`. The mapping is persisted (by the tag file
-    /// writer, not here) when `digest` is held; otherwise it stays in memory until it is.
-    pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
-        let entry = TagEntry {
-            digest,
-            media_type: media_type.to_owned(),
-            fresh_until: tokio::time::Instant::now() + ttl,
-        };
-        let mut doomed = Doomed::default();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let old = state.tags.insert(key.clone(), entry.clone());
-        let held = |d: &Digest| state.objects.contains_key(d);
-        let persist = held(&entry.digest);
-        // A file of the older mapping (to a held object) must not come back at a restart.
-        let unpersist = !persist && old.is_some_and(|old| held(&old.digest));
-        if state.tags.len() > self.max_tags.load(Ordering::Relaxed) {
-            doomed.tags = self.shed_tags(state);
-        }
-        drop(guard);
-        if persist {
-            self.tag_files.write(&key, &entry);
-        }
-        if unpersist {
-            doomed.tags.push(key);
-        }
-        self.bury(doomed);
-    }
-
-    /// Past [`MAX_TAGS`] mappings: those whose manifest is not held go first, then the least
-    /// recently confirmed, down to nine tenths of the cap. Returns the keys dropped.
-    fn shed_tags(&self, state: &mut State) -> Vec<TagKey> {
-        let keep = self.max_tags.load(Ordering::Relaxed) / 10 * 9;
-        let mut order: Vec<(bool, tokio::time::Instant, TagKey)> = (state.tags.iter())
-            .map(|(k, t)| {
-                let held = held_for(state, &t.digest, &k.registry, &k.repo);
-                (held, t.fresh_until, k.clone())
-            })
-            .collect();
-        order.sort_by_key(|a| (a.0, a.1));
-        let excess = order.len().saturating_sub(keep);
-        let dropped: Vec<TagKey> = order.into_iter().take(excess).map(|(_, _, k)| k).collect();
-        for key in &dropped {
-            state.tags.remove(key);
-        }
-        tracing::info!(excess, "tag mappings over their cap: the oldest forgotten");
-        dropped
-    }
-
-    /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).
-    pub fn refresh_tag(&self, key: &TagKey, ttl: Duration) {
-        if let Some(t) = self.lock().tags.get_mut(key) {
-            t.fresh_until = tokio::time::Instant::now() + ttl;
-        }
-    }
-
-    // ---- maintenance (regcache cache …) -------------------------------------------------------
-
-    pub fn list(&self) -> Vec<ObjectInfo> {
-        let state = self.lock();
-        let mut out: Vec<ObjectInfo> = (state.objects.iter())
-            .map(|(d, e)| ObjectInfo {
-                digest: d.clone(),
-                size: e.size,
-                media_type: e.media_type.clone(),
-                refs: e.refs.clone(),
-                last_used: e.last_used,
-            })
-            .collect();
-        out.sort_by_key(|o| std::cmp::Reverse(o.last_used));
-        out
-    }
-
-    /// Removes the objects `select` picks; returns (objects, bytes) removed.
-    pub fn purge(&self, select: impl Fn(&ObjectInfo) -> bool) -> (usize, u64) {
-        let chosen: Vec<ObjectInfo> = self.list().into_iter().filter(|o| select(o)).collect();
-        let mut doomed = Doomed::default();
-        let mut state = self.lock();
-        let mut bytes = 0;
-        for o in &chosen {
-            bytes += o.size;
-            self.remove(&mut state, &o.digest, &mut doomed);
-        }
-        self.gauge(&state);
-        drop(state);
-        self.bury(doomed);
-        (chosen.len(), bytes)
-    }
-
-    /// Re-hashes every object; drops those whose size or hash is wrong.
-    pub fn verify(&self) -> VerifyReport {
-        let mut report = VerifyReport::default();
-        for o in self.list() {
-            let path = self.object_path(&o.digest);
-            let problem = match hash_file(&path) {
-                Ok((d, n)) if d == o.digest && n == o.size => None,
-                Ok((d, n)) => Some(format!("content is {d}, {n} bytes")),
-                Err(e) => Some(e.to_string()),
-            };
-            report.checked += 1;
-            report.bytes += o.size;
-            if let Some(why) = problem {
-                let mut doomed = Doomed::default();
-                self.remove(&mut self.lock(), &o.digest, &mut doomed);
-                self.bury(doomed);
-                report.dropped.push((o.digest, why));
-            }
-        }
-        report
     }
 }
 
@@ -786,10 +448,4 @@ impl Sink for Store {
     fn digest_mismatch(&self) {
         self.metrics.cache_digest_mismatches.inc();
     }
-}
-
-/// Whether `digest` is stored and referenced by `registry`/`repo`.
-fn held_for(state: &State, digest: &Digest, registry: &str, repo: &str) -> bool {
-    let entry = state.objects.get(digest);
-    entry.is_some_and(|e| e.refs.iter().any(|(r, p)| r == registry && p == repo))
 }
