@@ -9,7 +9,9 @@
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
 //! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
-//! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
+//! - [`cache`]: content-addressed store in small parts: the index and claims (`store`, `index`),
+//!   room and LRU eviction (`room`), fills (`fill`, `writer`), readers, tags (`tags`, `tag_map`,
+//!   `tag_files`), maintenance, the write pause (`health`).
 //! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
 //! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.

@@ -11,6 +11,24 @@
 //! mappings) sits in small text files beside it. An embedded database would add a second source of
 //! truth to keep consistent with the files, and compile time, for no gain at this size.
 //!
+//! # Parts (each file opens with what it owns)
+//! - `store.rs`: [`Store`]: open, claims (hit, join, lead, bypass) and the fill caps; `refs.rs`:
+//!   which repositories an object was confirmed in;
+//!   `index.rs`: the index under the store's lock (objects, fills, reservations, the tag map);
+//!   `room.rs`: reservations within `cache.max_size` and LRU eviction; `scan.rs`: what opening
+//!   finds on disk; `health.rs`: the pause after a write error.
+//! - `fill.rs`: a fill's shared side and its readers; `writer.rs`: [`FillWriter`] (reserve, write,
+//!   verify, commit, or relay past the room), which sees the store only as a `Sink`;
+//!   `reader.rs`: [`Reader`] of stored objects (a `Shelf` to the store); `chunk.rs`: chunked reads.
+//! - `tags.rs`: the store's tag API; `tag_map.rs`: keys, entries, the map indexed by digest;
+//!   `tag_files.rs`: the thread that writes tag files.
+//! - `maintenance.rs`: `regcache cache …` (list, purge, verify); `files.rs`: paths, private modes,
+//!   atomic writes, `.meta` text; `digest.rs`: [`Digest`], [`Hasher`].
+//!
+//! Dependencies go one way: `store` and its `impl Store` parts (`room`, `refs`, `tags`,
+//! `maintenance`) use the rest; `writer`, `reader`, `fill`, `index`, `tag_*`, `files` never name
+//! `store`.
+//!
 //! # Layout of `dir`
 //! - `objects/sha256/ab/abcd…` content; `abcd….meta`: line 1 media type, then `registry repo` lines
 //! - `tags/<sha256 of key>`: `registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line
@@ -24,6 +42,7 @@ mod health;
 mod index;
 mod maintenance;
 mod reader;
+mod refs;
 mod room;
 mod scan;
 mod store;

@@ -1,5 +1,7 @@
-//! The store: the object index, claims (hit, join a fill, lead a fill), LRU eviction, tag
-//! mappings, and the maintenance operations behind `regcache cache …`.
+//! The store ([`Store`]): opening it, claims (hit, join a fill, lead a fill, bypass) under the
+//! fill caps, references (which repositories an object was confirmed in), and what fills and
+//! readers report back (the `Sink` and `Shelf` impls). Room and eviction are in `room.rs`, the tag
+//! API in `tags.rs`, `regcache cache …` in `maintenance.rs`.
 
 use std::fs::{self, File};
 
@@ -7,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::files::{
-    append_line, create_private_dirs, io_err, meta_path, meta_text, object_path, tighten_dir,
-    write_atomic,
-};
+use super::files::{create_private_dirs, io_err, object_path, tighten_dir};
 use super::fill::Fill;
 use super::health::WriteHealth;
 use super::index::{Doomed, Entry, State};
@@ -55,10 +54,6 @@ impl Default for FillLimits {
         }
     }
 }
-
-/// An object is remembered as fetched from at most this many repositories; past it the oldest
-/// reference goes (its repository is then checked upstream again).
-pub const MAX_REFS: usize = 1024;
 
 /// The content store. Share it as `Arc<Store>`.
 pub struct Store {
@@ -283,44 +278,6 @@ impl Store {
         let info = (digest.clone(), entry.size, entry.media_type.clone());
         let verify = !entry.verified;
         Ok(Reader::new(file, path, info, verify, self.clone()))
-    }
-
-    /// Whether the upstream confirmed that `registry`/`repo` has `digest` (it was fetched from
-    /// there, or a check there succeeded).
-    pub fn has_ref(&self, digest: &Digest, registry: &str, repo: &str) -> bool {
-        let state = self.lock();
-        let refs = state
-            .objects
-            .get(digest)
-            .map(|e| e.refs.as_slice())
-            .unwrap_or_default();
-        refs.iter().any(|(r, p)| r == registry && p == repo)
-    }
-
-    /// Records that `registry`/`repo` referenced `digest` (for `cache ls` and `purge --repo`).
-    pub fn add_ref(&self, digest: &Digest, registry: &str, repo: &str) {
-        let mut state = self.lock();
-        let Some(entry) = state.objects.get_mut(digest) else {
-            return;
-        };
-        if entry.refs.iter().any(|(r, p)| r == registry && p == repo) {
-            return;
-        }
-        entry.refs.push((registry.to_owned(), repo.to_owned()));
-        let path = meta_path(&self.object_path(digest));
-        let written = if entry.refs.len() > MAX_REFS {
-            entry.refs.remove(0);
-            let meta = meta_text(&entry.media_type, &entry.refs);
-            drop(state);
-            write_atomic(&path, meta.as_bytes())
-        } else {
-            // One line appended: no rewrite of every reference per new one.
-            drop(state);
-            append_line(&path, &format!("{registry} {repo}\n"))
-        };
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot record a reference");
-        }
     }
 
     /// Called by a fill that verified its content: index it and evict down to the size cap.
