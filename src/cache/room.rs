@@ -63,13 +63,7 @@ impl Store {
 
     /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
     pub(super) fn release_reservation(&self, digest: &Digest) {
-        Self::unreserve(&mut self.lock(), digest);
-    }
-
-    fn unreserve(state: &mut State, digest: &Digest) {
-        let (reserved, written) = state.reserved.remove(digest).unwrap_or((0, 0));
-        state.reserved_total -= reserved;
-        state.written_total -= written;
+        self.lock().unreserve(digest);
     }
 
     /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
@@ -107,6 +101,12 @@ impl State {
     pub(super) fn release(&mut self, digest: &Digest) {
         self.fills.remove(digest);
         self.fill_registry.remove(digest);
-        Store::unreserve(self, digest);
+        self.unreserve(digest);
+    }
+
+    fn unreserve(&mut self, digest: &Digest) {
+        let (reserved, written) = self.reserved.remove(digest).unwrap_or((0, 0));
+        self.reserved_total -= reserved;
+        self.written_total -= written;
     }
 }
