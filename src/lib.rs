@@ -11,7 +11,9 @@
 //! - [`ca`]: the local CA, no networking: `authority` (load or create, name constraints),
 //!   `leaf` (issuance, the bounded leaf cache, the wildcard budget, pinned configured leaves),
 //!   `resolver` (the rustls certificate resolver).
-//! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
+//! - [`cache`]: content-addressed store in small parts: the index and claims (`store`, `index`),
+//!   room and LRU eviction (`room`), fills (`fill`, `writer`), readers, tags (`tags`, `tag_map`,
+//!   `tag_files`), maintenance, the write pause (`health`).
 //! - [`proxy`]: listeners and TLS accept; each request routed by host and classified once into a
 //!   typed endpoint, handled in the endpoint's file, with authorization and offline policy in
 //!   files of their own; one `Upstream` for every request to a registry or CDN; the cache outcome

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use rustix::io::{preadv2, ReadWriteFlags};
 
 use super::CHUNK;
+use crate::sync::Locked;
 
 /// Buffers kept for reuse: enough for a few streams, each with a chunk or two in flight.
 const POOL_MAX: usize = 32;
@@ -50,7 +51,7 @@ impl Pooled {
                 len,
             };
         }
-        let reused = pool().lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = pool().locked().pop();
         let buf = reused.unwrap_or_else(|| vec![0; CHUNK]);
         Self { buf, len }
     }
@@ -67,7 +68,7 @@ impl Drop for Pooled {
         if self.buf.len() != CHUNK {
             return;
         }
-        let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = pool().locked();
         if pool.len() < POOL_MAX {
             pool.push(std::mem::take(&mut self.buf));
         }

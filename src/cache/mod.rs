@@ -11,22 +11,54 @@
 //! mappings) sits in small text files beside it. An embedded database would add a second source of
 //! truth to keep consistent with the files, and compile time, for no gain at this size.
 //!
+//! # Parts (each file opens with what it owns)
+//! - `store.rs`: [`Store`]: open, claims (hit, join, lead, bypass) and the fill caps; `refs.rs`:
+//!   which repositories an object was confirmed in;
+//!   `index.rs`: the index under the store's lock (objects, fills, reservations, the tag map);
+//!   `room.rs`: reservations within `cache.max_size` and LRU eviction; `scan.rs`: what opening
+//!   finds on disk; `health.rs`: the pause after a write error.
+//! - `fill.rs`: a fill's shared side and its readers; `writer.rs`: [`FillWriter`] (reserve, write,
+//!   verify, commit, or relay past the room), which sees the store only as a `Sink`;
+//!   `reader.rs`: [`Reader`] of stored objects (a `Shelf` to the store); `chunk.rs`: chunked reads.
+//! - `tags.rs`: the store's tag API; `tag_map.rs`: keys, entries, the map indexed by digest;
+//!   `tag_files.rs`: the thread that writes tag files.
+//! - `maintenance.rs`: `regcache cache …` (list, purge, verify); `files.rs`: paths, private modes,
+//!   atomic writes, `.meta` text; `digest.rs`: [`Digest`], [`Hasher`].
+//!
+//! Dependencies go one way: `store` and its `impl Store` parts (`room`, `refs`, `tags`,
+//! `maintenance`) use the rest; `writer`, `reader`, `fill`, `index`, `tag_*`, `files` never name
+//! `store`.
+//!
 //! # Layout of `dir`
 //! - `objects/sha256/ab/abcd…` content; `abcd….meta`: line 1 media type, then `registry repo` lines
 //! - `tags/<sha256 of key>`: `registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line
 //! - `tmp/`: fills in progress
 
 mod chunk;
+mod digest;
+mod files;
 mod fill;
+mod health;
+mod index;
+mod maintenance;
+mod reader;
+mod refs;
+mod room;
+mod scan;
 mod store;
+mod tag_files;
+mod tag_map;
+mod tags;
+mod writer;
 
-use std::fmt;
-
-pub use fill::{Fill, FillState, FillWriter};
-pub use store::{
-    parse_meta, parse_tag, Claim, FillLimits, ObjectInfo, Reader, Store, TagEntry, TagKey,
-    VerifyReport,
-};
+pub use digest::{Digest, Hasher};
+pub use files::parse_meta;
+pub use fill::{Fill, FillState};
+pub use maintenance::{ObjectInfo, VerifyReport};
+pub use reader::Reader;
+pub use store::{Claim, FillLimits, Store};
+pub use tag_map::{parse_tag, TagEntry, TagKey, MAX_TAGS};
+pub use writer::FillWriter;
 
 /// How much a reader asks the disk for at once (large TLS records, few syscalls).
 pub const CHUNK: usize = 1 << 20;
@@ -52,69 +84,6 @@ pub enum Error {
     WritesPaused,
     #[error("no room for {digest} ({size} bytes) within cache.max_size")]
     NoRoom { digest: Digest, size: u64 },
-}
-
-/// A sha256 content digest (`sha256:` and 64 lower-case hex digits). Other algorithms are not
-/// cached: requests for them pass through.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-impl Digest {
-    pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix("sha256:")?;
-        let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| Self(hex.to_owned()))
-    }
-
-    /// The digest of `data`.
-    pub fn of(data: &[u8]) -> Self {
-        let mut h = Hasher::new();
-        h.update(data);
-        h.finish()
-    }
-
-    pub fn hex(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Incremental sha256.
-pub struct Hasher(sha2::Sha256);
-
-impl Hasher {
-    pub fn new() -> Self {
-        use sha2::Digest as _;
-        Self(sha2::Sha256::new())
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        use sha2::Digest as _;
-        self.0.update(data);
-    }
-
-    pub fn finish(self) -> Digest {
-        use sha2::Digest as _;
-        let out = self.0.finalize();
-        Digest(out.iter().map(|b| format!("{b:02x}")).collect())
-    }
-}
-
-impl Default for Hasher {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 #[cfg(test)]

@@ -1,28 +1,27 @@
-//! The store: the object index, claims (hit, join a fill, lead a fill), LRU eviction, tag
-//! mappings, and the maintenance operations behind `regcache cache …`.
+//! The store ([`Store`]): opening it, claims (hit, join a fill, lead a fill, bypass) under the
+//! fill caps, references (which repositories an object was confirmed in), and what fills and
+//! readers report back (the `Sink` and `Shelf` impls). Room and eviction are in `room.rs`, the tag
+//! API in `tags.rs`, `regcache cache …` in `maintenance.rs`.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use futures_util::Stream;
-
-use super::fill::{Fill, FillWriter};
-use super::{chunk, Digest, Error, Hasher, CHUNK};
+use super::files::{create_private_dirs, io_err, object_path, tighten_dir};
+use super::fill::Fill;
+use super::health::WriteHealth;
+use super::index::{Doomed, Entry, State};
+use super::reader::{Reader, Shelf};
+use super::scan::{clear_dir, scan_objects};
+use super::tag_files::TagFiles;
+use super::tag_map::{TagEntry, TagKey, Tags, MAX_TAGS};
+use super::writer::{FillWriter, Sink};
+use super::{Digest, Error};
 use crate::metrics::Metrics;
+use crate::sync::Locked;
 
-/// Modes of cache folders and files: other local users read nothing (private layers).
-pub(super) const PRIVATE_DIR: u32 = 0o700;
-pub(super) const PRIVATE_FILE: u32 = 0o600;
-
-/// After a write error, caching pauses this long before it is tried again.
-const WRITE_PAUSE: Duration = Duration::from_secs(30);
 /// A hit refreshes the file's mtime (the persisted LRU clock) at most this often.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -36,61 +35,6 @@ pub enum Claim {
     Lead(FillWriter),
     /// Caching is paused (a write failed recently): pass the request through.
     Bypass,
-}
-
-pub(super) struct Entry {
-    size: u64,
-    media_type: String,
-    /// (registry, repository) pairs that fetched this object.
-    refs: Vec<(String, String)>,
-    last_used: SystemTime,
-    /// Readers and fills holding it: never evicted while > 0.
-    pins: usize,
-    /// Hashed since this process started (written by it, or read through once).
-    verified: bool,
-}
-
-/// Which tag mapping: a tag of a repository, as asked for with a given (normalised) Accept.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TagKey {
-    pub registry: String,
-    pub repo: String,
-    pub tag: String,
-    pub accept: String,
-}
-
-impl TagKey {
-    fn file_name(&self) -> String {
-        let key = format!(
-            "{}\n{}\n{}\n{}",
-            self.registry, self.repo, self.tag, self.accept
-        );
-        Digest::of(key.as_bytes()).hex().to_owned()
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct TagEntry {
-    pub digest: Digest,
-    pub media_type: String,
-    /// Fresh (served without asking upstream) until then; entries loaded at start are stale.
-    pub fresh_until: tokio::time::Instant,
-}
-
-struct State {
-    objects: HashMap<Digest, Entry>,
-    total: u64,
-    fills: HashMap<Digest, Arc<Fill>>,
-    /// The registry each fill fetches from (for the per-registry cap).
-    fill_registry: HashMap<Digest, String>,
-    /// For each fill under way: the bytes it may write (its size, or what it has grown to) and
-    /// the bytes it has written. Fills are admitted while their promises fit `max_size`; stored
-    /// objects are evicted for the bytes as they are written, not for promises, so fills that are
-    /// abandoned early do not empty the cache.
-    reserved: HashMap<Digest, (u64, u64)>,
-    reserved_total: u64,
-    written_total: u64,
-    tags: HashMap<TagKey, TagEntry>,
 }
 
 /// How many upstream downloads may fill the cache at once.
@@ -111,47 +55,28 @@ impl Default for FillLimits {
     }
 }
 
-/// At most this many tag mappings are kept (each is a small file under `tags/`).
-pub const MAX_TAGS: usize = 100_000;
-
-/// An object is remembered as fetched from at most this many repositories; past it the oldest
-/// reference goes (its repository is then checked upstream again).
-pub const MAX_REFS: usize = 1024;
-
 /// The content store. Share it as `Arc<Store>`.
 pub struct Store {
-    dir: PathBuf,
-    max_size: u64,
+    pub(super) dir: PathBuf,
+    pub(super) max_size: u64,
     /// std Mutex, never held across .await or file I/O of object contents.
     state: Mutex<State>,
-    /// Set while caching is paused after a write error; logged once per episode.
-    paused_until: Mutex<Option<std::time::Instant>>,
-    write_failing: AtomicBool,
-    /// Test hook: fail the next writes with this error kind.
-    fault: Mutex<Option<io::ErrorKind>>,
+    /// Paused after a write error.
+    health: WriteHealth,
     /// std Mutex, never held across .await.
     limits: Mutex<FillLimits>,
     /// [`MAX_TAGS`], smaller in tests.
-    max_tags: std::sync::atomic::AtomicUsize,
+    pub(super) max_tags: std::sync::atomic::AtomicUsize,
+    /// Keeps `tags/` in step with `State::tags`, in a thread of its own.
+    pub(super) tag_files: Arc<TagFiles>,
     pub(super) metrics: Arc<Metrics>,
 }
 
-/// One stored object, as listed by `regcache cache ls`.
-#[derive(Clone, Debug)]
-pub struct ObjectInfo {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    pub refs: Vec<(String, String)>,
-    pub last_used: SystemTime,
-}
-
-/// What `regcache cache verify` found.
-#[derive(Debug, Default)]
-pub struct VerifyReport {
-    pub checked: usize,
-    pub bytes: u64,
-    pub dropped: Vec<(Digest, String)>,
+/// A store that is gone has its tag mappings on disk (a restart finds them).
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.tag_files.flush();
+    }
 }
 
 impl Store {
@@ -198,40 +123,32 @@ impl Store {
             }
         }
         let (objects, total) = scan_objects(&dir.join("objects/sha256"))?;
-        let tags = load_tags(&dir.join("tags"), &objects);
+        let tags = Tags::load(&dir.join("tags"), |d| objects.contains_key(d));
         let store = Arc::new(Self {
             dir: dir.to_owned(),
             max_size,
-            state: Mutex::new(State {
-                objects,
-                total,
-                fills: HashMap::new(),
-                fill_registry: HashMap::new(),
-                reserved: HashMap::new(),
-                reserved_total: 0,
-                written_total: 0,
-                tags,
-            }),
-            paused_until: Mutex::new(None),
-            write_failing: AtomicBool::new(false),
-            fault: Mutex::new(None),
+            state: Mutex::new(State::new(objects, total, tags)),
+            health: WriteHealth::default(),
             limits: Mutex::new(FillLimits::default()),
             max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
+            tag_files: TagFiles::new(dir.join("tags")),
             metrics,
         });
         store
             .metrics
             .cache_max_bytes
             .set(i64::try_from(max_size).unwrap_or(i64::MAX));
+        let mut doomed = Doomed::default();
         let mut state = store.lock();
-        store.evict(&mut state);
+        store.evict(&mut state, &mut doomed);
         store.gauge(&state);
         drop(state);
+        store.bury(doomed);
         Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.locked()
     }
 
     pub fn dir(&self) -> &Path {
@@ -249,10 +166,7 @@ impl Store {
     }
 
     pub(super) fn object_path(&self, d: &Digest) -> PathBuf {
-        self.dir
-            .join("objects/sha256")
-            .join(&d.hex()[..2])
-            .join(d.hex())
+        object_path(&self.dir, d)
     }
 
     pub(super) fn tmp_path(&self, d: &Digest) -> PathBuf {
@@ -268,14 +182,9 @@ impl Store {
         self.lock().objects.contains_key(digest)
     }
 
-    #[cfg(test)]
-    pub(super) fn set_max_tags(&self, n: usize) {
-        self.max_tags.store(n, Ordering::Relaxed);
-    }
-
     /// Sets the caps on concurrent fills (config load and reload).
     pub fn set_fill_limits(&self, limits: FillLimits) {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        *self.limits.locked() = limits;
     }
 
     /// Hit, join, lead or bypass, decided atomically so that one fetch serves every asker.
@@ -287,7 +196,7 @@ impl Store {
     /// this registry) the answer is Bypass, so that clients that start many cold downloads
     /// and leave cannot hold the disk or the uplink.
     pub fn claim_for(self: &Arc<Self>, digest: &Digest, registry: &str) -> Result<Claim, Error> {
-        let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let limits = *self.limits.locked();
         let mut state = self.lock();
         if let Some(fill) = state.fills.get(digest) {
             return Ok(Claim::Join(fill.clone()));
@@ -297,11 +206,18 @@ impl Store {
                 Ok(reader) => return Ok(Claim::Hit(reader)),
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                    self.remove(&mut state, digest);
+                    let mut doomed = Doomed::default();
+                    state.remove(&self.dir, digest, &mut doomed);
+                    drop(state);
+                    self.bury(doomed);
+                    state = self.lock();
+                    if let Some(fill) = state.fills.get(digest) {
+                        return Ok(Claim::Join(fill.clone()));
+                    }
                 }
             }
         }
-        if self.paused() {
+        if self.health.paused() {
             return Ok(Claim::Bypass);
         }
         let same = (state.fill_registry.values())
@@ -312,7 +228,7 @@ impl Store {
             self.metrics.cache_fills_capped.inc();
             return Ok(Claim::Bypass);
         }
-        let writer = match FillWriter::create(self.clone(), digest) {
+        let writer = match FillWriter::create(self.clone(), digest, self.tmp_path(digest)) {
             Ok(writer) => writer,
             Err(e) => {
                 self.write_failed(&e);
@@ -332,7 +248,10 @@ impl Store {
             Ok(reader) => Some(reader),
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                self.remove(&mut state, digest);
+                let mut doomed = Doomed::default();
+                state.remove(&self.dir, digest, &mut doomed);
+                drop(state);
+                self.bury(doomed);
                 None
             }
         }
@@ -356,103 +275,9 @@ impl Store {
         }
         entry.last_used = now;
         entry.pins += 1;
-        Ok(Reader {
-            file: Arc::new(file),
-            size: entry.size,
-            media_type: entry.media_type.clone(),
-            digest: digest.clone(),
-            verify: !entry.verified,
-            store: self.clone(),
-        })
-    }
-
-    /// Whether the upstream confirmed that `registry`/`repo` has `digest` (it was fetched from
-    /// there, or a check there succeeded).
-    pub fn has_ref(&self, digest: &Digest, registry: &str, repo: &str) -> bool {
-        let state = self.lock();
-        let refs = state
-            .objects
-            .get(digest)
-            .map(|e| e.refs.as_slice())
-            .unwrap_or_default();
-        refs.iter().any(|(r, p)| r == registry && p == repo)
-    }
-
-    /// Records that `registry`/`repo` referenced `digest` (for `cache ls` and `purge --repo`).
-    pub fn add_ref(&self, digest: &Digest, registry: &str, repo: &str) {
-        let mut state = self.lock();
-        let Some(entry) = state.objects.get_mut(digest) else {
-            return;
-        };
-        if entry.refs.iter().any(|(r, p)| r == registry && p == repo) {
-            return;
-        }
-        entry.refs.push((registry.to_owned(), repo.to_owned()));
-        let path = meta_path(&self.object_path(digest));
-        let written = if entry.refs.len() > MAX_REFS {
-            entry.refs.remove(0);
-            let meta = meta_text(&entry.media_type, &entry.refs);
-            drop(state);
-            write_atomic(&path, meta.as_bytes())
-        } else {
-            // One line appended: no rewrite of every reference per new one.
-            drop(state);
-            append_line(&path, &format!("{registry} {repo}\n"))
-        };
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot record a reference");
-        }
-    }
-
-    /// Admits a fill of `digest` that may write `bytes` (more, if it already has some): false
-    /// when the fills under way would then promise more than `max_size` (the fill should then
-    /// not be cached). Nothing is evicted yet: see [`Store::wrote`].
-    pub(super) fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
-        let mut state = self.lock();
-        let (had, written) = state.reserved.get(digest).copied().unwrap_or((0, 0));
-        let more = bytes.saturating_sub(had);
-        if bytes > self.max_size || state.reserved_total + more > self.max_size {
-            return false;
-        }
-        state.reserved_total += more;
-        state.reserved.insert(digest.clone(), (had + more, written));
-        true
-    }
-
-    /// The fill of `digest` has written `written` bytes: stored objects make room for them.
-    pub(super) fn wrote(&self, digest: &Digest, written: u64) {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if let Some((_, w)) = state.reserved.get_mut(digest) {
-            state.written_total += written.saturating_sub(*w);
-            *w = written.max(*w);
-        }
-        self.evict(state);
-    }
-
-    /// The disk itself is full: evicts `bytes` more than the fills' written bytes need.
-    pub(super) fn make_room(&self, bytes: u64) {
-        let mut state = self.lock();
-        state.written_total += bytes;
-        self.evict(&mut state);
-        state.written_total -= bytes;
-    }
-
-    /// Gives back what [`Store::reserve`] set aside for `digest` (the fill goes on uncached).
-    pub(super) fn release_reservation(&self, digest: &Digest) {
-        Self::unreserve(&mut self.lock(), digest);
-    }
-
-    fn unreserve(state: &mut State, digest: &Digest) {
-        let (reserved, written) = state.reserved.remove(digest).unwrap_or((0, 0));
-        state.reserved_total -= reserved;
-        state.written_total -= written;
-    }
-
-    fn release(state: &mut State, digest: &Digest) {
-        state.fills.remove(digest);
-        state.fill_registry.remove(digest);
-        Self::unreserve(state, digest);
+        let info = (digest.clone(), entry.size, entry.media_type.clone());
+        let verify = !entry.verified;
+        Ok(Reader::new(file, path, info, verify, self.clone()))
     }
 
     /// Called by a fill that verified its content: index it and evict down to the size cap.
@@ -464,7 +289,7 @@ impl Store {
         refs: Vec<(String, String)>,
     ) {
         let mut state = self.lock();
-        Self::release(&mut state, digest);
+        state.release(digest);
         let old = state.objects.insert(
             digest.clone(),
             Entry {
@@ -477,553 +302,107 @@ impl Store {
             },
         );
         state.total = state.total + size - old.map_or(0, |e| e.size);
-        self.evict(&mut state);
+        // Mappings recorded (from a HEAD) before the object was held are persisted now.
+        let tags: Vec<(TagKey, TagEntry)> = (state.tags.of_digest(digest))
+            .filter_map(|k| Some((k.clone(), state.tags.get(k)?.clone())))
+            .collect();
+        let mut doomed = Doomed::default();
+        self.evict(&mut state, &mut doomed);
         self.gauge(&state);
-        if self.write_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("cache writes work again; caching resumed");
+        drop(state);
+        for (key, entry) in &tags {
+            self.tag_files.write(key, entry);
         }
+        self.bury(doomed);
+        self.health.recovered();
     }
 
     /// Called by a fill that did not commit.
-    pub(super) fn fill_ended(&self, digest: &Digest) {
-        Self::release(&mut self.lock(), digest);
+    fn fill_ended(&self, digest: &Digest) {
+        self.lock().release(digest);
     }
+}
 
+impl Shelf for Store {
     fn unpin(&self, digest: &Digest) {
         if let Some(entry) = self.lock().objects.get_mut(digest) {
             entry.pins = entry.pins.saturating_sub(1);
         }
     }
 
-    fn mark_verified(&self, digest: &Digest) {
+    fn verified(&self, digest: &Digest) {
         if let Some(entry) = self.lock().objects.get_mut(digest) {
             entry.verified = true;
         }
     }
 
     /// Drops a stored object whose content turned out wrong.
-    pub(super) fn discard(&self, digest: &Digest, why: &str) {
+    fn discard(&self, digest: &Digest, why: &str) {
         tracing::error!(%digest, why, "stored object is corrupt; dropped, it will be fetched again");
         self.metrics.cache_digest_mismatches.inc();
+        let mut doomed = Doomed::default();
         let mut state = self.lock();
-        self.remove(&mut state, digest);
+        state.remove(&self.dir, digest, &mut doomed);
         self.gauge(&state);
+        drop(state);
+        self.bury(doomed);
     }
+}
 
-    fn gauge(&self, state: &State) {
-        let m = &self.metrics;
-        m.cache_stored_bytes
-            .set(i64::try_from(state.total).unwrap_or(i64::MAX));
-        m.cache_stored_objects.set(state.objects.len() as i64);
-    }
-
-    fn remove(&self, state: &mut State, digest: &Digest) {
-        if let Some(entry) = state.objects.remove(digest) {
-            state.total -= entry.size;
+impl Store {
+    /// Removes the files of what was dropped from the index (call without the lock). A fill that
+    /// commits the same digest in between loses its file: the next claim finds it unreadable and
+    /// fetches it again.
+    pub(super) fn bury(&self, doomed: Doomed) {
+        for path in &doomed.files {
+            let _ = fs::remove_file(path);
         }
-        let path = self.object_path(digest);
-        let _ = fs::remove_file(&path);
-        let _ = fs::remove_file(meta_path(&path));
-        let dropped: Vec<TagKey> = (state.tags.iter())
-            .filter(|(_, t)| &t.digest == digest)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dropped {
-            state.tags.remove(&key);
-            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
-        }
-    }
-
-    /// Evicts least-recently-used, unpinned objects until the total fits `max_size`.
-    /// Fills under way count with the bytes they have written.
-    fn evict(&self, state: &mut State) {
-        let fits = |state: &State| state.total + state.written_total <= self.max_size;
-        if fits(state) {
-            return;
-        }
-        let mut candidates: Vec<(SystemTime, Digest)> = (state.objects.iter())
-            .filter(|(_, e)| e.pins == 0)
-            .map(|(d, e)| (e.last_used, d.clone()))
-            .collect();
-        candidates.sort();
-        for (_, digest) in candidates {
-            if fits(state) {
-                break;
-            }
-            tracing::info!(%digest, "evicted (cache.max_size)");
-            self.metrics.cache_evictions.inc();
-            self.remove(state, &digest);
-        }
+        self.tag_files.remove(&doomed.tags);
     }
 
     // ---- write health ------------------------------------------------------------------------
 
-    fn paused(&self) -> bool {
-        let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        match *until {
-            Some(t) if t > std::time::Instant::now() => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Pauses caching after a write error; logs once per episode.
     pub(super) fn write_failed(&self, error: &Error) {
         self.metrics.cache_write_errors.inc();
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now() + WRITE_PAUSE);
-        if !self.write_failing.swap(true, Ordering::Relaxed) {
-            tracing::error!(%error, pause = ?WRITE_PAUSE, "cache write failed; serving without the cache until writes work again");
-        }
+        self.health.failed(error);
     }
 
     /// Whether a write error paused caching.
     pub fn writes_failing(&self) -> bool {
-        self.write_failing.load(Ordering::Relaxed)
-    }
-
-    /// Test hook: make cache writes fail with `kind` (e.g. `StorageFull`) until cleared with
-    /// `None`; also ends a pause so the next claim tries again.
-    #[doc(hidden)]
-    pub fn inject_write_fault(&self, kind: Option<io::ErrorKind>) {
-        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = kind;
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    pub(super) fn check_fault(&self) -> io::Result<()> {
-        match *self.fault.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(kind) => Err(io::Error::new(kind, "injected write fault")),
-            None => Ok(()),
-        }
-    }
-
-    // ---- tags ----------------------------------------------------------------------------------
-
-    /// The mapping of `key`, when the manifest it names is stored and was fetched from, or
-    /// confirmed in, that very registry and repository (a mapping recorded from a HEAD waits
-    /// until the bytes are fetched and verified).
-    pub fn tag(&self, key: &TagKey) -> Option<TagEntry> {
-        let state = self.lock();
-        let entry = state.tags.get(key)?;
-        held_for(&state, &entry.digest, &key.registry, &key.repo).then(|| entry.clone())
-    }
-
-    /// Any mapping of `tag` (whatever Accept it was made for) whose object is stored and whose
-    /// media type is one of `accepted` (any, when `accepted` is empty).
-    pub fn tag_any(
-        &self,
-        registry: &str,
-        repo: &str,
-        tag: &str,
-        accepted: &[&str],
-    ) -> Option<TagEntry> {
-        let state = self.lock();
-        let fits = |t: &TagEntry| {
-            accepted.is_empty() || accepted.iter().any(|a| *a == t.media_type || *a == "*/*")
-        };
-        let found = (state.tags.iter())
-            .filter(|(k, _)| k.registry == registry && k.repo == repo && k.tag == tag)
-            .find(|(_, t)| fits(t) && held_for(&state, &t.digest, registry, repo));
-        found.map(|(_, t)| t.clone())
-    }
-
-    /// The tags of a repository that map to a stored manifest, sorted: what an offline
-    /// `/tags/list` can truthfully say.
-    pub fn tags_of(&self, registry: &str, repo: &str) -> Vec<String> {
-        let state = self.lock();
-        let mut tags: Vec<String> = (state.tags.iter())
-            .filter(|(k, t)| {
-                k.registry == registry
-                    && k.repo == repo
-                    && held_for(&state, &t.digest, registry, repo)
-            })
-            .map(|(k, _)| k.tag.clone())
-            .collect();
-        tags.sort();
-        tags.dedup();
-        tags
-    }
-
-    /// Maps `key` to `digest`, fresh for `ttl`, and persists the mapping.
-    pub fn put_tag(&self, key: TagKey, digest: Digest, media_type: &str, ttl: Duration) {
-        let text = format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n",
-            key.registry, key.repo, key.tag, key.accept, digest, media_type
-        );
-        let path = self.dir.join("tags").join(key.file_name());
-        let entry = TagEntry {
-            digest,
-            media_type: media_type.to_owned(),
-            fresh_until: tokio::time::Instant::now() + ttl,
-        };
-        let mut state = self.lock();
-        state.tags.insert(key, entry);
-        if state.tags.len() > self.max_tags.load(Ordering::Relaxed) {
-            self.shed_tags(&mut state);
-        }
-        drop(state);
-        if let Err(e) = write_atomic(&path, text.as_bytes()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot persist a tag mapping");
-        }
-    }
-
-    /// Past [`MAX_TAGS`] mappings: those whose manifest is not held go first, then the least
-    /// recently confirmed, down to nine tenths of the cap.
-    fn shed_tags(&self, state: &mut State) {
-        let keep = self.max_tags.load(Ordering::Relaxed) / 10 * 9;
-        let mut order: Vec<(bool, tokio::time::Instant, TagKey)> = (state.tags.iter())
-            .map(|(k, t)| {
-                let held = held_for(state, &t.digest, &k.registry, &k.repo);
-                (held, t.fresh_until, k.clone())
-            })
-            .collect();
-        order.sort_by_key(|a| (a.0, a.1));
-        let excess = order.len().saturating_sub(keep);
-        for (_, _, key) in order.into_iter().take(excess) {
-            state.tags.remove(&key);
-            let _ = fs::remove_file(self.dir.join("tags").join(key.file_name()));
-        }
-        tracing::info!(excess, "tag mappings over their cap: the oldest forgotten");
-    }
-
-    /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).
-    pub fn refresh_tag(&self, key: &TagKey, ttl: Duration) {
-        if let Some(t) = self.lock().tags.get_mut(key) {
-            t.fresh_until = tokio::time::Instant::now() + ttl;
-        }
-    }
-
-    // ---- maintenance (regcache cache …) -------------------------------------------------------
-
-    pub fn list(&self) -> Vec<ObjectInfo> {
-        let state = self.lock();
-        let mut out: Vec<ObjectInfo> = (state.objects.iter())
-            .map(|(d, e)| ObjectInfo {
-                digest: d.clone(),
-                size: e.size,
-                media_type: e.media_type.clone(),
-                refs: e.refs.clone(),
-                last_used: e.last_used,
-            })
-            .collect();
-        out.sort_by_key(|o| std::cmp::Reverse(o.last_used));
-        out
-    }
-
-    /// Removes the objects `select` picks; returns (objects, bytes) removed.
-    pub fn purge(&self, select: impl Fn(&ObjectInfo) -> bool) -> (usize, u64) {
-        let chosen: Vec<ObjectInfo> = self.list().into_iter().filter(|o| select(o)).collect();
-        let mut state = self.lock();
-        let mut bytes = 0;
-        for o in &chosen {
-            bytes += o.size;
-            self.remove(&mut state, &o.digest);
-        }
-        self.gauge(&state);
-        (chosen.len(), bytes)
-    }
-
-    /// Re-hashes every object; drops those whose size or hash is wrong.
-    pub fn verify(&self) -> VerifyReport {
-        let mut report = VerifyReport::default();
-        for o in self.list() {
-            let path = self.object_path(&o.digest);
-            let problem = match hash_file(&path) {
-                Ok((d, n)) if d == o.digest && n == o.size => None,
-                Ok((d, n)) => Some(format!("content is {d}, {n} bytes")),
-                Err(e) => Some(e.to_string()),
-            };
-            report.checked += 1;
-            report.bytes += o.size;
-            if let Some(why) = problem {
-                let mut state = self.lock();
-                self.remove(&mut state, &o.digest);
-                report.dropped.push((o.digest, why));
-            }
-        }
-        report
+        self.health.failing()
     }
 }
 
-/// A pinned, open stored object. Dropping it unpins.
-pub struct Reader {
-    file: Arc<File>,
-    pub size: u64,
-    pub media_type: String,
-    pub digest: Digest,
-    /// Not yet hashed in this process: hash while streaming the whole object.
-    verify: bool,
-    store: Arc<Store>,
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.store.unpin(&self.digest);
+impl Sink for Store {
+    fn reserve(&self, digest: &Digest, bytes: u64) -> bool {
+        Store::reserve(self, digest, bytes)
     }
-}
-
-impl Reader {
-    /// The object's byte at `offset` (`None` past its end or unreadable): evidence a CDN's
-    /// ranged answer is compared with.
-    pub fn byte_at(&self, offset: u64) -> Option<u8> {
-        let mut b = [0u8; 1];
-        (self.file.read_at(&mut b, offset).ok()? == 1).then_some(b[0])
+    fn wrote(&self, digest: &Digest, written: u64) {
+        Store::wrote(self, digest, written)
     }
-
-    /// The whole object into memory (for manifests, which are small).
-    pub async fn read_all(self) -> Result<Bytes, Error> {
-        use futures_util::TryStreamExt;
-        let chunks: Vec<Bytes> = self.stream(None).try_collect().await?;
-        Ok(chunks.concat().into())
+    fn make_room(&self, bytes: u64) {
+        Store::make_room(self, bytes)
     }
-
-    /// Streams `range` (inclusive first..=last) or the whole object. A whole-object stream of
-    /// an unverified object is hashed on the way and its last chunk held back until the hash
-    /// matches; on a mismatch the object is dropped and the stream ends with an error.
-    pub fn stream(
-        self,
-        range: Option<(u64, u64)>,
-    ) -> impl Stream<Item = Result<Bytes, Error>> + Send {
-        let (start, end) = range.map_or((0, self.size), |(a, b)| (a, b + 1));
-        let hasher = (self.verify && range.is_none()).then(Hasher::new);
-        let state = (self, start, end, hasher, None::<Bytes>);
-        futures_util::stream::unfold(Some(state), |state| async move {
-            let (reader, offset, end, mut hasher, held) = state?;
-            if offset >= end {
-                // Everything read: release the held-back chunk only if the hash matches.
-                if let Some(h) = hasher.take() {
-                    let actual = h.finish();
-                    if actual != reader.digest {
-                        reader
-                            .store
-                            .discard(&reader.digest, "hash mismatch on read");
-                        let e = Error::DigestMismatch {
-                            expected: reader.digest.clone(),
-                            actual,
-                        };
-                        return Some((Err(e), None));
-                    }
-                    reader.store.mark_verified(&reader.digest);
-                }
-                return held.map(|chunk| (Ok(chunk), None));
-            }
-            let len = (end - offset).min(CHUNK as u64) as usize;
-            let chunk = match chunk::read(reader.file.clone(), offset, len).await {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    let e = Error::Io {
-                        path: reader.store.object_path(&reader.digest),
-                        source: e,
-                    };
-                    return Some((Err(e), None));
-                }
-            };
-            let next = offset + chunk.len() as u64;
-            match hasher.as_mut() {
-                Some(h) => {
-                    h.update(&chunk);
-                    // Emit the previous chunk; hold this one.
-                    let out = held.unwrap_or_default();
-                    Some((Ok(out), Some((reader, next, end, hasher, Some(chunk)))))
-                }
-                None => Some((Ok(chunk), Some((reader, next, end, None, None)))),
-            }
-        })
+    fn cap_reservation(&self, digest: &Digest) {
+        Store::cap_reservation(self, digest)
     }
-}
-
-/// Whether `digest` is stored and referenced by `registry`/`repo`.
-fn held_for(state: &State, digest: &Digest, registry: &str, repo: &str) -> bool {
-    let entry = state.objects.get(digest);
-    entry.is_some_and(|e| e.refs.iter().any(|(r, p)| r == registry && p == repo))
-}
-
-fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
-    let file = File::open(path)?;
-    let mut hasher = Hasher::new();
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read_at(&mut buf, offset)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        offset += n as u64;
+    fn release_reservation(&self, digest: &Digest) {
+        Store::release_reservation(self, digest)
     }
-    Ok((hasher.finish(), offset))
-}
-
-pub(super) fn meta_path(object: &Path) -> PathBuf {
-    let mut name = object.file_name().unwrap_or_default().to_owned();
-    name.push(".meta");
-    object.with_file_name(name)
-}
-
-pub(super) fn meta_text(media_type: &str, refs: &[(String, String)]) -> String {
-    let mut text = format!("{media_type}\n");
-    for (registry, repo) in refs {
-        text.push_str(&format!("{registry} {repo}\n"));
+    fn object_path(&self, digest: &Digest) -> PathBuf {
+        Store::object_path(self, digest)
     }
-    text
-}
-
-/// Appends one line to `path` (created if missing).
-fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(PRIVATE_FILE)
-        .open(path)?;
-    file.write_all(line.as_bytes())
-}
-
-/// Cache folders: owner only (0700), whatever the umask. Modes of existing folders are kept.
-pub(super) fn create_private_dirs(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR)
-        .create(path)
-}
-
-/// Makes an existing cache folder owner-only (caches of older versions were world-readable).
-fn tighten_dir(dir: &Path) -> io::Result<()> {
-    let mode = fs::metadata(dir)?.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 {
-        return Ok(());
+    fn committed(&self, digest: &Digest, size: u64, media_type: &str, refs: Vec<(String, String)>) {
+        Store::committed(self, digest, size, media_type, refs)
     }
-    tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the cache folder was readable by other users; setting it to 0700");
-    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR))
-}
-
-/// Writes `path` (owner-only, 0600) through a temp file and rename.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(PRIVATE_FILE)
-        .open(&tmp)?;
-    file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    fs::rename(&tmp, path)
-}
-
-fn clear_dir(dir: &Path) -> Result<usize, Error> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
+    fn ended(&self, digest: &Digest) {
+        self.fill_ended(digest)
     }
-    Ok(removed)
-}
-
-fn scan_objects(root: &Path) -> Result<(HashMap<Digest, Entry>, u64), Error> {
-    let mut objects = HashMap::new();
-    let mut total = 0;
-    for shard in fs::read_dir(root).map_err(io_err(root))?.flatten() {
-        let Ok(files) = fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            let name = file.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".partial") {
-                // A metadata write cut short by a crash.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let Some(digest) = Digest::parse(&format!("sha256:{name}")) else {
-                if !name.ends_with(".meta") {
-                    tracing::warn!(path = %path.display(), "unexpected file in the cache; ignored");
-                }
-                continue;
-            };
-            let Ok(meta) = file.metadata() else { continue };
-            let (media_type, refs) = read_meta(&meta_path(&path));
-            total += meta.len();
-            objects.insert(
-                digest,
-                Entry {
-                    size: meta.len(),
-                    media_type,
-                    refs,
-                    last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    pins: 0,
-                    verified: false,
-                },
-            );
-        }
+    fn write_failed(&self, error: &Error) {
+        Store::write_failed(self, error)
     }
-    Ok((objects, total))
-}
-
-fn read_meta(path: &Path) -> (String, Vec<(String, String)>) {
-    parse_meta(&fs::read_to_string(path).unwrap_or_default())
-}
-
-/// A `.meta` file's text: line 1 the media type, then `registry repo` lines.
-pub fn parse_meta(text: &str) -> (String, Vec<(String, String)>) {
-    let mut lines = text.lines();
-    let media_type = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
-    let refs = lines
-        .filter_map(|l| l.split_once(' '))
-        .map(|(r, p)| (r.to_owned(), p.to_owned()))
-        .collect();
-    (media_type, refs)
-}
-
-fn load_tags(dir: &Path, objects: &HashMap<Digest, Entry>) -> HashMap<TagKey, TagEntry> {
-    let mut tags = HashMap::new();
-    let now = tokio::time::Instant::now();
-    for file in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let text = fs::read_to_string(file.path()).unwrap_or_default();
-        match parse_tag(&text, now) {
-            Some((key, entry)) if objects.contains_key(&entry.digest) => {
-                tags.insert(key, entry);
-            }
-            _ => {
-                let _ = fs::remove_file(file.path());
-            }
-        }
-    }
-    tags
-}
-
-/// A tag file's text (`registry`, `repo`, `tag`, `accept`, `digest`, `media type`, one a line),
-/// fresh until `fresh_until`.
-pub fn parse_tag(text: &str, fresh_until: tokio::time::Instant) -> Option<(TagKey, TagEntry)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let [registry, repo, tag, accept, digest, media_type] = lines.as_slice() else {
-        return None;
-    };
-    let key = TagKey {
-        registry: registry.to_string(),
-        repo: repo.to_string(),
-        tag: tag.to_string(),
-        accept: accept.to_string(),
-    };
-    let entry = TagEntry {
-        digest: Digest::parse(digest)?,
-        media_type: media_type.to_string(),
-        fresh_until,
-    };
-    Some((key, entry))
-}
-
-pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
+    fn digest_mismatch(&self) {
+        self.metrics.cache_digest_mismatches.inc();
     }
 }

@@ -179,7 +179,7 @@ impl Download {
                 }
             };
             seen.note(&data);
-            if let Err(e) = writer.write(&data) {
+            if let Err(e) = writer.write_or_relay(data).await {
                 writer.fail(e.to_string());
                 return None;
             }

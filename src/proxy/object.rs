@@ -57,7 +57,7 @@ impl Proxy {
                 if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
                     return Ok(refused);
                 }
-                Ok(serve_fill(fill, CacheOutcome::Join))
+                Ok(serve_fill(fill.clone(), fill.stream(), CacheOutcome::Join))
             }
             Claim::Lead(writer) => self.lead(out, repo, writer).await,
             Claim::Bypass => self.pass(out).await,
@@ -93,6 +93,8 @@ impl Proxy {
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
         let fill = writer.fill().clone();
+        // Started before the download: a body that outgrows the cache is relayed to it.
+        let body = fill.clone().stream();
         let (tx, rx) = oneshot::channel();
         let download = Download {
             proxy: self.clone(),
@@ -104,7 +106,7 @@ impl Proxy {
         };
         tokio::spawn(download.run(writer, tx));
         match rx.await {
-            Ok(Started::Streaming) => Ok(serve_fill(fill, CacheOutcome::Miss)),
+            Ok(Started::Streaming) => Ok(serve_fill(fill, body, CacheOutcome::Miss)),
             Ok(Started::Relay(resp)) => Ok(relay(resp, out.route, out.host)),
             Ok(Started::Failed(e)) => Err(e),
             Err(_) => Err(Error::Unavailable("the download task ended early".into())),

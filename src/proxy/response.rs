@@ -148,8 +148,13 @@ pub(super) fn serve_reader(
     resp
 }
 
-/// An object still being downloaded, streamed as it grows.
-pub(super) fn serve_fill(fill: Arc<Fill>, outcome: CacheOutcome) -> Response<Body> {
+/// An object still being downloaded, streamed as it grows (`body`: its stream, started by the
+/// caller so that it holds a seat if the download turns into a relay).
+pub(super) fn serve_fill(
+    fill: Arc<Fill>,
+    body: impl Stream<Item = Result<Bytes, crate::cache::Error>> + Send + 'static,
+    outcome: CacheOutcome,
+) -> Response<Body> {
     let (size, media_type) = match fill.state() {
         FillState::Writing {
             size, media_type, ..
@@ -158,7 +163,7 @@ pub(super) fn serve_fill(fill: Arc<Fill>, outcome: CacheOutcome) -> Response<Bod
         _ => (None, "application/octet-stream".to_owned()),
     };
     let digest = fill.digest.clone();
-    let mut resp = Response::new(stream_body(fill.stream()));
+    let mut resp = Response::new(stream_body(body));
     object_headers(resp.headers_mut(), &media_type, &digest);
     outcome.mark(&mut resp);
     if let Some(size) = size {

@@ -150,6 +150,27 @@ async fn bad_upstream_bodies_are_never_committed_and_the_client_sees_an_abort() 
     }
 }
 
+/// Issue 9 (trust): a blob of unknown length (no Content-Length) larger than the cache's room
+/// reaches its client whole, and nothing of it is cached.
+#[tokio::test]
+async fn a_blob_without_length_larger_than_the_room_is_served_whole_uncached() {
+    let w = World::start_with("[cache]\nmax_size = \"1MB\"").await;
+    let path = format!("/v2/library/unsized/blobs/{}", digest_of(&big()));
+    let got = (w.app)
+        .try_request(HUB, build("GET", HUB, &path, &[], Bytes::new()))
+        .await;
+    let resp = got.expect("the response completes");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.body().len(), big().len());
+    assert_eq!(sha256_hex(resp.body()), sha256_hex(&big()));
+    assert!(!w.app.cache.contains(&digest(&digest_of(&big()))));
+    assert_eq!(w.app.cache.usage(), (0, 0));
+    let tmp = std::fs::read_dir(w.app.cache.dir().join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "no temp file left");
+}
+
 #[tokio::test]
 async fn tags_are_fresh_for_the_ttl_then_revalidated_with_a_head() {
     let w = World::start().await;
@@ -381,14 +402,19 @@ async fn least_recently_used_objects_are_evicted_under_max_size() {
 async fn a_write_error_falls_back_to_pass_through_and_caching_resumes_later() {
     let w = World::start().await;
     let path = format!("/v2/library/small/blobs/{}", blob_digest());
-    w.app
-        .cache
-        .inject_write_fault(Some(std::io::ErrorKind::StorageFull));
+    // A real fault: a file where the temp folder should be, so no fill can start.
+    let tmp = w.app.cache.dir().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
     let resp = w.app.get(HUB, &path, &[]).await;
     assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob()));
     assert!(!w.app.cache.contains(&digest(&blob_digest())));
     assert!(w.app.cache.writes_failing());
-    w.app.cache.inject_write_fault(None);
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(31)).await; // past the write pause
+    tokio::time::resume();
     let resp = w.app.get(HUB, &path, &[]).await;
     assert_eq!((x_cache(&resp), resp.body()), ("MISS", &blob()));
     assert!(w.app.cache.contains(&digest(&blob_digest())));

@@ -243,8 +243,9 @@ impl From<Response<Full<Bytes>>> for Reply {
     }
 }
 
-/// A body sent in `pieces` parts, `gap` apart, declaring `declared` bytes.
-fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: usize) -> Reply {
+/// A body sent in `pieces` parts, `gap` apart, declaring `declared` bytes (no Content-Length
+/// when `None`).
+fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: Option<usize>) -> Reply {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
     tokio::spawn(async move {
         let step = data.len().div_ceil(pieces);
@@ -260,13 +261,11 @@ fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: usize) -
         }
     });
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    Reply::Stream(
-        Response::builder()
-            .header("content-type", "application/octet-stream")
-            .header("content-length", declared)
-            .body(StreamBody::new(frames).boxed())
-            .unwrap(),
-    )
+    let mut resp = Response::builder().header("content-type", "application/octet-stream");
+    if let Some(declared) = declared {
+        resp = resp.header("content-length", declared);
+    }
+    Reply::Stream(resp.body(StreamBody::new(frames).boxed()).unwrap())
 }
 
 async fn route(
@@ -338,7 +337,15 @@ async fn route(
     if registry_host(&host) && get_or_head {
         let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
         if b("library/big", &big()) {
-            return slow(big(), 16, std::time::Duration::from_millis(40), big().len());
+            return slow(
+                big(),
+                16,
+                std::time::Duration::from_millis(40),
+                Some(big().len()),
+            );
+        }
+        if b("library/unsized", &big()) {
+            return slow(big(), 16, std::time::Duration::from_millis(10), None);
         }
         if b("library/small", &blob2()) {
             return ok(blob2(), "application/octet-stream", &[]).into();
@@ -352,7 +359,7 @@ async fn route(
                 blob().slice(..1000),
                 1,
                 std::time::Duration::ZERO,
-                blob().len(),
+                Some(blob().len()),
             );
         }
         if b("private/app", &secret()) {
