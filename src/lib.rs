@@ -5,14 +5,17 @@
 //! leaf issued on the fly by a name-constrained local CA, and forwards to the real registry.
 //!
 //! # Layout
-//! - [`config`]: raw TOML → validated [`config::Config`]; the embedded default registry list.
+//! - [`config`]: raw TOML (`raw`) → validated [`config::Config`] (`types`): `validate`, `limits`,
+//!   `registry` (and the embedded default list), `credentials`, `values`; `problem` prints each
+//!   problem as `file:line: why`.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
 //! - [`ca`]: CA load-or-create, leaf issuance, the rustls certificate resolver. No networking.
 //! - [`cache`]: content-addressed store: verify while writing, atomic rename, LRU, tag map.
 //! - [`proxy`]: TLS accept, routing by host, the upstream client, redirects, the access log.
 //! - [`admin`]: `/healthz` and `/ca.crt` over plain HTTP.
-//! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
+//! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text
+//!   (`register`), the Prometheus text format (`text`); encoded at `/metrics`.
 //! - [`status`]: the status page's figures (`/`, `/api/status`).
 //! - [`conn`]: connection bounds shared by the TCP listeners (cap, first-byte and idle timeouts).
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
