@@ -1,6 +1,6 @@
 //! The validated configuration: what the rest of the crate reads, one type per subsystem.
 //!
-//! Built only by `validate` from the raw file (or the embedded default); every value here has
+//! Built by `validate` from the raw file (or the embedded default); every value here has
 //! been checked, so nothing downstream re-validates or meets an "always Some at runtime" option.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
