@@ -84,39 +84,44 @@ pub fn install(
     let mut record = read_record(root);
     for runtime in &runtimes {
         for planned in plan(*runtime, ca_pem, &hosts) {
-            let path = root.join(&planned.path);
-            let hash = Digest::of(planned.content.as_bytes());
-            let ours = format!("file {} {}", hash.hex(), planned.path.display());
-            match fs::read(&path) {
-                Ok(existing) if existing == planned.content.as_bytes() => {
-                    record.insert(ours);
-                    lines.push(format!("unchanged {}", path.display()));
-                    continue;
-                }
-                Ok(_)
-                    if !record
-                        .iter()
-                        .any(|e| e.ends_with(&format!(" {}", planned.path.display()))) =>
-                {
-                    lines.push(format!(
-                        "left alone {}: it exists with other content",
-                        path.display()
-                    ));
-                    continue;
-                }
-                _ => {}
-            }
-            create_parents(root, &path, &mut record)?;
-            fs::write(&path, &planned.content)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            record.retain(|e| !e.ends_with(&format!(" {}", planned.path.display())));
-            record.insert(ours);
-            lines.push(format!("wrote {}", path.display()));
+            lines.push(install_file(root, &planned, &mut record)?);
         }
     }
     write_record(root, &record)?;
     lines.extend(after_install(root, &runtimes));
     Ok(Report { lines })
+}
+
+/// Writes one planned file unless it is there already or is someone else's; records it as ours.
+/// Returns the summary line.
+fn install_file(
+    root: &Path,
+    planned: &Planned,
+    record: &mut BTreeSet<String>,
+) -> anyhow::Result<String> {
+    let path = root.join(&planned.path);
+    let hash = Digest::of(planned.content.as_bytes());
+    let ours = format!("file {} {}", hash.hex(), planned.path.display());
+    let recorded_tail = format!(" {}", planned.path.display());
+    match fs::read(&path) {
+        Ok(existing) if existing == planned.content.as_bytes() => {
+            record.insert(ours);
+            return Ok(format!("unchanged {}", path.display()));
+        }
+        Ok(_) if !record.iter().any(|e| e.ends_with(&recorded_tail)) => {
+            return Ok(format!(
+                "left alone {}: it exists with other content",
+                path.display()
+            ));
+        }
+        _ => {}
+    }
+    create_parents(root, &path, record)?;
+    fs::write(&path, &planned.content)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    record.retain(|e| !e.ends_with(&recorded_tail));
+    record.insert(ours);
+    Ok(format!("wrote {}", path.display()))
 }
 
 /// Removes what install wrote under `root`.

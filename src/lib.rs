@@ -5,7 +5,9 @@
 //! leaf issued on the fly by a name-constrained local CA, and forwards to the real registry.
 //!
 //! # Layout
-//! - [`config`]: raw TOML → validated [`config::Config`]; the embedded default registry list.
+//! - [`config`]: raw TOML (`raw`) → validated [`config::Config`] (`types`): `validate`, `limits`,
+//!   `registry` (and the embedded default list), `credentials`, `values`; `problem` prints each
+//!   problem as `file:line: why`.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
 //! - [`ca`]: the local CA, no networking: `authority` (load or create, name constraints),
@@ -20,7 +22,8 @@
 //!   travels with the response to the access log, metrics and status page.
 //! - [`admin`]: the admin listener over plain HTTP: status page, `/healthz`, `/metrics`,
 //!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
-//! - [`metrics`]: every Prometheus metric name, with HELP text; encoded at `/metrics`.
+//! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text
+//!   (`register`), the Prometheus text format (`text`); encoded at `/metrics`.
 //! - [`status`]: the status page's figures (`/`, `/api/status`).
 //! - [`conn`]: connection bounds shared by the TCP listeners: `slots` (the cap; the idlest gives
 //!   way and its slot is handed over once it closes), `activity` (first-byte, idle and stall

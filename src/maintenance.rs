@@ -13,63 +13,79 @@ pub fn run(config: &Config, command: &CacheCommand) -> anyhow::Result<String> {
     let dir = &config.cache.dir;
     let store = Store::open_for_maintenance(dir)
         .with_context(|| format!("cannot open the cache in {} (cache.dir)", dir.display()))?;
-    let mut out = String::new();
-    match command {
-        CacheCommand::Ls { registry, repo, .. } => {
-            let listed: Vec<ObjectInfo> = (store.list().into_iter())
-                .filter(|o| referenced(o, registry.as_deref(), repo.as_deref()))
-                .collect();
-            for o in &listed {
-                out.push_str(&line(o));
-            }
-            let bytes: u64 = listed.iter().map(|o| o.size).sum();
-            out.push_str(&format!("{} objects, {}\n", listed.len(), human(bytes)));
-        }
-        CacheCommand::Du(_) => {
-            let (objects, bytes) = store.usage();
-            let max = config.cache.max_size;
-            let pct = if max == 0 {
-                0.0
-            } else {
-                bytes as f64 * 100.0 / max as f64
-            };
-            out.push_str(&format!(
-                "{objects} objects, {} of {} ({pct:.1}%) in {}\n",
-                human(bytes),
-                human(max),
-                dir.display()
-            ));
-        }
+    Ok(match command {
+        CacheCommand::Ls { registry, repo, .. } => ls(&store, registry.as_deref(), repo.as_deref()),
+        CacheCommand::Du(_) => du(&store, config),
         CacheCommand::Purge {
             repo, digest, all, ..
-        } => {
-            let (n, bytes) = match (repo, digest, all) {
-                (Some(pattern), _, _) => store.purge(|o| referenced(o, None, Some(pattern))),
-                (_, Some(d), _) => {
-                    let Some(d) = Digest::parse(d) else {
-                        bail!("--digest {d:?}: expected sha256: and 64 lower-case hex digits");
-                    };
-                    store.purge(|o| o.digest == d)
-                }
-                (_, _, true) => store.purge(|_| true),
-                _ => bail!("say what to purge: --repo, --digest or --all"),
+        } => purge(&store, repo.as_deref(), digest.as_deref(), *all)?,
+        CacheCommand::Verify(_) => verify(&store),
+    })
+}
+
+/// `cache ls`: one line per object referenced by `registry`/`repo` (all when neither), a total.
+fn ls(store: &Store, registry: Option<&str>, repo: Option<&str>) -> String {
+    let listed: Vec<ObjectInfo> = (store.list().into_iter())
+        .filter(|o| referenced(o, registry, repo))
+        .collect();
+    let mut out: String = listed.iter().map(line).collect();
+    let bytes: u64 = listed.iter().map(|o| o.size).sum();
+    out.push_str(&format!("{} objects, {}\n", listed.len(), human(bytes)));
+    out
+}
+
+/// `cache du`: objects and bytes against `cache.max_size`.
+fn du(store: &Store, config: &Config) -> String {
+    let (objects, bytes) = store.usage();
+    let max = config.cache.max_size;
+    let pct = if max == 0 {
+        0.0
+    } else {
+        bytes as f64 * 100.0 / max as f64
+    };
+    format!(
+        "{objects} objects, {} of {} ({pct:.1}%) in {}\n",
+        human(bytes),
+        human(max),
+        config.cache.dir.display()
+    )
+}
+
+/// `cache purge`: by repository pattern, by digest, or everything.
+fn purge(
+    store: &Store,
+    repo: Option<&str>,
+    digest: Option<&str>,
+    all: bool,
+) -> anyhow::Result<String> {
+    let (n, bytes) = match (repo, digest, all) {
+        (Some(pattern), _, _) => store.purge(|o| referenced(o, None, Some(pattern))),
+        (_, Some(d), _) => {
+            let Some(d) = Digest::parse(d) else {
+                bail!("--digest {d:?}: expected sha256: and 64 lower-case hex digits");
             };
-            out.push_str(&format!("purged {n} objects, {}\n", human(bytes)));
+            store.purge(|o| o.digest == d)
         }
-        CacheCommand::Verify(_) => {
-            let report = store.verify();
-            for (digest, why) in &report.dropped {
-                out.push_str(&format!("bad {digest}: {why}; dropped\n"));
-            }
-            out.push_str(&format!(
-                "verified {} objects, {}: {} bad, dropped\n",
-                report.checked,
-                human(report.bytes),
-                report.dropped.len()
-            ));
-        }
+        (_, _, true) => store.purge(|_| true),
+        _ => bail!("say what to purge: --repo, --digest or --all"),
+    };
+    Ok(format!("purged {n} objects, {}\n", human(bytes)))
+}
+
+/// `cache verify`: re-hash every object, drop the bad ones.
+fn verify(store: &Store) -> String {
+    let report = store.verify();
+    let mut out = String::new();
+    for (digest, why) in &report.dropped {
+        out.push_str(&format!("bad {digest}: {why}; dropped\n"));
     }
-    Ok(out)
+    out.push_str(&format!(
+        "verified {} objects, {}: {} bad, dropped\n",
+        report.checked,
+        human(report.bytes),
+        report.dropped.len()
+    ));
+    out
 }
 
 fn referenced(o: &ObjectInfo, registry: Option<&str>, repo: Option<&str>) -> bool {

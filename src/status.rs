@@ -2,13 +2,15 @@
 //! traffic and upstream health, top repositories by bytes served. Fed by the proxy, read as JSON
 //! at `/api/status` and rendered by the page at `/` (`status.html`, self-contained).
 //!
-//! A leaf: it imports nothing else from the crate.
+//! A leaf: of the crate it imports only the lock helper [`crate::sync`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::sync::Locked;
 
 /// Minutes of history kept for the chart.
 const MINUTES: usize = 60;
@@ -147,7 +149,7 @@ impl Status {
     }
 
     fn request_at(&self, r: &RequestRecord<'_>, now: SystemTime) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.locked();
         inner.total.add(r);
         let reg = inner.registries.entry(r.registry.to_owned()).or_default();
         reg.requests += 1;
@@ -179,7 +181,7 @@ impl Status {
 
     /// An upstream request finished (`error` says why it failed).
     pub fn upstream(&self, registry: &str, latency: Duration, error: Option<String>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.locked();
         let reg = inner.registries.entry(registry.to_owned()).or_default();
         reg.upstream_requests += 1;
         reg.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
@@ -192,7 +194,7 @@ impl Status {
 
     pub fn snapshot(&self, facts: Facts) -> Snapshot {
         let now = unix(SystemTime::now());
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.locked();
         let mut last_hour = Counts::default();
         for m in inner.minutes.iter().filter(|m| m.start + 3600 > now) {
             last_hour.merge(&m.counts);

@@ -1,0 +1,183 @@
+//! The label sets of the metrics, and their values in lower case (`intercepted`, `5xx`), as
+//! Prometheus convention has them.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+/// What a registry request was for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Kind {
+    Manifest,
+    Blob,
+    Token,
+    Other,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub registry: String,
+    pub method: String,
+    pub kind: Kind,
+    /// "2xx", "3xx", "4xx", "5xx".
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub registry: String,
+    pub kind: Kind,
+}
+
+/// Where response bytes came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Upstream,
+    Local,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub registry: String,
+}
+
+/// Why an upstream request failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reason {
+    Connect,
+    Tls,
+    Timeout,
+    ServerError,
+    RateLimited,
+    Other,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub registry: String,
+    pub reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Revalidation {
+    Unchanged,
+    Changed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevalidationLabels {
+    pub result: Revalidation,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DnsOutcome {
+    Intercepted,
+    Forwarded,
+    Nxdomain,
+    Refused,
+    /// Refused because the client is outside `access.allow` (those hickory refuses first are
+    /// not counted).
+    Denied,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// The query type ("A", "AAAA", …).
+    pub qtype: String,
+    pub outcome: DnsOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    /// No certificate for the name asked (not ours, or no SNI).
+    Refused,
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub outcome: Handshake,
+}
+
+/// A TCP listener, for the connection metrics.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Listener {
+    Https,
+    Mirror,
+    Admin,
+}
+
+/// Why a connection was closed right after accept.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Rejected {
+    /// The client is outside `access.allow`.
+    Access,
+    /// `limits.max_connections` (or the admin cap) was reached.
+    Limit,
+}
+
+/// Which timeout closed a connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Expired {
+    /// Nothing arrived within `limits.first_byte_timeout`.
+    FirstByte,
+    /// No request in flight for `limits.idle_timeout`.
+    Idle,
+    /// Idle when a new connection needed its slot at `limits.max_connections`.
+    Evicted,
+    /// A request in flight, but no byte moved for five minutes.
+    Stalled,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Listener,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    pub listener: Listener,
+    pub reason: Rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiredLabels {
+    pub listener: Listener,
+    pub timeout: Expired,
+}
+
+/// Label values in lower case (`intercepted`, `server_error`), as Prometheus convention has them.
+macro_rules! label_values {
+    ($($ty:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write as _;
+                encoder.write_str(match self { $(Self::$variant => $text),+ })
+            }
+        }
+    )+};
+}
+
+label_values! {
+    Kind { Manifest => "manifest", Blob => "blob", Token => "token", Other => "other" }
+    Source { Cache => "cache", Upstream => "upstream", Local => "local" }
+    Reason {
+        Connect => "connect", Tls => "tls", Timeout => "timeout",
+        ServerError => "5xx", RateLimited => "429", Other => "other",
+    }
+    Revalidation { Unchanged => "unchanged", Changed => "changed" }
+    DnsOutcome {
+        Intercepted => "intercepted", Forwarded => "forwarded", Nxdomain => "nxdomain",
+        Refused => "refused", Denied => "denied", Error => "error",
+    }
+    Handshake { Ok => "ok", Refused => "refused", Failed => "failed" }
+    Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
+    Rejected { Access => "access", Limit => "limit" }
+    Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
+}
