@@ -205,11 +205,7 @@ impl Store {
             match self.open_reader(&mut state, digest) {
                 Ok(reader) => return Ok(Claim::Hit(reader)),
                 Err(e) => {
-                    tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                    let mut doomed = Doomed::default();
-                    state.remove(&self.dir, digest, &mut doomed);
-                    drop(state);
-                    self.bury(doomed);
+                    self.drop_unreadable(state, digest, &e);
                     state = self.lock();
                     if let Some(fill) = state.fills.get(digest) {
                         return Ok(Claim::Join(fill.clone()));
@@ -247,14 +243,19 @@ impl Store {
         match self.open_reader(&mut state, digest) {
             Ok(reader) => Some(reader),
             Err(e) => {
-                tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
-                let mut doomed = Doomed::default();
-                state.remove(&self.dir, digest, &mut doomed);
-                drop(state);
-                self.bury(doomed);
+                self.drop_unreadable(state, digest, &e);
                 None
             }
         }
+    }
+
+    /// A stored object that cannot be opened is dropped; its files go after the lock.
+    fn drop_unreadable(&self, mut state: MutexGuard<'_, State>, digest: &Digest, e: &Error) {
+        tracing::warn!(%digest, error = %e, "stored object unreadable; dropping it");
+        let mut doomed = Doomed::default();
+        state.remove(&self.dir, digest, &mut doomed);
+        drop(state);
+        self.bury(doomed);
     }
 
     fn open_reader(self: &Arc<Self>, state: &mut State, digest: &Digest) -> Result<Reader, Error> {
