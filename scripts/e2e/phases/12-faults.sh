@@ -10,8 +10,8 @@ PHASE_NEEDS=(stopped-appliance upstreams client-dockerd)
 RELAY_PORT=8443
 RELAY_MARK=0x77
 RSS_CAP_KIB=$((256 << 10))
-# the drain grace period of `serve` (src/app.rs GRACE)
-GRACE_S=$(sed -n 's/.*const GRACE: Duration = Duration::from_secs(\([0-9]*\)).*/\1/p' "$REPO/src/app.rs" 2>/dev/null)
+# the drain grace period of `serve` (src/app/mod.rs GRACE)
+GRACE_S=$(sed -n 's/.*const GRACE: Duration = Duration::from_secs(\([0-9]*\)).*/\1/p' "$REPO/src/app/mod.rs" 2>/dev/null)
 GRACE_S=${GRACE_S:-10}
 FAULT=$W/fault
 
