@@ -6,6 +6,7 @@
 //! Each request is counted by registry in the metrics and on the status page.
 
 pub mod client;
+mod connector;
 mod redirect;
 
 use std::sync::{Arc, RwLock};
@@ -21,6 +22,7 @@ use crate::metrics::{Metrics, Reason, RegistryLabels};
 use crate::status::Status;
 use crate::sync::ReadWrite;
 pub use client::{client, roots, Client, SetupError};
+pub use connector::ProxyRoute;
 pub(crate) use redirect::{authority, cross_host, redact, redirect_target};
 
 /// How many redirects a GET/HEAD follows before giving up.

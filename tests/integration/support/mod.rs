@@ -1,6 +1,7 @@
 //! Test fixtures: a "public" PKI, a fake upstream registry with a CDN host, a fake upstream
 //! resolver, the appliance itself, and clients for DNS and HTTPS.
 
+pub mod connect_proxy;
 pub mod dns;
 pub mod registry;
 
@@ -248,6 +249,17 @@ pub async fn tls_connect(
 }
 
 /// Hex of SHA-256.
+/// The body of a GET of `path` on the admin listener (HTTP/1.1, connection closed).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(data)

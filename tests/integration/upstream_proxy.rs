@@ -1,0 +1,192 @@
+//! `upstream.proxy`: every upstream request (registry, token service, CDN redirect target) goes
+//! through an HTTP CONNECT proxy that resolves the names itself, with `Proxy-Authorization`;
+//! `upstream.no_proxy` hosts go direct; a wrong proxy password fails clearly and never prints.
+
+use std::io::Write;
+
+use http::StatusCode;
+
+use crate::support::connect_proxy::ConnectProxy;
+use crate::support::registry::{blob, blob_digest, TOKEN};
+use crate::support::{admin_get, World};
+
+const HUB: &str = "registry-1.docker.io";
+const NAMES: [&str; 3] = ["registry.test", "auth.test", "cdn.test"];
+
+/// The appliance with the hub's credentials (so it asks the token service itself) and `proxy`.
+async fn world(
+    proxy: &ConnectProxy,
+    userinfo: &str,
+    no_proxy: &[&str],
+) -> (World, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::File::create(&pw)
+        .unwrap()
+        .write_all(b"s3cret\n")
+        .unwrap();
+    let keys = format!(
+        "username = \"alice\"\npassword_file = {:?}",
+        pw.display().to_string()
+    );
+    let extra = format!(
+        "proxy = \"http://{userinfo}@{}\"\nno_proxy = {no_proxy:?}",
+        proxy.addr
+    );
+    (World::start_full(&extra, &keys).await, dir)
+}
+
+/// A private blob (token fetched by the appliance) and a blob redirected to the CDN.
+async fn pull(w: &World) -> (StatusCode, StatusCode) {
+    let private = format!("/v2/private/app/blobs/{}", blob_digest());
+    let a = w.app.get(HUB, &private, &[]).await;
+    let public = format!("/v2/library/small/blobs/{}", blob_digest());
+    let b = w.app.get(HUB, &public, &[("authorization", TOKEN)]).await;
+    for resp in [&a, &b] {
+        if resp.status() == StatusCode::OK {
+            assert_eq!(resp.body(), &blob());
+        }
+    }
+    (a.status(), b.status())
+}
+
+#[tokio::test]
+async fn registry_token_service_and_cdn_are_reached_only_through_the_proxy() {
+    // base64("u:p@ss"): the password is %-escaped in the URL.
+    let proxy = ConnectProxy::start(Some("Basic dTpwQHNz")).await;
+    let (w, _dir) = world(&proxy, "u:p%40ss", &["elsewhere.test"]).await;
+    assert_eq!(pull(&w).await, (StatusCode::OK, StatusCode::OK));
+    let port = w.registry.addr.port();
+    let tunnels = proxy.tunnels();
+    for name in NAMES {
+        assert!(
+            tunnels.contains(&format!("{name}:{port}")),
+            "{name}: {tunnels:?}"
+        );
+        let asked = w.resolver.asked_about(&format!("{name}."));
+        assert!(
+            asked.is_empty(),
+            "{name} is resolved by the proxy, not here: {asked:?}"
+        );
+    }
+    assert_eq!(proxy.refused(), 0);
+    // Pooled: a second pull opens no new tunnel to hosts already connected.
+    let before = tunnels.len();
+    pull(&w).await;
+    assert!(proxy.tunnels().len() <= before + 1, "{:?}", proxy.tunnels());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn no_proxy_hosts_go_direct_and_are_resolved_here() {
+    let proxy = ConnectProxy::start(None).await;
+    let (w, _dir) = world(&proxy, "u:pw", &["cdn.test", "10.0.0.0/8"]).await;
+    assert_eq!(pull(&w).await, (StatusCode::OK, StatusCode::OK));
+    let port = w.registry.addr.port();
+    let tunnels = proxy.tunnels();
+    assert!(
+        tunnels.contains(&format!("registry.test:{port}")),
+        "{tunnels:?}"
+    );
+    assert!(
+        !tunnels.iter().any(|t| t.starts_with("cdn.test")),
+        "{tunnels:?}"
+    );
+    assert!(!w.resolver.asked_about("cdn.test.").is_empty());
+    assert!(w.resolver.asked_about("registry.test.").is_empty());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_proxy_password_fails_clearly_and_is_never_shown() {
+    let proxy = ConnectProxy::start(Some("Basic dTpyaWdodA==")).await; // u:right
+    let (w, _dir) = world(&proxy, "u:wrong-secret", &[]).await;
+    let public = format!("/v2/library/small/blobs/{}", blob_digest());
+    let resp = w.app.get(HUB, &public, &[("authorization", TOKEN)]).await;
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    assert!(proxy.refused() >= 1);
+    assert!(proxy.tunnels().is_empty());
+    let status = admin_get(w.app.admin, "/api/status").await;
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let error = json["registries"][HUB]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("407 Proxy Authentication Required"),
+        "{error}"
+    );
+    assert!(error.contains("http://u:***@127.0.0.1"), "{error}");
+    let body = String::from_utf8_lossy(resp.body());
+    for shown in [status.as_str(), &body, &w.app.log.text()] {
+        assert!(
+            !shown.contains("wrong-secret"),
+            "the password leaked: {shown}"
+        );
+    }
+    w.app.stop().await;
+}
+
+#[test]
+fn config_check_shows_the_proxy_masked_and_reads_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |file: &str, env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["config", "check", "--config", file])
+            .current_dir(dir.path())
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let file = dir.path().join("site.toml");
+    std::fs::write(
+        &file,
+        "[upstream]\nproxy = \"http://ops:hunter2@proxy.corp:3128\"\n",
+    )
+    .unwrap();
+    let (code, out) = run("site.toml", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("upstream.proxy: http://ops:***@proxy.corp:3128"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+
+    std::fs::write(&file, "[dns]\nttl = 5\n").unwrap();
+    let env = [
+        ("https_proxy", "http://e:envpw@envproxy:8080"),
+        ("NO_PROXY", "a.io,.b.io"),
+    ];
+    let (_, out) = run("site.toml", &env);
+    assert!(
+        out.contains("http://e:***@envproxy:8080 (no_proxy: [\"a.io\", \".b.io\"])"),
+        "{out}"
+    );
+    let (code, out) = run("site.toml", &[("HTTPS_PROXY", "https://e:envpw@p:1")]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("site.toml: HTTPS_PROXY (environment"), "{out}");
+    assert!(
+        out.contains("not supported") && !out.contains("envpw"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &file,
+        "[upstream]\nextra_ca = []\nproxy = \"http://u:pw@p\"\n",
+    )
+    .unwrap();
+    let (code, out) = run("site.toml", &[]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(
+        out.contains("site.toml:3: upstream.proxy: \"http://u:***@p\": give the port"),
+        "{out}"
+    );
+}
