@@ -112,9 +112,10 @@ async fn a_wrong_proxy_password_fails_clearly_and_is_never_shown() {
         .as_str()
         .unwrap_or_default();
     assert!(
-        error.contains("407 Proxy Authentication Required"),
+        error.contains("answered 407 \"Proxy Authentication"),
         "{error}"
     );
+    assert!(error.contains("refused the user and password"), "{error}");
     assert!(error.contains("http://u:***@127.0.0.1"), "{error}");
     let body = String::from_utf8_lossy(resp.body());
     for shown in [status.as_str(), &body, &w.app.log.text()] {

@@ -7,18 +7,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderValue, Uri};
-use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::client::HickoryDns;
+use super::tunnel::{handshake, TunnelError};
 use crate::config::ProxyUrl;
 use crate::proxy::BoxError;
+
+/// How long the proxy has to answer a CONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where upstream connections go: `upstream.proxy` and `upstream.no_proxy`.
 #[derive(Clone, Debug)]
@@ -31,44 +35,37 @@ pub struct ProxyRoute {
 #[derive(Clone)]
 pub struct Connector {
     direct: HttpConnector<HickoryDns>,
-    via: Option<Via>,
+    via: Option<Arc<Via>>,
 }
 
-#[derive(Clone)]
 struct Via {
-    tunnel: Tunnel<HttpConnector<HickoryDns>>,
+    /// `http://host:port/` of the proxy, for the direct connector.
+    uri: Uri,
+    /// `Proxy-Authorization`, marked sensitive.
+    auth: Option<HeaderValue>,
     /// Says which destinations the proxy is for (curl's `NO_PROXY` rules).
-    matcher: Arc<Matcher>,
+    matcher: Matcher,
     /// The proxy URL with its password masked, for errors.
-    shown: Arc<str>,
+    shown: String,
 }
 
 /// A failed tunnel, named by the masked proxy URL.
 #[derive(Debug, thiserror::Error)]
-#[error("proxy {proxy}: {}", hint(.source, *.with_credentials))]
+#[error("proxy {proxy}: {source}{}", hint(.source, *.with_credentials))]
 pub struct ProxyError {
-    proxy: Arc<str>,
+    proxy: String,
     with_credentials: bool,
-    /// hyper-util's `TunnelError` (a type it does not export).
-    #[source]
-    source: BoxError,
+    source: TunnelError,
 }
 
-/// What a tunnel error means for the operator; hyper-util's error is known by its text only.
-fn hint(e: &BoxError, with_credentials: bool) -> &'static str {
-    let text = e.to_string();
-    match () {
-        _ if text.contains("authorization required") && with_credentials => {
-            "407 Proxy Authentication Required: the proxy refused the user and password in \
-             upstream.proxy"
+/// What to change when the proxy wants credentials.
+fn hint(e: &TunnelError, with_credentials: bool) -> &'static str {
+    match (e.is_auth(), with_credentials) {
+        (false, _) => "",
+        (true, true) => " (it refused the user and password in upstream.proxy)",
+        (true, false) => {
+            " (it wants a user and password: upstream.proxy = \"http://user:pass@host:port\")"
         }
-        _ if text.contains("authorization required") => {
-            "407 Proxy Authentication Required: give a user and password \
-             (upstream.proxy = \"http://user:pass@host:port\")"
-        }
-        _ if text.contains("unsuccessful") => "the proxy refused the CONNECT",
-        _ if text.contains("underlying connection") => "cannot connect to the proxy",
-        _ => "the CONNECT tunnel failed",
     }
 }
 
@@ -78,19 +75,16 @@ impl Connector {
             let uri: Uri = format!("http://{}/", route.url.authority())
                 .parse()
                 .expect("a validated proxy authority");
-            let mut tunnel = Tunnel::new(uri.clone(), direct.clone());
-            if let Some((user, pass)) = route.url.credentials() {
-                tunnel = tunnel.with_auth(basic(user, pass));
-            }
             let matcher = Matcher::builder()
                 .https(uri.to_string())
                 .no(route.no_proxy.join(","))
                 .build();
-            Via {
-                tunnel,
-                matcher: Arc::new(matcher),
-                shown: route.url.to_string().into(),
-            }
+            Arc::new(Via {
+                uri,
+                auth: route.url.credentials().map(|(u, p)| basic(u, p)),
+                matcher,
+                shown: route.url.to_string(),
+            })
         });
         Self { direct, via }
     }
@@ -117,23 +111,23 @@ impl tower_service::Service<Uri> for Connector {
     type Future = Connecting;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Both connectors are always ready.
+        // HttpConnector is always ready.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, dst: Uri) -> Connecting {
-        let proxied = self.proxied(&dst);
-        match &mut self.via {
-            Some(via) if proxied => {
-                let with_credentials = via.tunnel_has_credentials();
-                let proxy = via.shown.clone();
-                let tunnel = via.tunnel.call(dst);
+        match self.via.clone() {
+            Some(via) if self.proxied(&dst) => {
+                let to_proxy = self.direct.call(via.uri.clone());
                 Box::pin(async move {
-                    tunnel.await.map_err(|source| {
+                    let result = tunnel(to_proxy, &dst, &via).await;
+                    result.map_err(|source| {
+                        let proxy = via.shown.clone();
+                        let with_credentials = via.auth.is_some();
                         let e = ProxyError {
                             proxy,
                             with_credentials,
-                            source: source.into(),
+                            source,
                         };
                         Box::new(e) as BoxError
                     })
@@ -147,10 +141,20 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-impl Via {
-    fn tunnel_has_credentials(&self) -> bool {
-        self.shown.contains('@')
-    }
+/// A TCP connection to the proxy (`to_proxy`), then a CONNECT to `dst`'s host and port.
+async fn tunnel(
+    to_proxy: impl Future<Output = Result<TokioIo<TcpStream>, impl Into<BoxError>>>,
+    dst: &Uri,
+    via: &Via,
+) -> Result<TokioIo<TcpStream>, TunnelError> {
+    let tcp = to_proxy.await.map_err(|e| TunnelError::Connect(e.into()))?;
+    let host = dst.host().unwrap_or_default();
+    let target = format!("{host}:{}", dst.port_u16().unwrap_or(443));
+    let shaken = handshake(tcp.into_inner(), &target, via.auth.as_ref());
+    let secs = HANDSHAKE_TIMEOUT.as_secs();
+    let tcp = (tokio::time::timeout(HANDSHAKE_TIMEOUT, shaken).await)
+        .map_err(|_| TunnelError::Timeout(secs))??;
+    Ok(TokioIo::new(tcp))
 }
 
 #[cfg(test)]
@@ -196,14 +200,30 @@ mod tests {
 
     #[test]
     fn tunnel_errors_name_the_masked_proxy() {
+        let source = || TunnelError::Refused {
+            status: 407,
+            reason: "Proxy Authentication Required".into(),
+            target: "r.io:443".into(),
+        };
         let e = ProxyError {
             proxy: "http://u:***@p:3128".into(),
             with_credentials: true,
-            source: "tunnel error: proxy authorization required".into(),
+            source: source(),
         };
         let text = crate::proxy::error::chain(&e);
-        assert!(text.starts_with("proxy http://u:***@p:3128: 407"), "{text}");
-        assert!(text.contains("refused the user and password"), "{text}");
+        assert_eq!(
+            text,
+            "proxy http://u:***@p:3128: the proxy answered 407 \"Proxy Authentication Required\" \
+             to CONNECT r.io:443 (it refused the user and password in upstream.proxy)"
+        );
+        let e = ProxyError {
+            proxy: "http://p:3128".into(),
+            with_credentials: false,
+            source: source(),
+        };
+        assert!(e.to_string().ends_with(
+            "(it wants a user and password: upstream.proxy = \"http://user:pass@host:port\")"
+        ));
     }
 
     fn test_dns() -> HickoryDns {

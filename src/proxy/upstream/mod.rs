@@ -8,6 +8,7 @@
 pub mod client;
 mod connector;
 mod redirect;
+mod tunnel;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
