@@ -271,6 +271,10 @@ mod tests {
             Source::Embedded,
         )
         .unwrap();
+        assert!(
+            !format!("{c:?}").contains("pw"),
+            "Debug of the whole config masks it"
+        );
         assert_eq!(c.upstream.proxy.unwrap().to_string(), "http://u:***@p:3128");
         assert_eq!(c.upstream.no_proxy, [".corp", "10.0.0.0/8"]);
     }

@@ -75,7 +75,9 @@ impl Connector {
             let uri: Uri = format!("http://{}/", route.url.authority())
                 .parse()
                 .expect("a validated proxy authority");
+            // http too, though the client is https-only: no scheme may bypass the proxy.
             let matcher = Matcher::builder()
+                .http(uri.to_string())
                 .https(uri.to_string())
                 .no(route.no_proxy.join(","))
                 .build();
@@ -187,6 +189,7 @@ mod tests {
         assert!(!via("https://a.svc.local/"));
         assert!(!via("https://10.1.2.3/"));
         assert!(via("https://11.1.2.3/"));
+        assert!(via("http://registry-1.docker.io/"));
         let direct = Connector::new(HttpConnector::new_with_resolver(test_dns()), None);
         assert!(!direct.proxied(&"https://registry-1.docker.io/".parse().unwrap()));
     }
