@@ -2,15 +2,16 @@
 //! through an HTTP CONNECT proxy that resolves the names itself, with `Proxy-Authorization`;
 //! `upstream.no_proxy` hosts go direct; a wrong proxy password fails clearly and never prints.
 
-use std::io::Write;
-
 use http::StatusCode;
 
 use crate::support::connect_proxy::ConnectProxy;
 use crate::support::registry::{blob, blob_digest, TOKEN};
-use crate::support::{admin_get, World};
+use crate::support::{admin_get, alice_keys, World};
 
 const HUB: &str = "registry-1.docker.io";
+/// Environment variables given to a command.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 const NAMES: [&str; 3] = ["registry.test", "auth.test", "cdn.test"];
 
 /// The appliance with the hub's credentials (so it asks the token service itself) and `proxy`.
@@ -20,15 +21,7 @@ async fn world(
     no_proxy: &[&str],
 ) -> (World, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::File::create(&pw)
-        .unwrap()
-        .write_all(b"s3cret\n")
-        .unwrap();
-    let keys = format!(
-        "username = \"alice\"\npassword_file = {:?}",
-        pw.display().to_string()
-    );
+    let keys = alice_keys(dir.path());
     let extra = format!(
         "proxy = \"http://{userinfo}@{}\"\nno_proxy = {no_proxy:?}",
         proxy.addr
@@ -130,9 +123,11 @@ async fn a_wrong_proxy_password_fails_clearly_and_is_never_shown() {
 #[test]
 fn config_check_shows_the_proxy_masked_and_reads_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |file: &str, env: &[(&str, &str)]| {
+    // `config check` of `toml` with only `env` of the proxy variables: (exit code, stdout + stderr).
+    let run = |toml: &str, env: Env| {
+        std::fs::write(dir.path().join("site.toml"), toml).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .args(["config", "check", "--config", file])
+            .args(["config", "check", "--config", "site.toml"])
             .current_dir(dir.path())
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
@@ -147,47 +142,25 @@ fn config_check_shows_the_proxy_masked_and_reads_the_environment() {
             text + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let file = dir.path().join("site.toml");
-    std::fs::write(
-        &file,
-        "[upstream]\nproxy = \"http://ops:hunter2@proxy.corp:3128\"\n",
-    )
-    .unwrap();
-    let (code, out) = run("site.toml", &[]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("upstream.proxy: http://ops:***@proxy.corp:3128"),
-        "{out}"
-    );
-    assert!(!out.contains("hunter2"), "{out}");
-
-    std::fs::write(&file, "[dns]\nttl = 5\n").unwrap();
-    let env = [
-        ("https_proxy", "http://e:envpw@envproxy:8080"),
+    let hub = "[upstream]\nproxy = \"http://ops:hunter2@proxy.corp:3128\"\n";
+    let plain = "[dns]\nttl = 5\n";
+    let no_port = "[upstream]\nextra_ca = []\nproxy = \"http://u:hunter2@p\"\n";
+    let from_env = [
+        ("https_proxy", "http://e:hunter2@envproxy:8080"),
         ("NO_PROXY", "a.io,.b.io"),
     ];
-    let (_, out) = run("site.toml", &env);
-    assert!(
-        out.contains("http://e:***@envproxy:8080 (no_proxy: [\"a.io\", \".b.io\"])"),
-        "{out}"
-    );
-    let (code, out) = run("site.toml", &[("HTTPS_PROXY", "https://e:envpw@p:1")]);
-    assert_eq!(code, Some(64), "{out}");
-    assert!(out.contains("site.toml: HTTPS_PROXY (environment"), "{out}");
-    assert!(
-        out.contains("not supported") && !out.contains("envpw"),
-        "{out}"
-    );
-
-    std::fs::write(
-        &file,
-        "[upstream]\nextra_ca = []\nproxy = \"http://u:pw@p\"\n",
-    )
-    .unwrap();
-    let (code, out) = run("site.toml", &[]);
-    assert_eq!(code, Some(64), "{out}");
-    assert!(
-        out.contains("site.toml:3: upstream.proxy: \"http://u:***@p\": give the port"),
-        "{out}"
-    );
+    let bad_env = [("HTTPS_PROXY", "https://e:hunter2@p:1")];
+    // (config, environment, exit code, expected in the output)
+    let cases: [(&str, Env, i32, &str); 4] = [
+        (hub, &[], 0, "upstream.proxy: http://ops:***@proxy.corp:3128"),
+        (plain, &from_env, 0, "http://e:***@envproxy:8080 (no_proxy: [\"a.io\", \".b.io\"])"),
+        (plain, &bad_env, 64, "site.toml: HTTPS_PROXY (environment, used as upstream.https_proxy): \"https://e:***@p:1\": https:// proxies are not supported"),
+        (no_port, &[], 64, "site.toml:3: upstream.proxy: \"http://u:***@p\": give the port"),
+    ];
+    for (toml, env, code, expected) in cases {
+        let (got, out) = run(toml, env);
+        assert_eq!(got, Some(code), "{out}");
+        assert!(out.contains(expected), "{out}");
+        assert!(!out.contains("hunter2"), "the password leaked: {out}");
+    }
 }

@@ -249,6 +249,16 @@ pub async fn tls_connect(
 }
 
 /// Hex of SHA-256.
+/// `[[registry]]` keys for the fake registry's user alice, her password in a file under `dir`.
+pub fn alice_keys(dir: &std::path::Path) -> String {
+    let pw = dir.join("password");
+    std::fs::write(&pw, b"s3cret\n").unwrap();
+    format!(
+        "username = \"alice\"\npassword_file = {:?}",
+        pw.display().to_string()
+    )
+}
+
 /// The body of a GET of `path` on the admin listener (HTTP/1.1, connection closed).
 pub async fn admin_get(admin: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
