@@ -96,8 +96,12 @@ impl Appliance {
              [tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}",
             state.path().display().to_string()
         );
-        let config = regcache::config::parse(&text, regcache::config::Source::Embedded)
+        let mut config = regcache::config::parse(&text, regcache::config::Source::Embedded)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        if !toml.contains("proxy =") {
+            // Hermetic: the caller's HTTPS_PROXY / NO_PROXY must not route the fake upstreams.
+            config.upstream.proxy = None;
+        }
         let log = SharedBuf::default();
         let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
             .await
