@@ -3,7 +3,10 @@
 //! - [`Upstream::send_body`]: one request that streams a body (pushes), with no deadline;
 //! - [`Upstream::follow`]: a GET or HEAD that follows redirects to the content.
 //!
-//! Each request is counted by registry in the metrics and on the status page.
+//! Each request is counted by registry in the metrics and on the status page. Under them:
+//! `client` (the pooled hyper client and its TLS), `connector` (direct, or through
+//! `upstream.proxy` for the hosts not in `upstream.no_proxy`), `tunnel` (the CONNECT handshake),
+//! `redirect` (Location handling).
 
 pub mod client;
 mod connector;
