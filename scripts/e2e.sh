@@ -21,6 +21,7 @@
 #   credentials  the appliance's own credentials with SIGHUP; /metrics with promtool
 #   faults       reset, kill -9, full disk, idle connections, SIGTERM (issue 9)
 #   compose      docker-compose.yml with the image of scripts/docker-image.sh
+#   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy, issue 13)
 #
 # A phase declares what it needs in PHASE_NEEDS and the driver provides it (need): appliance (the first
 # appliance running; its start makes the setup checks: config rejected, ca cert, listening lines, admin),

@@ -130,6 +130,13 @@ fn check(arg: &ConfigArg) -> ExitCode {
                 config.registries.len(),
                 config.patterns().len()
             );
+            if let Some(proxy) = &config.upstream.proxy {
+                // Display masks the password.
+                println!(
+                    "upstream.proxy: {proxy} (no_proxy: {:?})",
+                    config.upstream.no_proxy
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

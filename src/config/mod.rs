@@ -6,6 +6,7 @@
 //! - `validate`: raw → validated, every problem recorded with its line (listeners, DNS, log);
 //! - `limits`: the `[cache]` and `[limits]` tables; `registry`: the `[[registry]]` list and the
 //!   embedded default one; `credentials`: password files, Docker `config.json`, [`Secret`];
+//! - `proxy`: `upstream.proxy` / `upstream.no_proxy` (or `HTTPS_PROXY` / `NO_PROXY`), [`ProxyUrl`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 mod credentials;
 mod limits;
 mod problem;
+mod proxy;
 mod raw;
 mod registry;
 mod types;
@@ -22,6 +24,7 @@ mod values;
 
 pub use credentials::{CredentialError, Credentials, Secret};
 pub use problem::{Error, Problem, Source};
+pub use proxy::{mask as mask_proxy_url, ProxyError, ProxyUrl};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,
     Registry, TlsConfig, UpstreamConfig,

@@ -87,6 +87,8 @@ pub(super) struct RawTls {
 pub(super) struct RawUpstream {
     #[serde(default)]
     pub(super) extra_ca: Vec<String>,
+    pub(super) proxy: Option<Spanned<String>>,
+    pub(super) no_proxy: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::Credentials;
+use super::{Credentials, ProxyUrl};
 use crate::access::AccessList;
 use crate::names::NamePattern;
 
@@ -52,6 +52,11 @@ pub struct TlsConfig {
 pub struct UpstreamConfig {
     /// PEM files (paths as written, relative to the working directory).
     pub extra_ca: Vec<PathBuf>,
+    /// The HTTP proxy every upstream request goes through (`CONNECT`), unless its host is in
+    /// `no_proxy`; `None`: direct.
+    pub proxy: Option<ProxyUrl>,
+    /// Hosts reached directly even with a proxy (curl's `NO_PROXY` rules).
+    pub no_proxy: Vec<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -8,7 +8,8 @@
 //!   manifests by digest; `download.rs` fills the cache), `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs`;
-//! - `upstream/`: the one [`upstream::Upstream`] every request to a registry or CDN goes through;
+//! - `upstream/`: the one [`upstream::Upstream`] every request to a registry or CDN goes through
+//!   (directly, or through `upstream.proxy` with CONNECT);
 //! - `response.rs` builds answers; `outcome.rs` is what the cache did, carried with the response
 //!   to `report.rs` (access log, metrics, status page).
 //!

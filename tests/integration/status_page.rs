@@ -7,19 +7,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::registry::{blob, blob_digest, manifest};
-use crate::support::World;
-
-async fn get(admin: std::net::SocketAddr, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
+use crate::support::{admin_get as get, World};
 
 /// Runs headless Chromium on `url` with `args` (bounded by a timeout); returns stdout.
 fn chromium(url: &str, args: &[&str]) -> String {
