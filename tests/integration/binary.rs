@@ -10,7 +10,7 @@ use hickory_server::proto::rr::RecordType;
 
 const BIN: &str = env!("CARGO_BIN_EXE_regcache");
 
-fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+pub(crate) fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .current_dir(dir)
@@ -239,7 +239,7 @@ async fn cache_commands_list_measure_verify_and_purge() {
     bytes[10] ^= 1;
     std::fs::write(&object, bytes).unwrap();
     let (code, verify, _) = run(&["cache", "verify", "--config", cfg]);
-    assert_eq!(code, Some(0));
+    assert_eq!(code, Some(65), "verify found a bad object: {verify}");
     assert!(
         verify.contains(&format!("bad {}", blob_digest())),
         "{verify}"
