@@ -34,8 +34,8 @@ impl ConfigArg {
 /// How a command prints; flattened into every command that has `--json` (and meant for `warm`).
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct OutputArg {
-    /// Print one JSON document on stdout instead of text, with no progress line (field names:
-    /// README, "Command line"). A failure prints {"error": {...}} on stdout, exits non-zero.
+    /// Print one JSON document on stdout instead of text, and no progress line; on failure too
+    /// (then with a non-zero exit). Field names: README, "Command line".
     #[arg(long)]
     pub json: bool,
 }

@@ -19,15 +19,15 @@ pub(crate) fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Ou
         .unwrap()
 }
 
+/// Problems on lines 3 (`dns.answer_ipv4`) and 5 (`access.allow`).
+pub(crate) const BAD_SITE_TOML: &str =
+    "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n";
+
 #[test]
 fn config_check_reports_each_bad_line_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("site.toml");
-    std::fs::write(
-        &bad,
-        "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, BAD_SITE_TOML).unwrap();
     let out = regcache(
         &["config", "check", "--config", bad.to_str().unwrap()],
         dir.path(),

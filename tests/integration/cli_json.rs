@@ -204,84 +204,53 @@ async fn json_errors_are_an_object_on_stdout_with_a_non_zero_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the cache in"));
 }
 
+/// `config check --json --config FILE`: exit code and the document.
+fn check_json(file: &std::path::Path, dir: &std::path::Path) -> (Option<i32>, serde_json::Value) {
+    let file = file.to_str().unwrap();
+    let out = regcache(&["config", "check", "--json", "--config", file], dir);
+    let doc = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    (out.status.code(), doc)
+}
+
 #[test]
 fn config_check_json_lists_file_line_message_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("site.toml");
-    std::fs::write(
-        &bad,
-        "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n",
-    )
-    .unwrap();
-    let out = regcache(
-        &[
-            "config",
-            "check",
-            "--json",
-            "--config",
-            bad.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert_eq!(out.status.code(), Some(64));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["ok"], false);
+    std::fs::write(&bad, crate::binary::BAD_SITE_TOML).unwrap();
+    let (code, doc) = check_json(&bad, dir.path());
+    assert_eq!((code, doc["ok"].as_bool()), (Some(64), Some(false)));
     let problems = doc["problems"].as_array().unwrap();
     let at = |line: u64| {
-        problems
-            .iter()
+        (problems.iter())
             .find(|p| p["line"] == line)
             .unwrap_or_else(|| panic!("line {line}: {doc}"))
     };
     assert_eq!(at(3)["file"], bad.to_str().unwrap());
+    let message = at(3)["message"].as_str();
     assert_eq!(
-        at(3)["message"],
-        "dns.answer_ipv4: \"::1\": not an IPv4 address"
+        message,
+        Some("dns.answer_ipv4: \"::1\": not an IPv4 address")
     );
-    assert!(
-        at(5)["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("access.allow: \"nope\""),
-        "{doc}"
-    );
+    let message = at(5)["message"].as_str().unwrap();
+    assert!(message.starts_with("access.allow: \"nope\""), "{doc}");
 
-    let missing = regcache(
-        &["config", "check", "--json", "--config", "absent.toml"],
-        dir.path(),
-    );
-    assert_eq!(missing.status.code(), Some(64));
-    let doc: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    let (code, doc) = check_json("absent.toml".as_ref(), dir.path());
+    let unplaced = doc["problems"][0]["line"].is_null();
     assert_eq!(
-        (doc["ok"].as_bool(), doc["problems"][0]["line"].is_null()),
-        (Some(false), true)
+        (code, doc["ok"].as_bool(), unplaced),
+        (Some(64), Some(false), true)
     );
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "state_dir = \"state\"\n").unwrap();
-    let out = regcache(
-        &[
-            "config",
-            "check",
-            "--json",
-            "--config",
-            good.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert_eq!(out.status.code(), Some(0));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, doc) = check_json(&good, dir.path());
+    let problems = doc["problems"].as_array().map(Vec::len);
     assert_eq!(
-        (
-            doc["ok"].as_bool(),
-            doc["problems"].as_array().map(Vec::len)
-        ),
-        (Some(true), Some(0))
+        (code, doc["ok"].as_bool(), problems),
+        (Some(0), Some(true), Some(0))
     );
-    assert!(
-        doc["registries"].as_u64().unwrap() > 0 && doc["names"].as_u64().unwrap() > 0,
-        "{doc}"
-    );
+    let counts = (doc["registries"].as_u64(), doc["names"].as_u64());
+    assert!(counts.0 > Some(0) && counts.1 > Some(0), "{doc}");
 }
 
 #[tokio::test]
