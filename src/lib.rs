@@ -31,7 +31,8 @@
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
-//! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
+//! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people or as JSON;
+//!   [`output`]: `--json` documents and the JSON error object; [`progress`]: the live progress line.
 //! - [`cli`]: clap definitions only (`--config` also from `$REGCACHE_CONFIG`).
 //! - [`sync`]: lock helpers that recover from poisoning (`m.locked()`).
 #![forbid(unsafe_code)]
@@ -51,6 +52,8 @@ pub mod install;
 pub mod maintenance;
 pub mod metrics;
 pub mod names;
+pub mod output;
+pub mod progress;
 pub mod proxy;
 pub mod status;
 pub mod sync;

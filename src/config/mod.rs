@@ -23,7 +23,7 @@ mod validate;
 mod values;
 
 pub use credentials::{CredentialError, Credentials, Secret};
-pub use problem::{Error, Problem, Source};
+pub use problem::{Error, Located, Problem, Source};
 pub use proxy::{mask as mask_proxy_url, ProxyError, ProxyUrl};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,

@@ -6,6 +6,7 @@ mod support;
 
 mod binary;
 mod cache;
+mod cli_json;
 mod dns;
 mod listeners;
 mod metrics;
