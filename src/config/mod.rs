@@ -4,7 +4,8 @@
 //! - `raw`: the file as written (serde, `deny_unknown_fields`, values [`toml::Spanned`]);
 //! - `types`: the validated [`Config`] and its per-subsystem types;
 //! - `validate`: raw → validated, every problem recorded with its line (listeners, DNS, log);
-//! - `limits`: the `[cache]` and `[limits]` tables; `registry`: the `[[registry]]` list and the
+//! - `limits`: the `[cache]` and `[limits]` tables; `rules`: `[[cache.rule]]` (freshness per
+//!   reference) with its own `glob` matcher; `registry`: the `[[registry]]` list and the
 //!   embedded default one; `credentials`: password files, Docker `config.json`, [`Secret`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
@@ -12,16 +13,20 @@
 use std::path::{Path, PathBuf};
 
 mod credentials;
+mod glob;
 mod limits;
 mod problem;
 mod raw;
 mod registry;
+mod rules;
 mod types;
 mod validate;
 mod values;
 
 pub use credentials::{CredentialError, Credentials, Secret};
+pub use glob::{Glob, GlobError};
 pub use problem::{Error, Problem, Source};
+pub use rules::{rule_for, ManifestTtl, TagRule, FOREVER};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,
     Registry, TlsConfig, UpstreamConfig,
