@@ -13,5 +13,6 @@ mod mirror;
 mod onboarding;
 mod private_cache;
 mod proxy;
+mod rules;
 mod status_page;
 mod trust;

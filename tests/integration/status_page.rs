@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::registry::{blob, blob_digest, manifest};
 use crate::support::World;
 
-async fn get(admin: std::net::SocketAddr, path: &str) -> String {
+pub(crate) async fn get(admin: std::net::SocketAddr, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();

@@ -1,0 +1,118 @@
+//! `[[cache.rule]]` through the appliance: a `"0s"` rule sends a HEAD upstream for every tag
+//! request, a `"forever"` rule serves from the cache long past `cache.manifest_ttl`, and the
+//! status page counts each rule's answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::support::registry::{manifest, mutable, MANIFEST_TYPE};
+use crate::support::World;
+
+const HUB: &str = "registry-1.docker.io";
+const LATEST: &str = "/v2/library/mut/manifests/latest";
+const PINNED: &str = "/v2/library/small/manifests/1";
+
+/// `mut:latest` always revalidated; numbered tags of `library/*` immutable. Grants last an hour,
+/// so that only the rules decide when the upstream is asked.
+const RULES: &str = "[cache]\nauth_ttl = \"1h\"\n\
+    [[cache.rule]]\nname = \"always\"\nmatch = \"docker.io/library/mut\"\ntags = \"latest\"\n\
+    manifest_ttl = \"0s\"\n\
+    [[cache.rule]]\nname = \"pinned\"\nmatch = \"docker.io/library/*\"\ntags = \"[0-9]*\"\n\
+    manifest_ttl = \"forever\"\n";
+
+fn x_cache(resp: &http::Response<Bytes>) -> &str {
+    resp.headers()
+        .get("x-cache")
+        .map_or("-", |v| v.to_str().unwrap())
+}
+
+/// (GETs, HEADs) of `path` the upstream saw.
+fn asked(w: &World, path: &str) -> (usize, usize) {
+    (
+        w.registry.count("GET", path),
+        w.registry.count("HEAD", path),
+    )
+}
+
+#[tokio::test]
+async fn a_0s_rule_revalidates_every_time_and_a_forever_rule_never() {
+    let w = World::start_with(RULES).await;
+    let accept = [("accept", MANIFEST_TYPE)];
+    let first = w.app.get(HUB, LATEST, &accept).await;
+    assert_eq!(
+        (x_cache(&first), first.body()),
+        ("MISS", &mutable(1, false))
+    );
+    for n in 1..=3 {
+        let again = w.app.get(HUB, LATEST, &accept).await;
+        assert_eq!(x_cache(&again), "REVALIDATED");
+        assert_eq!(
+            asked(&w, LATEST),
+            (1, n),
+            "one HEAD per request under \"0s\""
+        );
+    }
+
+    let first = w.app.get(HUB, PINNED, &[]).await;
+    assert_eq!((x_cache(&first), first.body()), ("MISS", &manifest()));
+    // past the default manifest_ttl (60 s), which would revalidate
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3600 - 1)).await;
+    tokio::time::resume();
+    for _ in 0..2 {
+        let again = w.app.get(HUB, PINNED, &[]).await;
+        assert_eq!((x_cache(&again), again.body()), ("HIT", &manifest()));
+    }
+    assert_eq!(
+        asked(&w, PINNED),
+        (1, 0),
+        "never asked again under \"forever\""
+    );
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = crate::status_page::get(w.app.admin, "/api/status").await;
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let rows = json["tag_rules"].as_array().unwrap();
+    let row = |i: usize, k: &str| rows[i][k].clone();
+    assert_eq!(rows.len(), 3, "two rules and the default: {rows:?}");
+    assert_eq!(
+        (row(0, "rule"), row(0, "manifest_ttl")),
+        ("always".into(), "0s".into())
+    );
+    assert_eq!(
+        (row(0, "upstream"), row(0, "revalidated")),
+        (1.into(), 3.into())
+    );
+    assert_eq!(
+        row(0, "last_tag"),
+        "registry-1.docker.io/library/mut:latest"
+    );
+    assert_eq!(
+        (row(1, "rule"), row(1, "manifest_ttl")),
+        ("pinned".into(), "forever".into())
+    );
+    assert_eq!((row(1, "upstream"), row(1, "hits")), (1.into(), 2.into()));
+    assert_eq!(
+        (row(2, "rule"), row(2, "manifest_ttl")),
+        ("cache.manifest_ttl".into(), "60s".into())
+    );
+    assert_eq!(row(2, "hits"), 0);
+}
+
+#[tokio::test]
+async fn tags_no_rule_covers_keep_cache_manifest_ttl() {
+    let w = World::start_with(RULES).await;
+    // "always" covers mut:latest only, "pinned" numbered tags only: the default decides
+    let path = "/v2/library/mut/manifests/other";
+    let resp = w.app.get(HUB, path, &[]).await;
+    assert_ne!(x_cache(&resp), "HIT");
+    let status = crate::status_page::get(w.app.admin, "/api/status").await;
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["tag_rules"][2]["upstream"], 1, "{json}");
+    assert_eq!(
+        json["tag_rules"][2]["last_tag"],
+        "registry-1.docker.io/library/mut:other"
+    );
+    assert_eq!(json["tag_rules"][0]["upstream"], 0);
+}
