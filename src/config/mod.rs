@@ -5,7 +5,7 @@
 //! - `types`: the validated [`Config`] and its per-subsystem types;
 //! - `validate`: raw → validated, every problem recorded with its line (listeners, DNS, log);
 //! - `limits`: the `[cache]` and `[limits]` tables; `rules`: `[[cache.rule]]` (freshness per
-//!   reference) with its own `glob` matcher; `registry`: the `[[registry]]` list and the
+//!   reference) with its own matchers, `glob` and `tag_regex` (`tags = "/…/"`); `registry`: the `[[registry]]` list and the
 //!   embedded default one; `credentials`: password files, Docker `config.json`, [`Secret`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
@@ -19,6 +19,7 @@ mod problem;
 mod raw;
 mod registry;
 mod rules;
+mod tag_regex;
 mod types;
 mod validate;
 mod values;
@@ -26,7 +27,8 @@ mod values;
 pub use credentials::{CredentialError, Credentials, Secret};
 pub use glob::{Glob, GlobError};
 pub use problem::{Error, Problem, Source};
-pub use rules::{rule_for, ManifestTtl, TagRule, FOREVER};
+pub use rules::{rule_for, ManifestTtl, TagPattern, TagRule, FOREVER};
+pub use tag_regex::{RegexError, TagRegex};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,
     Registry, TlsConfig, UpstreamConfig,

@@ -1,5 +1,5 @@
 //! `[[cache.rule]]`: freshness per reference. Each rule names repositories (`match`, a glob over
-//! `registry/repository`), tags (`tags`, a glob) and how long a tag mapping is served without
+//! `registry/repository`), tags (`tags`, a glob, or a regular expression written `/…/`) and how long a tag mapping is served without
 //! asking the upstream (`manifest_ttl`: a duration, `"0s"` = ask every time, `"forever"` = an
 //! immutable tag). The first rule that matches decides; none: `cache.manifest_ttl`.
 //!
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::glob::Glob;
+use super::tag_regex::TagRegex;
 use super::validate::Validator;
 use super::values::parse_duration;
 
@@ -55,6 +56,32 @@ impl ManifestTtl {
     }
 }
 
+/// The `tags` of a rule: a glob, or a regular expression written between slashes (a tag never
+/// holds a `/`, so the two cannot be confused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TagPattern {
+    Glob(Glob),
+    Regex(TagRegex),
+}
+
+impl TagPattern {
+    pub fn matches(&self, tag: &str) -> bool {
+        match self {
+            Self::Glob(g) => g.matches(tag),
+            Self::Regex(r) => r.matches(tag),
+        }
+    }
+}
+
+impl std::fmt::Display for TagPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Glob(g) => write!(f, "{g}"),
+            Self::Regex(r) => write!(f, "/{r}/"),
+        }
+    }
+}
+
 /// A validated `[[cache.rule]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagRule {
@@ -62,7 +89,7 @@ pub struct TagRule {
     pub name: String,
     /// Over `registry/repository`; any of the registry's exact names (host or alias) may match.
     pub repos: Glob,
-    pub tags: Glob,
+    pub tags: TagPattern,
     pub manifest_ttl: ManifestTtl,
 }
 
@@ -117,14 +144,11 @@ impl Validator<'_> {
         } = raw;
         let key = |k: &str| format!("cache.rule[{n}].{k}");
         let repos = self.glob(&key("match"), repos, |g| {
-            (!g.to_string().contains('/')).then_some(
+            (!g.spans_segments()).then_some(
                 "write registry/repository, e.g. \"docker.io/library/*\" (or \"ghcr.io/**\")",
             )
         });
-        let tags = self.glob(&key("tags"), tags, |g| {
-            g.spans_segments()
-                .then_some("a tag holds no /: write * (or a glob without / and **)")
-        });
+        let tags = self.tag_pattern(&key("tags"), tags);
         let ttl = match parse_ttl(manifest_ttl.get_ref()) {
             Ok(ttl) => Some(ttl),
             Err(why) => {
@@ -143,6 +167,26 @@ impl Validator<'_> {
             tags: tags?,
             manifest_ttl: ttl?,
         })
+    }
+
+    /// A glob or `/regex/` (every tag when absent).
+    fn tag_pattern(&mut self, key: &str, item: Option<Spanned<String>>) -> Option<TagPattern> {
+        let regex = (item.as_ref()).and_then(|i| i.get_ref().strip_prefix('/')?.strip_suffix('/'));
+        let Some(regex) = regex else {
+            let glob = self.glob(key, item, |g| {
+                g.spans_segments()
+                    .then_some("a tag holds no /: write * (or /regex/ for an expression)")
+            });
+            return glob.map(TagPattern::Glob);
+        };
+        match TagRegex::new(regex) {
+            Ok(re) => Some(TagPattern::Regex(re)),
+            Err(why) => {
+                let item = item.expect("a regex was written");
+                self.problem(&item, format!("{key}: {:?}: {why}", item.get_ref()));
+                None
+            }
+        }
     }
 
     /// A glob (`**` when absent), refused when it does not compile or `wrong` says why.
@@ -225,6 +269,54 @@ mod tests {
         assert_eq!(ManifestTtl::Forever.describe(), "forever");
         assert_eq!(ManifestTtl::For(Duration::from_secs(60)).describe(), "60s");
         assert_eq!(ManifestTtl::For(Duration::ZERO).describe(), "0s");
+    }
+
+    #[test]
+    fn tags_between_slashes_are_regular_expressions() {
+        let text = "[[cache.rule]]\nmatch = \"**\"\ntags = '/v?\\d+\\.\\d+\\.\\d+/'\n\
+                    manifest_ttl = \"1d\"\n";
+        let rules = parse(text, Source::Embedded).unwrap().cache.rules;
+        assert!(matches!(rules[0].tags, TagPattern::Regex(_)));
+        assert_eq!(rules[0].tags.to_string(), "/v?\\d+\\.\\d+\\.\\d+/");
+        let hit = |tag| which(&rules, &["quay.io"], "a/b", tag).is_some();
+        assert!(hit("v1.2.3") && hit("1.27.0"));
+        assert!(!hit("latest") && !hit("v1.2.3-rc1"));
+        let p = problems(
+            "[[cache.rule]]\nmatch = \"a/*\"\n\ntags = '/v(\\d+/'\nmanifest_ttl = \"1s\"\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 4);
+        assert!(
+            p[0].message
+                .starts_with("cache.rule[1].tags: \"/v(\\\\d+/\": an unclosed ("),
+            "{}",
+            p[0].message
+        );
+    }
+
+    #[test]
+    fn the_readme_example_means_what_it_says() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Freshness rules per reference")
+            .nth(1)
+            .unwrap();
+        let example = section.split("```toml\n").nth(1).unwrap();
+        let example = example.split("```").next().unwrap();
+        let rules = parse(example, Source::Embedded).unwrap().cache.rules;
+        let ttl = |names: &[&str], repo, tag| {
+            rule_for(&rules, names.iter().copied(), repo, tag).map(|(_, r)| r.manifest_ttl)
+        };
+        let hub = ["registry-1.docker.io", "docker.io"];
+        let d = |s| ManifestTtl::For(Duration::from_secs(s));
+        assert_eq!(ttl(&hub, "library/nginx", "latest"), Some(d(60)));
+        assert_eq!(ttl(&["quay.io"], "a/b", "latest"), Some(d(60)));
+        assert_eq!(ttl(&hub, "library/nginx", "v1.2.3"), Some(d(86_400)));
+        assert_eq!(ttl(&hub, "library/nginx", "1.27"), None);
+        let site = ["registry.site.example"];
+        assert_eq!(ttl(&site, "team/app", "v7"), Some(ManifestTtl::Forever));
+        let nightly = ttl(&["ghcr.io"], "acme/nightly", "2024-06-01");
+        assert_eq!(nightly, Some(d(0)));
     }
 
     #[test]

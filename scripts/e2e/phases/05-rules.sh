@@ -4,7 +4,8 @@
 # repository through the appliance: `latest` under a "0s" rule is revalidated with a HEAD upstream at
 # every read (counted in the nvcr.io upstream's own request log), `v1` under "forever" is served from
 # the cache past the 2 s of cache.manifest_ttl, `c1` under a 2 s rule (the default's TTL) is
-# revalidated then; /api/status counts each rule's answers.
+# revalidated then; /api/status counts each rule's answers. (The upstream sees a HEAD of v1 too: that is
+# the access check, as cache.auth_ttl is 2 s here; the rule's row says it was served from the cache.)
 PHASE_NEEDS=(appliance)
 
 RULES_REPO=e2e-rules/app
@@ -61,6 +62,7 @@ rules_forever() {
     grep -E "/v2/$RULES_REPO/manifests/(v1|c1)" "$LOGS/upstream-nvcr.log" | grep -oE 'http\.request\.method=[A-Z]+ |http\.request\.uri=[^ ]+' | paste -sd' ' || true
     expect_eq "$(rules_upstream GET v1) $(rules_upstream GET c1)" "1 1" "upstream GETs of v1 and c1 (the first reads)"
     expect_eq "$(rules_upstream HEAD c1)" 1 "upstream HEADs of c1 (its revalidation)"
+    echo "(a HEAD of v1 is the access check of cache.auth_ttl = 2 s, not a revalidation: see the rows)"
     expect_eq "$(rules_row e2e-immutable manifest_ttl)" forever "e2e-immutable's TTL on the status page"
     expect_eq "$(rules_row e2e-immutable hits) $(rules_row e2e-immutable revalidated)" "1 0" \
         "e2e-immutable: the second read of v1 from the cache, not revalidated"
