@@ -46,12 +46,19 @@ impl ManifestTtl {
         }
     }
 
-    /// As written in the config (`"forever"`, or seconds such as `"60s"`).
+    /// As a config value, in its largest whole unit (`"forever"`, `"1d"`, `"90s"`, `"0s"`).
     pub fn describe(self) -> String {
-        match self {
-            Self::Forever => "forever".to_owned(),
-            Self::For(d) if d.subsec_millis() != 0 => format!("{}ms", d.as_millis()),
-            Self::For(d) => format!("{}s", d.as_secs()),
+        let d = match self {
+            Self::Forever => return "forever".to_owned(),
+            Self::For(d) if d.subsec_millis() != 0 => return format!("{}ms", d.as_millis()),
+            Self::For(d) => d.as_secs(),
+        };
+        let unit = [(86_400, "d"), (3600, "h"), (60, "m")]
+            .into_iter()
+            .find(|(n, _)| d != 0 && d % n == 0);
+        match unit {
+            Some((n, unit)) => format!("{}{unit}", d / n),
+            None => format!("{d}s"),
         }
     }
 }
@@ -267,8 +274,16 @@ mod tests {
         let later = tokio::time::Instant::now().checked_add(FOREVER);
         assert!(later.is_some(), "now + forever does not overflow");
         assert_eq!(ManifestTtl::Forever.describe(), "forever");
-        assert_eq!(ManifestTtl::For(Duration::from_secs(60)).describe(), "60s");
-        assert_eq!(ManifestTtl::For(Duration::ZERO).describe(), "0s");
+        let text = |secs| ManifestTtl::For(Duration::from_secs(secs)).describe();
+        assert_eq!(
+            [text(60), text(90), text(7200), text(86_400)],
+            ["1m", "90s", "2h", "1d"]
+        );
+        assert_eq!(text(0), "0s");
+        assert_eq!(
+            ManifestTtl::For(Duration::from_millis(1500)).describe(),
+            "1500ms"
+        );
     }
 
     #[test]

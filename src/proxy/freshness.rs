@@ -10,6 +10,7 @@ use super::outcome::CacheOutcome;
 use super::{Policy, Proxy, Route};
 use crate::cache::TagKey;
 use crate::config::rule_for;
+use crate::metrics::{TagAnswer, TagRuleLabels};
 use crate::names::NamePattern;
 use crate::status::{RuleStatus, TagServed};
 use crate::sync::ReadWrite;
@@ -49,16 +50,28 @@ impl Proxy {
         }
     }
 
-    /// Counts a tag request on its rule's row of the status page.
+    /// Counts a tag request on its rule's row of the status page and in the metrics.
     pub(super) fn count_tag(&self, rule: &Freshness, key: &TagKey, outcome: Option<CacheOutcome>) {
-        let how = match outcome {
-            Some(CacheOutcome::Hit) => TagServed::Hit,
-            Some(CacheOutcome::Revalidated) => TagServed::Revalidated,
-            Some(CacheOutcome::Stale) => TagServed::Stale,
-            _ => TagServed::Upstream,
+        let (how, served) = match outcome {
+            Some(CacheOutcome::Hit) => (TagServed::Hit, TagAnswer::Hit),
+            Some(CacheOutcome::Revalidated) => (TagServed::Revalidated, TagAnswer::Revalidated),
+            Some(CacheOutcome::Stale) => (TagServed::Stale, TagAnswer::Stale),
+            _ => (TagServed::Upstream, TagAnswer::Upstream),
         };
         let reference = format!("{}/{}:{}", key.registry, key.repo, key.tag);
         (self.status).tag_served(rule.index, &rule.rule, &reference, how);
+        let number = match rule.rule == DEFAULT_RULE {
+            true => "default".to_owned(),
+            false => (rule.index + 1).to_string(),
+        };
+        let labels = TagRuleLabels {
+            rule: number,
+            served,
+        };
+        self.metrics
+            .cache_tag_rule_requests
+            .get_or_create(&labels)
+            .inc();
     }
 }
 

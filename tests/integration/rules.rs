@@ -95,9 +95,18 @@ async fn a_0s_rule_revalidates_every_time_and_a_forever_rule_never() {
     assert_eq!((row(1, "upstream"), row(1, "hits")), (1.into(), 2.into()));
     assert_eq!(
         (row(2, "rule"), row(2, "manifest_ttl")),
-        ("cache.manifest_ttl".into(), "60s".into())
+        ("cache.manifest_ttl".into(), "1m".into())
     );
     assert_eq!(row(2, "hits"), 0);
+
+    let metrics = crate::status_page::get(w.app.admin, "/metrics").await;
+    for line in [
+        "regcache_cache_tag_rule_requests_total{rule=\"1\",served=\"revalidated\"} 3",
+        "regcache_cache_tag_rule_requests_total{rule=\"1\",served=\"upstream\"} 1",
+        "regcache_cache_tag_rule_requests_total{rule=\"2\",served=\"hit\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -115,4 +124,79 @@ async fn tags_no_rule_covers_keep_cache_manifest_ttl() {
         "registry-1.docker.io/library/mut:other"
     );
     assert_eq!(json["tag_rules"][0]["upstream"], 0);
+}
+
+#[test]
+fn config_check_names_bad_rules_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    let text = "[cache]\nmanifest_ttl = \"1m\"\n\
+                [[cache.rule]]\nmatch = \"docker.io/library/*\"\ntags = \"latest\"\nmanifest_ttl = \"1m\"\n\
+                [[cache.rule]]\nmatch = \"ghcr.io/[acme\"\ntags = '/v(\\d+/'\nmanifest_ttl = \"ever\"\n";
+    std::fs::write(&file, text).unwrap();
+    let out = crate::binary::regcache(&["config", "check", "--config", "site.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "site.toml:8: cache.rule[2].match: \"ghcr.io/[acme\": an unclosed [",
+        "site.toml:9: cache.rule[2].tags: \"/v(\\\\d+/\": an unclosed (",
+        "site.toml:10: cache.rule[2].manifest_ttl: \"ever\": write a duration",
+    ] {
+        assert!(err.contains(want), "{want} in:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 3, "{err}");
+    std::fs::write(
+        &file,
+        &text[..text.find("[[cache.rule]]\nmatch = \"ghcr").unwrap()],
+    )
+    .unwrap();
+    let out = crate::binary::regcache(&["config", "check", "--config", "site.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test]
+async fn sighup_applies_new_rules() {
+    use crate::binary::{signal, spawn_serve, wait_line};
+    let dir = tempfile::tempdir().unwrap();
+    let config = |rules: &str| {
+        let text = format!(
+            "state_dir = \"state\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\nanswer_ipv4 = [\"10.1.1.1\"]\n\
+             upstream = [\"127.0.0.1:1\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n{rules}\n\
+             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://127.0.0.1:1\"\n"
+        );
+        std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    };
+    let rule = |name: &str, ttl: &str| {
+        format!(
+            "[[cache.rule]]\nname = \"{name}\"\nmatch = \"ghcr.io/**\"\nmanifest_ttl = \"{ttl}\"\n"
+        )
+    };
+    config(&rule("old", "1d"));
+    let (mut child, rx, addrs) = spawn_serve(dir.path());
+    let rows = || async {
+        let status = crate::status_page::get(addrs["admin"], "/api/status").await;
+        let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let rows = json["tag_rules"].as_array().unwrap().clone();
+        let text = |r: &serde_json::Value| format!("{} {}", r["rule"], r["manifest_ttl"]);
+        rows.iter().map(text).collect::<Vec<_>>().join(", ")
+    };
+    assert_eq!(
+        rows().await,
+        "\"old\" \"1d\", \"cache.manifest_ttl\" \"1m\""
+    );
+
+    config(&format!(
+        "{}{}",
+        rule("new", "0s"),
+        rule("pinned", "forever")
+    ));
+    signal(&child, "-HUP");
+    wait_line(&rx, "configuration reloaded");
+    assert_eq!(
+        rows().await,
+        "\"new\" \"0s\", \"pinned\" \"forever\", \"cache.manifest_ttl\" \"1m\""
+    );
+    signal(&child, "-TERM");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
