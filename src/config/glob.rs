@@ -44,10 +44,18 @@ pub enum GlobError {
     ThreeStars,
     #[error("a \\ at the end escapes nothing")]
     TrailingEscape,
+    #[error("longer than {MAX_LEN} characters")]
+    TooLong,
 }
+
+/// Characters a glob may have (matching is linear in glob × text, per tag request).
+const MAX_LEN: usize = 1024;
 
 impl Glob {
     pub fn new(text: &str) -> Result<Self, GlobError> {
+        if text.chars().count() > MAX_LEN {
+            return Err(GlobError::TooLong);
+        }
         let mut tokens = Vec::new();
         let mut chars = text.chars().peekable();
         while let Some(c) = chars.next() {
@@ -191,6 +199,7 @@ mod tests {
         assert_eq!(Glob::new("[9-0]"), Err(GlobError::BackwardsRange('9', '0')));
         assert_eq!(Glob::new("a/***"), Err(GlobError::ThreeStars));
         assert_eq!(Glob::new("a\\"), Err(GlobError::TrailingEscape));
+        assert_eq!(Glob::new(&"a".repeat(1025)), Err(GlobError::TooLong));
         assert_eq!(Glob::new("a/*/b").unwrap().to_string(), "a/*/b");
         assert!(Glob::new("a/**").unwrap().spans_segments());
         assert!(!Glob::new("v*").unwrap().spans_segments());

@@ -72,6 +72,8 @@ pub enum RegexError {
 /// Instructions a program may have (bounds the work per tag character).
 const MAX_INSTS: usize = 10_000;
 const MAX_COUNT: u32 = 100;
+/// Groups nested deeper are refused (the parser and compiler recurse per level).
+const MAX_DEPTH: usize = 32;
 
 /// A compiled tag expression; `Display` gives it back as written (without the slashes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +93,7 @@ impl TagRegex {
         let mut p = Parser {
             chars: text.chars().collect(),
             pos: 0,
+            depth: 0,
         };
         p.eat('^');
         let node = p.alt()?;
@@ -204,6 +207,8 @@ fn repeat(body: &Node, min: u32, max: Option<u32>, out: &mut Vec<Inst>) -> Resul
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Groups open at `pos`.
+    depth: usize,
 }
 
 impl Parser {
@@ -272,7 +277,12 @@ impl Parser {
         if self.eat('?') && !self.eat(':') {
             return Err(RegexError::Unsupported("(? other than (?:"));
         }
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(RegexError::TooLarge);
+        }
         let node = self.alt()?;
+        self.depth -= 1;
         match self.eat(')') {
             true => Ok(node),
             false => Err(RegexError::UnclosedGroup),
@@ -334,29 +344,27 @@ impl Parser {
         }
     }
 
-    /// `atom` followed by any quantifiers.
-    fn quantified(&mut self, mut atom: Node) -> Result<Node, RegexError> {
-        loop {
-            let simple = match self.peek() {
-                Some('*') => Some((0, None)),
-                Some('+') => Some((1, None)),
-                Some('?') => Some((0, Some(1))),
-                _ => None,
-            };
-            let (min, max) = match (simple, self.peek()) {
-                (Some(q), _) => {
-                    self.pos += 1;
-                    q
-                }
-                (None, Some('{')) => {
-                    self.pos += 1;
-                    self.count()?
-                }
-                _ => return Ok(atom),
-            };
-            self.eat('?');
-            atom = Node::Repeat(Box::new(atom), min, max);
-        }
+    /// `atom` and its quantifier, if any (one: `a**` is refused, write `(?:a*)*`).
+    fn quantified(&mut self, atom: Node) -> Result<Node, RegexError> {
+        let simple = match self.peek() {
+            Some('*') => Some((0, None)),
+            Some('+') => Some((1, None)),
+            Some('?') => Some((0, Some(1))),
+            _ => None,
+        };
+        let (min, max) = match (simple, self.peek()) {
+            (Some(q), _) => {
+                self.pos += 1;
+                q
+            }
+            (None, Some('{')) => {
+                self.pos += 1;
+                self.count()?
+            }
+            _ => return Ok(atom),
+        };
+        self.eat('?');
+        Ok(Node::Repeat(Box::new(atom), min, max))
     }
 
     /// After `{`: `n}`, `n,}` or `n,m}`.
@@ -424,6 +432,11 @@ mod tests {
         assert_eq!(err("[0-9"), RegexError::UnclosedClass);
         assert_eq!(err("[9-0]"), RegexError::BackwardsRange('9', '0'));
         assert_eq!(err("*a"), RegexError::NothingToRepeat('*'));
+        assert_eq!(err("a**"), RegexError::NothingToRepeat('*'));
+        assert_eq!(
+            err(&format!("a{}", "*".repeat(10_000))),
+            RegexError::NothingToRepeat('*')
+        );
         assert_eq!(err("a{3,1}"), RegexError::BadCount);
         assert_eq!(err("a{101}"), RegexError::BadCount);
         assert_eq!(err("a{"), RegexError::BadCount);
@@ -432,6 +445,8 @@ mod tests {
         assert!(matches!(err("(?=a)"), RegexError::Unsupported(_)));
         assert!(matches!(err("a^b"), RegexError::Unsupported(_)));
         assert_eq!(err("((a{100}){100}){100}"), RegexError::TooLarge);
+        let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(err(&deep), RegexError::TooLarge, "no stack overflow");
         assert_eq!(TagRegex::new("v.*").unwrap().to_string(), "v.*");
     }
 }
