@@ -1,7 +1,8 @@
 //! Manifests by tag. Tags move, so the tag → digest mapping is what is cached: served while fresh
-//! (the TTL of the tag's `[[cache.rule]]`, else `cache.manifest_ttl`: `freshness.rs`), then revalidated with a HEAD (which does not count against Docker
-//! Hub's pull limit) that must name the same digest, and served stale while the upstream is down.
-//! A mapping is used only once the manifest it names is held for the same registry and repository.
+//! (the TTL of the tag's `[[cache.rule]]`, else `cache.manifest_ttl`: `freshness.rs`), then
+//! revalidated with a HEAD (which does not count against Docker Hub's pull limit) that must name
+//! the same digest, and served stale while the upstream is down. A mapping is used only once the
+//! manifest it names is held for the same registry and repository.
 
 use std::sync::Arc;
 
