@@ -14,6 +14,7 @@
 #   world        the upstreams on their own, before the appliance starts
 #   dns          intercepted names, forwarding, no AAAA leak        tls  certificates, isolation
 #   clients      dockerd, skopeo, podman pulls; push; private repo  cache  coalescing; Basic auth
+#   rules        [[cache.rule]]: a "0s" tag revalidated at every read, a "forever" one never (skopeo)
 #   attacks      odd registries try cached private content (issue 9)
 #   docker-trust dockerd's trust for Docker Hub names (FINDING lines, asserted)
 #   mirror       the plain-HTTP mirror (dockerd registry-mirrors, ctr hosts.toml)

@@ -234,6 +234,7 @@ fn policy(config: &Config) -> Policy {
     let c = &config.cache;
     Policy {
         manifest_ttl: c.manifest_ttl,
+        rules: Arc::new(c.rules.clone()),
         auth_ttl: c.auth_ttl,
         offline: c.offline,
         offline_auth_window: c.offline_auth_window,

@@ -49,6 +49,9 @@ pub(super) struct RawCache {
     pub(super) auth_ttl: Option<Spanned<String>>,
     pub(super) offline: Option<bool>,
     pub(super) offline_auth_window: Option<Spanned<String>>,
+    /// `[[cache.rule]]`, in file order.
+    #[serde(default)]
+    pub(super) rule: Vec<super::rules::RawRule>,
 }
 
 #[derive(Deserialize, Default)]

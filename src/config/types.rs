@@ -77,6 +77,8 @@ pub struct CacheConfig {
     pub offline: bool,
     /// While offline, a client is served if its access was confirmed within this window.
     pub offline_auth_window: Duration,
+    /// `[[cache.rule]]` in file order: the first covering a tag sets its TTL, else `manifest_ttl`.
+    pub rules: Vec<super::TagRule>,
 }
 
 /// The `[limits]` table: bounds on what clients can hold.

@@ -351,7 +351,7 @@ async fn healthcheck_asks_the_admin_listener() {
 
 /// Starts `regcache serve` on port 0 in `dir` with `c.toml`; returns the child, its stderr lines
 /// and the announced addresses.
-fn spawn_serve(
+pub(crate) fn spawn_serve(
     dir: &std::path::Path,
 ) -> (
     std::process::Child,
@@ -390,7 +390,7 @@ fn spawn_serve(
 }
 
 /// Waits (bounded) for a stderr line containing `needle`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -402,7 +402,7 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     panic!("no log line with {needle:?}");
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+pub(crate) fn signal(child: &std::process::Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()

@@ -14,6 +14,7 @@ mod mirror;
 mod onboarding;
 mod private_cache;
 mod proxy;
+mod rules;
 mod status_page;
 mod trust;
 mod upstream_proxy;

@@ -100,6 +100,11 @@ async fn the_status_page_renders_the_figures_in_chromium() {
         "ghcr.io's last upstream error shown"
     );
     assert!(dom.contains(&w.app_fingerprint()), "CA fingerprint shown");
+    assert!(
+        dom.contains("<td>cache.manifest_ttl</td><td>**</td><td>*</td><td>1m</td>")
+            && dom.contains("<td>registry-1.docker.io/library/small:1 ("),
+        "the tag freshness rules table: the default's row and its last tag"
+    );
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../status-page.png");
     let arg = format!("--screenshot={}", shot.display());
