@@ -31,6 +31,8 @@
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
+//! - [`warm`]: `regcache warm`: a registry client of the appliance that pulls images into its
+//!   cache (through a running appliance, or one of its own on loopback).
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
 //! - [`cli`]: clap definitions only (`--config` also from `$REGCACHE_CONFIG`).
 //! - [`sync`]: lock helpers that recover from poisoning (`m.locked()`).
@@ -54,3 +56,4 @@ pub mod names;
 pub mod proxy;
 pub mod status;
 pub mod sync;
+pub mod warm;

@@ -48,6 +48,10 @@ fn main() -> ExitCode {
                 Err(code) => code,
             },
         },
+        Command::Warm(args) => {
+            let config = args.config.clone();
+            with_config(&config, |config| regcache::warm::command(config, args))
+        }
         Command::Cache { command } => {
             let arg = match &command {
                 CacheCommand::Ls { config, .. } | CacheCommand::Purge { config, .. } => config,

@@ -15,3 +15,4 @@ mod private_cache;
 mod proxy;
 mod status_page;
 mod trust;
+mod warm;

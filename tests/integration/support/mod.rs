@@ -81,6 +81,8 @@ pub struct Appliance {
     pub ca_pem: String,
     pub log: SharedBuf,
     pub cache: std::sync::Arc<regcache::cache::Store>,
+    /// The configuration it was started with.
+    pub config: regcache::config::Config,
     pub state: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -98,6 +100,7 @@ impl Appliance {
         let config = regcache::config::parse(&text, regcache::config::Source::Embedded)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let log = SharedBuf::default();
+        let started_with = config.clone();
         let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
             .await
             .expect("appliance starts");
@@ -115,6 +118,7 @@ impl Appliance {
             ca_pem,
             log,
             cache,
+            config: started_with,
             state,
             shutdown,
             task: Some(task),
