@@ -31,6 +31,7 @@
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
+//! - [`reference`]: image references and platforms as `docker pull` reads them (a leaf).
 //! - [`warm`]: `regcache warm`: a registry client of the appliance that pulls images into its
 //!   cache (through a running appliance, or one of its own on loopback).
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
@@ -54,6 +55,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod names;
 pub mod proxy;
+pub mod reference;
 pub mod status;
 pub mod sync;
 pub mod warm;

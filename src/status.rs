@@ -83,9 +83,26 @@ pub struct Minute {
     pub counts: Counts,
 }
 
+/// The last run of a `[[warm]]` job, for the page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WarmStatus {
+    /// Its number in the config, from 1.
+    pub job: usize,
+    pub images: Vec<String>,
+    pub every_s: u64,
+    /// Unix seconds; `None` before its first run.
+    pub last_run: Option<u64>,
+    pub ok: Option<bool>,
+    pub fetched: u64,
+    pub cached: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
     total: Counts,
+    warm: BTreeMap<usize, WarmStatus>,
     registries: BTreeMap<String, RegistryStatus>,
     repos: HashMap<(String, String), u64>,
     minutes: VecDeque<Minute>,
@@ -120,6 +137,8 @@ pub struct Snapshot {
     pub registries: BTreeMap<String, RegistryStatus>,
     pub top_repositories: Vec<RepoBytes>,
     pub minutes: Vec<Minute>,
+    /// `[[warm]]` jobs, by number.
+    pub warm: Vec<WarmStatus>,
     #[serde(flatten)]
     pub facts: Facts,
 }
@@ -192,6 +211,11 @@ impl Status {
         }
     }
 
+    /// A `[[warm]]` job's state (configured, or after a run).
+    pub fn warm(&self, job: WarmStatus) {
+        self.inner.locked().warm.insert(job.job, job);
+    }
+
     pub fn snapshot(&self, facts: Facts) -> Snapshot {
         let now = unix(SystemTime::now());
         let inner = self.inner.locked();
@@ -216,6 +240,7 @@ impl Status {
             registries: inner.registries.clone(),
             top_repositories: top,
             minutes: inner.minutes.iter().copied().collect(),
+            warm: inner.warm.values().cloned().collect(),
             facts,
         }
     }

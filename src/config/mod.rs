@@ -19,6 +19,7 @@ mod registry;
 mod types;
 mod validate;
 mod values;
+mod warm;
 
 pub use credentials::{CredentialError, Credentials, Secret};
 pub use problem::{Error, Problem, Source};
@@ -27,6 +28,7 @@ pub use types::{
     Registry, TlsConfig, UpstreamConfig,
 };
 pub use values::ValueError;
+pub use warm::WarmJob;
 
 use problem::line_of;
 use raw::RawConfig;

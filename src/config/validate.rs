@@ -124,6 +124,7 @@ impl<'a> Validator<'a> {
             limits,
             log,
             registry,
+            warm,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
@@ -148,6 +149,7 @@ impl<'a> Validator<'a> {
             http_listen: self.each("http.listen", &http.listen, parse_listen),
             access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
             registries,
+            warm: self.warm_jobs(warm),
         }
     }
 

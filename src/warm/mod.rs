@@ -6,9 +6,9 @@
 
 pub mod client;
 mod command;
+pub mod jobs;
 mod progress;
 pub mod pull;
-pub mod reference;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AccessList;
 use crate::config::Config;
 use crate::proxy::access_log::AccessLog;
+use crate::reference::Reference;
 use client::RegistryClient;
 pub use command::command;
 pub use progress::human;
 use progress::Progress;
 pub use pull::{Platform, Platforms, Tally};
-use reference::Reference;
 
 /// What `regcache warm` was asked.
 pub struct Options {
@@ -72,28 +72,37 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<Vec<Outcom
     };
     let client = RegistryClient::new(addr, roots(&ca)?);
     let progress = Progress::new(options.quiet);
-    let mut outcomes = Vec::new();
-    for image in &images {
-        let started = Instant::now();
-        let result = pull::warm_image(&client, image, &options.platforms, &progress).await;
-        let (tally, error) = match result {
-            Ok(tally) => (tally, None),
-            Err(e) => (Tally::default(), Some(e.to_string())),
-        };
-        let seconds = started.elapsed().as_secs_f64();
-        let image = image.to_string();
-        outcomes.push(Outcome {
-            image,
-            tally,
-            error,
-            seconds,
-        });
-    }
+    let outcomes = warm_all(&client, &images, &options.platforms, &progress).await;
     if let Some((shutdown, task)) = own {
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
     Ok(outcomes)
+}
+
+/// Warms each image in turn: one [`Outcome`] per image, in order.
+async fn warm_all(
+    client: &RegistryClient,
+    images: &[Reference],
+    platforms: &Platforms,
+    progress: &Progress,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for image in images {
+        let started = Instant::now();
+        let result = pull::warm_image(client, image, platforms, progress).await;
+        let (tally, error) = match result {
+            Ok(tally) => (tally, None),
+            Err(e) => (Tally::default(), Some(e.to_string())),
+        };
+        outcomes.push(Outcome {
+            image: image.to_string(),
+            tally,
+            error,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    outcomes
 }
 
 type Own = (CancellationToken, tokio::task::JoinHandle<()>);
@@ -121,6 +130,7 @@ async fn start_own(config: &Config) -> anyhow::Result<(SocketAddr, Own)> {
     own.http_listen = Vec::new();
     own.admin.listen = loopback;
     own.access = AccessList::default();
+    own.warm = Vec::new();
     let log = AccessLog::to_writer(Box::new(io::sink()));
     let bound = crate::app::build(own, log).await?;
     let addr = *bound.https_addrs.first().context("no https listener")?;
@@ -145,7 +155,7 @@ async fn appliance_addr(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// The appliance's CA, the only certificate trusted.
-fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
+pub fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("cannot read the appliance CA {} (--ca)", path.display()))?;

@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use super::client::{read_small, Error as ClientError, RegistryClient};
 use super::progress::Progress;
-use super::reference::Reference;
 use crate::cache::{Digest, Hasher};
+pub use crate::reference::Platform;
+use crate::reference::Reference;
 
 /// Blobs fetched at once per image (as dockerd does).
 const PARALLEL_BLOBS: usize = 3;
@@ -44,47 +45,14 @@ pub enum Error {
     NoPlatform(String, String),
 }
 
-/// An `os/arch[/variant]` a manifest list entry is chosen by.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub arch: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split('/');
-        let (os, arch) = (parts.next()?, parts.next()?);
-        let variant = parts.next().map(str::to_owned);
-        let ok = !os.is_empty() && !arch.is_empty() && parts.next().is_none();
-        ok.then(|| Self {
-            os: os.to_owned(),
-            arch: arch.to_owned(),
-            variant,
-        })
-    }
-
-    /// This machine's, in the OCI spelling (`linux/amd64`, `linux/arm64`).
-    pub fn host() -> Self {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            other => other,
-        };
-        Self {
-            os: "linux".into(),
-            arch: arch.into(),
-            variant: None,
-        }
-    }
-
-    fn matches(&self, entry: &Value) -> bool {
-        let p = &entry["platform"];
-        let variant_ok = self.variant.as_deref().is_none_or(|v| p["variant"] == v);
-        p["os"] == self.os.as_str() && p["architecture"] == self.arch.as_str() && variant_ok
-    }
+/// Whether an index entry is for `platform`.
+fn matches(platform: &Platform, entry: &Value) -> bool {
+    let p = &entry["platform"];
+    let variant_ok = platform
+        .variant
+        .as_deref()
+        .is_none_or(|v| p["variant"] == v);
+    p["os"] == platform.os.as_str() && p["architecture"] == platform.arch.as_str() && variant_ok
 }
 
 /// Which manifests of an index to warm.
@@ -133,8 +101,8 @@ pub async fn warm_image(
     }
     let blobs = blobs_of(&images);
     progress.begin(&image.to_string(), blobs.values().sum());
-    let results: Vec<Result<(u64, bool), Error>> = stream::iter(blobs.keys())
-        .map(|digest| blob(client, image, digest, progress))
+    let results: Vec<Result<(u64, bool), Error>> = stream::iter(blobs.into_keys())
+        .map(|digest| async move { blob(client, image, &digest, progress).await })
         .buffer_unordered(PARALLEL_BLOBS)
         .collect()
         .await;
@@ -196,7 +164,7 @@ fn chosen(image: &Reference, index: &Value, platforms: &Platforms) -> Result<Vec
     };
     let mut out = Vec::new();
     for platform in wanted {
-        let Some(entry) = entries.iter().find(|e| platform.matches(e)) else {
+        let Some(entry) = entries.iter().find(|e| matches(platform, e)) else {
             let name = format!("{}/{}", platform.os, platform.arch);
             return Err(Error::NoPlatform(image.to_string(), name));
         };

@@ -90,3 +90,53 @@ async fn warm_on_its_own_starts_an_appliance_with_the_configured_cache() {
     );
     world.app.stop().await;
 }
+
+/// `GET path` on the admin listener: the body.
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_warm_job_keeps_its_images_cached_and_reports_on_metrics_and_status() {
+    let jobs = "[[warm]]\nimages = [\"docker.io/library/small:1\"]\nevery = \"1h\"\n\
+                [[warm]]\nimages = [\"docker.io/library/missing:1\"]\n";
+    let world = World::start_with(jobs).await;
+    let ok = "regcache_warm_runs_total{job=\"1\",result=\"ok\"} 1";
+    let failed = "regcache_warm_runs_total{job=\"2\",result=\"failed\"} 1";
+    let mut metrics = String::new();
+    // The jobs run 5 s after start; bounded wait for both.
+    for _ in 0..100 {
+        metrics = admin_get(world.app.admin, "/metrics").await;
+        if metrics.contains(ok) && metrics.contains(failed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        metrics.contains(ok) && metrics.contains(failed),
+        "{metrics}"
+    );
+    assert!(metrics.contains("regcache_warm_objects_total{job=\"1\",how=\"fetched\"} 2"));
+    let digest = Digest::parse(&blob_digest()).unwrap();
+    assert!(
+        world.app.cache.get(&digest).is_some(),
+        "the job cached the layer"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(world.app.admin, "/api/status").await).unwrap();
+    let jobs = status["warm"].as_array().unwrap();
+    assert_eq!(jobs[0]["images"][0], "docker.io/library/small:1");
+    assert_eq!(jobs[0]["ok"], true);
+    assert_eq!(jobs[0]["every_s"], 3600);
+    assert_eq!(jobs[1]["ok"], false);
+    assert!(jobs[1]["error"].as_str().unwrap().contains("404"));
+    world.app.stop().await;
+}

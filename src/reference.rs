@@ -1,4 +1,7 @@
-//! Image references as `docker pull` reads them: `alpine` is `docker.io/library/alpine:latest`,
+//! Image references as `docker pull` reads them, and the platforms an index is chosen by. A leaf,
+//! shared by `config` (`[[warm]]` is checked at load) and `warm`.
+//!
+//! References as `docker pull` reads them: `alpine` is `docker.io/library/alpine:latest`,
 //! `acme/tool` is on Docker Hub, a first component with a dot, a colon or `localhost` names the
 //! registry; a tag after `:`, a digest after `@`.
 
@@ -79,6 +82,43 @@ impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sep = if self.is_digest() { '@' } else { ':' };
         write!(f, "{}/{}{sep}{}", self.registry, self.repo, self.reference)
+    }
+}
+
+/// An `os/arch[/variant]` a manifest list entry is chosen by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let (os, arch) = (parts.next()?, parts.next()?);
+        let variant = parts.next().map(str::to_owned);
+        let ok = !os.is_empty() && !arch.is_empty() && parts.next().is_none();
+        ok.then(|| Self {
+            os: os.to_owned(),
+            arch: arch.to_owned(),
+            variant,
+        })
+    }
+
+    /// This machine's, in the OCI spelling (`linux/amd64`, `linux/arm64`).
+    pub fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            other => other,
+        };
+        Self {
+            os: "linux".into(),
+            arch: arch.into(),
+            variant: None,
+        }
     }
 }
 
