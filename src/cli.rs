@@ -81,6 +81,8 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Fetch images into the cache through the same path a client pull takes.
+    Warm(WarmArgs),
     /// Inspect and maintain the content cache (safe while `serve` runs).
     Cache {
         #[command(subcommand)]
@@ -209,4 +211,30 @@ pub enum ConfigCommand {
     },
     /// Print the embedded default configuration, commented.
     Default,
+}
+
+/// `regcache warm IMAGE... [--platform OS/ARCH]... [--all-platforms] [--via URL]`.
+#[derive(Args, Debug)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Images as `docker pull` reads them: NAME[:TAG] or NAME@DIGEST.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// A platform of an index to warm (OS/ARCH[/VARIANT]); repeatable; default this host's.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+    /// Every platform an index names.
+    #[arg(long, conflicts_with = "platforms")]
+    pub all_platforms: bool,
+    /// A running appliance's HTTPS address (https://HOST[:PORT]); default: an appliance of this
+    /// command's own on loopback, with the configured cache and CA.
+    #[arg(long, value_name = "URL")]
+    pub via: Option<String>,
+    /// The appliance's CA certificate; default {state_dir}/certs/ca.crt.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// One JSON document on stdout (per image: fetched, cached, bytes, error, seconds).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -33,6 +33,9 @@
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
+//! - [`reference`]: image references and platforms as `docker pull` reads them (a leaf).
+//! - [`warm`]: `regcache warm`: a registry client of the appliance that pulls images into its
+//!   cache (through a running appliance, or one of its own on loopback).
 //! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people or as JSON;
 //!   [`output`]: `--json` documents and the JSON error object; [`progress`]: the live progress line.
 //! - [`cli`]: clap definitions only (`--config` also from `$REGCACHE_CONFIG`).
@@ -57,5 +60,7 @@ pub mod names;
 pub mod output;
 pub mod progress;
 pub mod proxy;
+pub mod reference;
 pub mod status;
 pub mod sync;
+pub mod warm;

@@ -51,6 +51,10 @@ fn main() -> ExitCode {
                 Err(code) => code,
             },
         },
+        Command::Warm(args) => {
+            let config = args.config.clone();
+            with_config(&config, |config| regcache::warm::command(config, args))
+        }
         Command::Cache { command } => cache(&command),
     }
 }

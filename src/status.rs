@@ -87,9 +87,26 @@ pub struct Minute {
     pub counts: Counts,
 }
 
+/// The last run of a `[[warm]]` job, for the page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WarmStatus {
+    /// Its number in the config, from 1.
+    pub job: usize,
+    pub images: Vec<String>,
+    pub every_s: u64,
+    /// Unix seconds; `None` before its first run.
+    pub last_run: Option<u64>,
+    pub ok: Option<bool>,
+    pub fetched: u64,
+    pub cached: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
     total: Counts,
+    warm: BTreeMap<usize, WarmStatus>,
     registries: BTreeMap<String, RegistryStatus>,
     repos: HashMap<(String, String), u64>,
     minutes: VecDeque<Minute>,
@@ -127,6 +144,8 @@ pub struct Snapshot {
     pub minutes: Vec<Minute>,
     /// Per freshness rule, the default (`cache.manifest_ttl`) last.
     pub tag_rules: Vec<RuleStatus>,
+    /// `[[warm]]` jobs, by number.
+    pub warm: Vec<WarmStatus>,
     #[serde(flatten)]
     pub facts: Facts,
 }
@@ -211,6 +230,11 @@ impl Status {
         (self.inner.locked().tag_rules).served(index, rule, reference, how, now);
     }
 
+    /// A `[[warm]]` job's state (configured, or after a run).
+    pub fn warm(&self, job: WarmStatus) {
+        self.inner.locked().warm.insert(job.job, job);
+    }
+
     pub fn snapshot(&self, facts: Facts) -> Snapshot {
         let now = unix(SystemTime::now());
         let inner = self.inner.locked();
@@ -236,6 +260,7 @@ impl Status {
             top_repositories: top,
             minutes: inner.minutes.iter().copied().collect(),
             tag_rules: inner.tag_rules.rows(),
+            warm: inner.warm.values().cloned().collect(),
             facts,
         }
     }

@@ -188,6 +188,10 @@ seed_all() {
     # image with one 24 MiB layer for the fault checks
     seed cookie "$HUB_HOST" library/cookiejar 1 --format docker --layer-mib 1
     seed fault "$NVCR_HOST" nvidia/fault 1 --format docker --layer-mib 24
+    # regcache warm's own image (the warm phase): nothing else pulls it
+    seed warmup "$HUB_HOST" library/warmup 1 --format docker --layer-mib 1 --layer-mib 2
+    # the e2e config's [[warm]] job keeps this one warm
+    seed kept "$HUB_HOST" library/kept 1 --format docker --layer-mib 1
     # one large random blob, no manifest: the coalescing check GETs it by digest
     head -c "$((BIG_MIB << 20))" /dev/urandom >"$W/images/big.bin"
     big=sha256:$(sha256sum "$W/images/big.bin" | cut -d' ' -f1)

@@ -188,8 +188,12 @@ pub async fn run(bound: Bound, shutdown: CancellationToken) {
         proxy,
         admin,
         config,
+        https_addrs,
         ..
     } = bound;
+    let (metrics, status) = (admin.metrics.clone(), admin.status.clone());
+    let https_addr = https_addrs.first().copied();
+    let warm = keep_warm(&config, https_addr, metrics, status, shutdown.clone());
     let dns = dns::serve(
         dns_handler,
         dns_udp,
@@ -202,7 +206,31 @@ pub async fn run(bound: Bound, shutdown: CancellationToken) {
         .collect();
     let https = proxy::serve(proxy, listeners, shutdown.clone(), GRACE);
     let admin = admin::serve(admin, admin_listener, shutdown.clone());
-    tokio::join!(dns, https, admin);
+    tokio::join!(dns, https, admin, warm);
+}
+
+/// The `[[warm]]` jobs, run against the appliance's own HTTPS listener until `shutdown`.
+async fn keep_warm(
+    config: &Config,
+    https: Option<std::net::SocketAddr>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) {
+    let (Some(https), false) = (https, config.warm.is_empty()) else {
+        return;
+    };
+    let roots = match crate::warm::roots(&config.state_dir.join("certs/ca.crt")) {
+        Ok(roots) => roots,
+        Err(e) => return warn!(error = %e, "[[warm]] jobs not started"),
+    };
+    let appliance = crate::warm::jobs::Appliance {
+        https,
+        roots,
+        metrics,
+        status,
+    };
+    crate::warm::jobs::run(config.warm.clone(), appliance, shutdown).await;
 }
 
 /// What DNS answers for `config`, with `default_ipv4` when `dns.answer_ipv4` is empty.
@@ -325,6 +353,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.dir", old.cache.dir == new.cache.dir);
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
+    check("warm", old.warm == new.warm);
     notes
 }
 

@@ -25,6 +25,7 @@ mod tag_regex;
 mod types;
 mod validate;
 mod values;
+mod warm;
 
 pub use credentials::{CredentialError, Credentials, Secret};
 pub use glob::{Glob, GlobError};
@@ -37,6 +38,7 @@ pub use types::{
     Registry, TlsConfig, UpstreamConfig,
 };
 pub use values::ValueError;
+pub use warm::WarmJob;
 
 use problem::line_of;
 use raw::RawConfig;

@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) log: RawLog,
     pub(super) registry: Option<Vec<RawRegistry>>,
+    #[serde(default)]
+    pub(super) warm: Vec<super::warm::RawWarm>,
 }
 
 #[derive(Deserialize, Default)]

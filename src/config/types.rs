@@ -30,6 +30,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Never empty; names and aliases are unique across the list.
     pub registries: Vec<Registry>,
+    /// `[[warm]]`: images the running appliance keeps warm.
+    pub warm: Vec<super::WarmJob>,
 }
 
 #[derive(Clone, Debug)]

@@ -125,6 +125,7 @@ impl<'a> Validator<'a> {
             limits,
             log,
             registry,
+            warm,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
@@ -152,6 +153,7 @@ impl<'a> Validator<'a> {
             http_listen: self.each("http.listen", &http.listen, parse_listen),
             access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
             registries,
+            warm: self.warm_jobs(warm),
         }
     }
 

@@ -199,3 +199,24 @@ label_values! {
     Rejected { Access => "access", Limit => "limit" }
     Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
 }
+
+/// A `[[warm]]` job (its number in the config, from 1), and how its run ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WarmLabels {
+    pub job: String,
+    /// "ok" or "failed".
+    pub result: String,
+}
+
+/// A `[[warm]]` job's objects: "fetched" from the upstream now, or "cached" already.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WarmObjectLabels {
+    pub job: String,
+    pub how: String,
+}
+
+/// A `[[warm]]` job alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WarmJobLabels {
+    pub job: String,
+}

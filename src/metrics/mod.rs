@@ -24,7 +24,7 @@ pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
     KindLabels, Listener, ListenerLabels, Reason, RegistryLabels, Rejected, RejectedLabels,
     Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer, TagRuleLabels,
-    UpstreamErrorLabels,
+    UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
@@ -69,6 +69,10 @@ pub struct Metrics {
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_rejected: Family<RejectedLabels, Counter>,
     pub connections_expired: Family<ExpiredLabels, Counter>,
+    /// `[[warm]]` runs by job and result, their objects and bytes.
+    pub warm_runs: Family<WarmLabels, Counter>,
+    pub warm_objects: Family<WarmObjectLabels, Counter>,
+    pub warm_bytes: Family<WarmJobLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +113,9 @@ impl Metrics {
             connections_open: Family::default(),
             connections_rejected: Family::default(),
             connections_expired: Family::default(),
+            warm_runs: Family::default(),
+            warm_objects: Family::default(),
+            warm_bytes: Family::default(),
         };
         let mut registry = std::mem::take(&mut m.registry);
         m.register(&mut registry);

@@ -16,6 +16,7 @@ impl Metrics {
         self.register_upstream(r);
         self.register_dns_tls(r);
         self.register_connections(r);
+        self.register_warm(r);
     }
 
     /// Client requests: `http_*`.
@@ -186,6 +187,26 @@ impl Metrics {
             "When the local CA expires (Unix time)",
             Unit::Seconds,
             self.ca_expiry.clone(),
+        );
+    }
+
+    /// `[[warm]]` jobs: `warm_*`.
+    fn register_warm(&self, r: &mut Registry) {
+        r.register(
+            "warm_runs",
+            "Runs of each [[warm]] job (numbered from 1 in the config), by result (ok, failed)",
+            self.warm_runs.clone(),
+        );
+        r.register(
+            "warm_objects",
+            "Objects a [[warm]] job went through, by how (fetched from the upstream, or cached)",
+            self.warm_objects.clone(),
+        );
+        r.register_with_unit(
+            "warm",
+            "Bytes a [[warm]] job received",
+            Unit::Bytes,
+            self.warm_bytes.clone(),
         );
     }
 }

@@ -61,6 +61,7 @@ use crate::sync::ReadWrite;
 use access_log::AccessLog;
 use upstream::Upstream;
 
+pub(crate) use error::chain;
 pub use error::Error;
 pub use listen::{serve, Listener};
 pub use offline::Policy;

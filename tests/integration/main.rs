@@ -18,3 +18,4 @@ mod rules;
 mod status_page;
 mod trust;
 mod upstream_proxy;
+mod warm;

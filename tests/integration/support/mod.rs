@@ -82,6 +82,8 @@ pub struct Appliance {
     pub ca_pem: String,
     pub log: SharedBuf,
     pub cache: std::sync::Arc<regcache::cache::Store>,
+    /// The configuration it was started with.
+    pub config: regcache::config::Config,
     pub state: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -103,6 +105,7 @@ impl Appliance {
             config.upstream.proxy = None;
         }
         let log = SharedBuf::default();
+        let started_with = config.clone();
         let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
             .await
             .expect("appliance starts");
@@ -120,6 +123,7 @@ impl Appliance {
             ca_pem,
             log,
             cache,
+            config: started_with,
             state,
             shutdown,
             task: Some(task),

@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# Phase warm: `regcache warm --via` a running appliance pulls images into its cache through the path a
+# client pull takes (Docker Hub's token service on its own host, the CDN redirect, an OCI index and its
+# platforms); a second run finds every object cached; a missing tag fails with its reason.
+PHASE_NEEDS=(appliance)
+
+warm_json() { # IMAGE...: regcache warm --json through the appliance, trusting its CA
+    app "$BIN" warm --config "$RC/config.toml" --via "https://$APP_IP" --ca "$W/regcache-ca.crt" --json "$@"
+}
+warm_fetches() {
+    local out
+    out=$(warm_json docker.io/library/warmup:1)
+    echo "$out"
+    jq -e 'length == 1 and .[0].error == null and .[0].fetched == 4 and .[0].cached == 0' <<<"$out" >/dev/null
+}
+warm_finds_it_cached() {
+    local out
+    out=$(warm_json docker.io/library/warmup:1)
+    echo "$out"
+    jq -e '.[0].error == null and .[0].fetched == 0 and .[0].cached == 4' <<<"$out" >/dev/null
+}
+warm_index_platforms() { # every platform of the OCI index: 1 index + 2 manifests + their blobs
+    local out
+    out=$(warm_json --all-platforms docker.io/library/alpine-ish:latest)
+    echo "$out"
+    jq -e '.[0].error == null and (.[0].fetched + .[0].cached) >= 5' <<<"$out" >/dev/null
+}
+warm_missing_fails() {
+    local out rc=0
+    out=$(warm_json ghcr.io/acme/tool:v1 ghcr.io/acme/tool:no-such-tag) || rc=$?
+    echo "exit $rc: $out"
+    [[ $rc != 0 ]] || { echo "exit 0 although an image failed"; return 1; }
+    jq -e '.[0].error == null and (.[1].error | test("404"))' <<<"$out" >/dev/null
+}
+
+warm_job_ran() { # the config's [[warm]] job warmed docker.io/library/kept:1 (manifest, config, layer)
+    local metrics i
+    for i in $(seq 1 30); do
+        metrics=$(app curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics")
+        grep -q '^regcache_warm_runs_total{job="1",result="ok"} 1' <<<"$metrics" && break
+        sleep 1
+    done
+    grep '^regcache_warm' <<<"$metrics"
+    grep -q '^regcache_warm_runs_total{job="1",result="ok"} 1' <<<"$metrics" &&
+        grep -q '^regcache_warm_objects_total{job="1",how="fetched"} 3' <<<"$metrics" &&
+        app curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/api/status" |
+        jq -e '.warm[0].ok == true and .warm[0].images == ["docker.io/library/kept:1"]' >/dev/null
+}
+
+phase_run() {
+    run_check "warm: the config's [[warm]] job ran at start (metrics per job, status page line)" warm_job_ran
+    run_check "warm: regcache warm --via fetches docker.io/library/warmup:1 (manifest, config, 2 layers)" warm_fetches
+    run_check "warm: a second run finds all 4 objects already cached" warm_finds_it_cached
+    run_check "warm: --all-platforms warms an OCI index and each platform's manifest and blobs" warm_index_platforms
+    run_check "warm: a missing tag fails with the registry's 404 and a non-zero exit; the other image is warmed" warm_missing_fails
+}
+
