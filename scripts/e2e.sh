@@ -20,6 +20,7 @@
 #   mirror       the plain-HTTP mirror (dockerd registry-mirrors, ctr hosts.toml)
 #   onboarding   scripts/client-setup.sh                             offline  every upstream stopped; access log
 #   credentials  the appliance's own credentials with SIGHUP; /metrics with promtool
+#   warm         regcache warm --via the appliance; the config's [[warm]] job (issue 13)
 #   faults       reset, kill -9, full disk, idle connections, SIGTERM (issue 9)
 #   compose      docker-compose.yml with the image of scripts/docker-image.sh
 #   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy, issue 13)

@@ -2,7 +2,7 @@
 # Phase warm: `regcache warm --via` a running appliance pulls images into its cache through the path a
 # client pull takes (Docker Hub's token service on its own host, the CDN redirect, an OCI index and its
 # platforms); a second run finds every object cached; a missing tag fails with its reason.
-PHASE_NEEDS=(appliance)
+PHASE_NEEDS=(appliance upstreams)
 
 warm_json() { # IMAGE...: regcache warm --json through the appliance, trusting its CA
     app "$BIN" warm --config "$RC/config.toml" --via "https://$APP_IP" --ca "$W/regcache-ca.crt" --json "$@"
