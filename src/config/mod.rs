@@ -5,7 +5,8 @@
 //! - `types`: the validated [`Config`] and its per-subsystem types;
 //! - `validate`: raw → validated, every problem recorded with its line (listeners, DNS, log);
 //! - `limits`: the `[cache]` and `[limits]` tables; `registry`: the `[[registry]]` list and the
-//!   embedded default one; `credentials`: password files, Docker `config.json`, [`Secret`];
+//!   embedded default one; `mirrors`: a registry's verified fallback sources; `credentials`:
+//!   password files, Docker `config.json`, [`Secret`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 mod credentials;
 mod limits;
+mod mirrors;
 mod problem;
 mod raw;
 mod registry;
@@ -21,6 +23,7 @@ mod validate;
 mod values;
 
 pub use credentials::{CredentialError, Credentials, Secret};
+pub use mirrors::Mirrors;
 pub use problem::{Error, Problem, Source};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,

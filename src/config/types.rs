@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::Credentials;
+use super::{Credentials, Mirrors};
 use crate::access::AccessList;
 use crate::names::NamePattern;
 
@@ -155,6 +155,8 @@ pub struct Registry {
     pub upstream: Uri,
     /// The appliance's own credentials for this registry, used for clients that send none.
     pub credentials: Option<Credentials>,
+    /// Verified fallback sources for objects by digest (`mirrors`, see `mirrors.rs`).
+    pub mirrors: Mirrors,
 }
 
 impl Registry {

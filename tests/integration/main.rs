@@ -7,6 +7,7 @@ mod support;
 mod binary;
 mod cache;
 mod dns;
+mod fallback;
 mod listeners;
 mod metrics;
 mod mirror;

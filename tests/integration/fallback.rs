@@ -1,0 +1,177 @@
+//! A registry's `mirrors`: objects by digest fetched from a second fake registry when the primary
+//! throttles blob GETs (or first, with `mirrors_first`), served only verified and only to clients
+//! the primary admits; wrong bytes refused, never stored, counted per mirror.
+
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
+use regcache::cache::Digest;
+
+use crate::metrics::{scrape, value};
+use crate::support::registry::{blob, blob2, digest_of, secret, Registry, TOKEN};
+use crate::support::World;
+
+const HUB: &str = "registry-1.docker.io";
+
+fn mirrors(first: bool) -> impl FnOnce(u16) -> String {
+    move |port| format!("mirrors = [\"https://registry.test:{port}\"]\nmirrors_first = {first}")
+}
+
+/// `library/small` serves blob2 itself; blob (`library/small` too) is redirected to a CDN host.
+fn small(data: &[u8]) -> String {
+    format!("/v2/library/small/blobs/{}", digest_of(data))
+}
+
+fn stored(w: &World, data: &[u8]) -> bool {
+    w.app
+        .cache
+        .contains(&Digest::parse(&digest_of(data)).unwrap())
+}
+
+async fn mirror_count(w: &World, mirror: &Registry, result: &str) -> f64 {
+    let text = scrape(w.app.admin).await;
+    let port = mirror.addr.port();
+    let line = format!(
+        "regcache_mirror_fetches_total{{mirror=\"registry.test:{port}\",result=\"{result}\"}}"
+    );
+    value(&text, &line)
+}
+
+#[tokio::test]
+async fn a_primary_that_throttles_blob_gets_is_served_from_the_mirror() {
+    let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    for data in [blob2(), blob()] {
+        let resp = w.app.get(HUB, &small(&data), &[]).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.body());
+        assert!(resp.body() == &data, "the object's own bytes");
+        assert_eq!(resp.headers()["x-cache"], "MISS");
+        assert!(stored(&w, &data), "stored once verified");
+        assert_eq!(mirror.count("GET", &small(&data)), 1);
+    }
+    // The CDN hop of the mirror's redirect was followed (and of the primary's check).
+    assert!(!mirror.seen("/blobs/").is_empty());
+    let again = w.app.get(HUB, &small(&blob2()), &[]).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(mirror.count("GET", &small(&blob2())), 1, "no second fetch");
+    assert_eq!(mirror_count(&w, &mirror, "verified").await, 2.0);
+    let asked = mirror.seen("/v2/library/small/blobs/");
+    assert!(
+        asked
+            .iter()
+            .all(|s| !s.headers.contains_key("authorization")),
+        "mirrors are asked anonymously"
+    );
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mirror_serving_wrong_bytes_is_refused_not_stored_and_counted() {
+    let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    mirror.faults.corrupt.store(true, Ordering::SeqCst);
+    let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the primary's own answer"
+    );
+    assert!(resp.body().is_empty(), "not a byte of the mirror's");
+    assert!(!stored(&w, &blob2()));
+    assert_eq!(mirror.count("GET", &small(&blob2())), 1);
+    assert_eq!(mirror_count(&w, &mirror, "mismatch").await, 1.0);
+    let text = scrape(w.app.admin).await;
+    assert_eq!(value(&text, "regcache_cache_digest_mismatches_total"), 1.0);
+    // Fixed, the mirror serves the next request.
+    mirror.faults.corrupt.store(false, Ordering::SeqCst);
+    let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
+    assert!(resp.status() == StatusCode::OK && resp.body() == &blob2());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn mirrors_first_asks_the_mirror_before_the_primary() {
+    let (w, mirror) = World::start_mirrored("", mirrors(true)).await;
+    let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
+    assert!(resp.status() == StatusCode::OK && resp.body() == &blob2());
+    assert_eq!(mirror.count("GET", &small(&blob2())), 1);
+    assert_eq!(
+        w.registry.count("GET", &small(&blob2())),
+        0,
+        "no GET upstream"
+    );
+    assert_eq!(
+        w.registry.count("HEAD", &small(&blob2())),
+        1,
+        "the primary's check admitted the client"
+    );
+    // A mirror with wrong bytes: the primary's object, passed through, not stored.
+    mirror.faults.corrupt.store(true, Ordering::SeqCst);
+    let resp = w.app.get(HUB, &small(&blob()), &[]).await;
+    assert!(resp.status() == StatusCode::OK && resp.body() == &blob());
+    assert!(!stored(&w, &blob()));
+    assert_eq!(mirror_count(&w, &mirror, "mismatch").await, 1.0);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_repository_is_not_opened_by_a_mirror() {
+    let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
+    let private = format!("/v2/private/app/blobs/{}", digest_of(&secret()));
+    // The mirror holds a copy and serves it to anyone; the primary throttles blob GETs.
+    mirror.faults.open.store(true, Ordering::SeqCst);
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    let anonymous = w.app.get(HUB, &private, &[]).await;
+    assert_ne!(anonymous.status(), StatusCode::OK);
+    assert!(anonymous.body() != &secret());
+    assert!(!stored(&w, &secret()), "not stored for a refused client");
+    let owner = w.app.get(HUB, &private, &[("authorization", TOKEN)]).await;
+    assert_eq!(
+        owner.status(),
+        StatusCode::OK,
+        "the primary admits the owner"
+    );
+    assert!(owner.body() == &secret());
+    assert!(mirror.count("GET", &private) >= 2, "the mirror was asked");
+    assert_eq!(
+        mirror.faults.credentialed.load(Ordering::SeqCst),
+        0,
+        "the client's credentials never go to a mirror"
+    );
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn while_the_primary_is_down_a_mirror_serves_no_one_new() {
+    let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
+    mirror.faults.open.store(true, Ordering::SeqCst);
+    // The owner's access to the repository is established (another blob of it).
+    let other = format!("/v2/private/app/blobs/{}", digest_of(&blob()));
+    let owner = [("authorization", TOKEN)];
+    assert_eq!(
+        w.app.get(HUB, &other, &owner).await.status(),
+        StatusCode::OK
+    );
+    w.registry.down.store(true, Ordering::SeqCst);
+    let private = format!("/v2/private/app/blobs/{}", digest_of(&secret()));
+    let anonymous = w.app.get(HUB, &private, &[]).await;
+    assert_ne!(anonymous.status(), StatusCode::OK, "no established access");
+    assert!(anonymous.body() != &secret());
+    // Nor a digest the primary never confirmed in this repository, even to its owner.
+    let resp = w.app.get(HUB, &private, &owner).await;
+    assert_ne!(resp.status(), StatusCode::OK);
+    assert!(resp.body() != &secret());
+    assert!(!stored(&w, &secret()));
+    // What the offline rule serves is in the store already.
+    assert!(w.app.get(HUB, &other, &owner).await.body() == &blob());
+    w.app.stop().await;
+}
