@@ -22,22 +22,25 @@
 //! # Never served to a client the primary would refuse
 //! A mirror is asked anonymously (none of the client's headers but Accept and User-Agent; a
 //! Bearer challenge is answered with an anonymous token) at the primary's path
-//! (`/v2/<repo>/blobs/<digest>`). Its answer says nothing about who may read what: the object is
-//! served only to a client that [`Proxy::authorize`] admits, with the evidence it always needs,
-//! and that evidence comes from the primary alone:
+//! (`/v2/<repo>/blobs/<digest>`). Its answer says nothing about who may read what, nor about which
+//! repository holds which digest: the object is served only to a client that [`Proxy::authorize`]
+//! admits, on the evidence it always needs, and that evidence comes from the primary alone:
 //! - the primary's own check (a HEAD with the client's credentials, along its redirects) shows
 //!   this repository serving this digest to this client (a registry that throttles GETs still
 //!   answers HEADs: Docker Hub's pull quota counts GETs only); or
-//! - the primary cannot answer, and the offline rule (`offline.rs`) admits this client to this
-//!   repository **and** the primary confirmed earlier that this repository holds this digest.
-//!   That confirmation is recorded only with a stored object, so while the primary is wholly
-//!   down a mirror adds nothing: what the offline rule serves is already in the store.
+//! - the client's access to the repository is remembered (or, the primary unable to answer, the
+//!   offline rule of `offline.rs` admits it: public within `offline_auth_window`, or this
+//!   credential served within it and the primary failing the appliance's own clean request), **and**
+//!   the primary said that this repository holds this digest: the object's recorded refs, or a
+//!   manifest of this repository in the store (fetched from the primary for it, verified) that lists
+//!   the digest as a part (`evidence.rs`).
 //!
 //! So a mirror never widens who is served, nor which digests a repository unlocks: a client
-//! without established access gets nothing from a mirror while the primary is down, and a
-//! private repository answers its refusal (401) as it would without mirrors. The mirror is
-//! asked before the primary's check (its Content-Length is the evidence a CDN hop of the check
-//! needs), but its body is read only after the check admitted the client.
+//! without established access gets nothing from a mirror while the primary is down, a digest no
+//! manifest of the repository lists is not served through it, and a private repository answers
+//! its refusal (401) as it would without mirrors. The mirror is asked before the primary's check
+//! (its Content-Length is the evidence a CDN hop of the check needs), but its body is read only
+//! once the client was admitted.
 
 use std::sync::Arc;
 
@@ -58,6 +61,7 @@ use super::{Body, Error, Proxy};
 use crate::cache::FillWriter;
 use crate::metrics::MirrorResult;
 
+mod evidence;
 mod fill;
 
 use fill::MirrorFill;
@@ -97,7 +101,7 @@ impl Proxy {
             size: content_length(answer.resp.headers()),
             ..Expect::default()
         };
-        let confirmed = (self.cache).has_ref(&digest, &out.route.host, repo);
+        let confirmed = self.repo_holds(&out.route.host, repo, &digest).await;
         if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
             writer.decline();
             return Ok(refused);

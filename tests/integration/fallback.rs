@@ -151,12 +151,31 @@ async fn a_private_repository_is_not_opened_by_a_mirror() {
 }
 
 #[tokio::test]
-async fn while_the_primary_is_down_a_mirror_serves_no_one_new() {
+async fn while_the_primary_is_down_a_mirror_serves_established_clients_what_their_manifests_list() {
     let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
     mirror.faults.open.store(true, Ordering::SeqCst);
-    // The owner's access to the repository is established (another blob of it).
-    let other = format!("/v2/private/app/blobs/{}", digest_of(&blob()));
+    // Established: anyone pulled library/small:1, whose manifest lists blob (not stored).
+    let tag = w.app.get(HUB, "/v2/library/small/manifests/1", &[]).await;
+    assert_eq!(tag.status(), StatusCode::OK);
+    w.registry.down.store(true, Ordering::SeqCst);
+    let listed = w.app.get(HUB, &small(&blob()), &[]).await;
+    assert_eq!(listed.status(), StatusCode::OK, "{:?}", listed.body());
+    assert!(
+        listed.body() == &blob(),
+        "a layer the repository's manifest lists"
+    );
+    assert!(stored(&w, &blob()));
+    let unlisted = w.app.get(HUB, &small(&blob2()), &[]).await;
+    assert_ne!(
+        unlisted.status(),
+        StatusCode::OK,
+        "no manifest of it lists blob2"
+    );
+    assert!(!stored(&w, &blob2()));
+    // The owner reads private/app (blob, now confirmed there too); then the primary goes down.
+    w.registry.down.store(false, Ordering::SeqCst);
     let owner = [("authorization", TOKEN)];
+    let other = format!("/v2/private/app/blobs/{}", digest_of(&blob()));
     assert_eq!(
         w.app.get(HUB, &other, &owner).await.status(),
         StatusCode::OK
@@ -166,12 +185,16 @@ async fn while_the_primary_is_down_a_mirror_serves_no_one_new() {
     let anonymous = w.app.get(HUB, &private, &[]).await;
     assert_ne!(anonymous.status(), StatusCode::OK, "no established access");
     assert!(anonymous.body() != &secret());
-    // Nor a digest the primary never confirmed in this repository, even to its owner.
     let resp = w.app.get(HUB, &private, &owner).await;
-    assert_ne!(resp.status(), StatusCode::OK);
-    assert!(resp.body() != &secret());
+    assert_ne!(
+        resp.status(),
+        StatusCode::OK,
+        "nothing says private/app holds it"
+    );
     assert!(!stored(&w, &secret()));
-    // What the offline rule serves is in the store already.
-    assert!(w.app.get(HUB, &other, &owner).await.body() == &blob());
+    assert!(
+        w.app.get(HUB, &other, &owner).await.body() == &blob(),
+        "the offline rule"
+    );
     w.app.stop().await;
 }
