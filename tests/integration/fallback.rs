@@ -8,7 +8,7 @@ use http::StatusCode;
 use regcache::cache::Digest;
 
 use crate::metrics::{scrape, value};
-use crate::support::registry::{blob, blob2, digest_of, secret, Registry, TOKEN};
+use crate::support::registry::{big, blob, blob2, digest_of, secret, Registry, TOKEN};
 use crate::support::World;
 
 const HUB: &str = "registry-1.docker.io";
@@ -196,5 +196,48 @@ async fn while_the_primary_is_down_a_mirror_serves_established_clients_what_thei
         w.app.get(HUB, &other, &owner).await.body() == &blob(),
         "the offline rule"
     );
+    w.app.stop().await;
+}
+
+/// Two clients, the second joining the first's mirror fill (the mirror sends big slowly).
+async fn two_pulls(w: &World, path: &str) -> [Result<http::Response<bytes::Bytes>, String>; 2] {
+    let get = || crate::support::build("GET", HUB, path, &[], bytes::Bytes::new());
+    let first = w.app.try_request(HUB, get());
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        w.app.try_request(HUB, get()).await
+    };
+    let (a, b) = tokio::join!(first, second);
+    [a, b]
+}
+
+#[tokio::test]
+async fn clients_joining_a_mirror_fill_get_verified_bytes_or_none() {
+    let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/big/blobs/{}", digest_of(&big()));
+    mirror.faults.corrupt.store(true, Ordering::SeqCst);
+    for resp in two_pulls(&w, &path).await {
+        let served = resp.is_ok_and(|r| r.status() == StatusCode::OK || !r.body().is_empty());
+        assert!(!served, "not a byte of the mirror's wrong object");
+    }
+    assert!(!stored(&w, &big()));
+    mirror.faults.corrupt.store(false, Ordering::SeqCst);
+    let before = mirror.count("GET", &path);
+    let mut outcomes = Vec::new();
+    for resp in two_pulls(&w, &path).await {
+        let resp = resp.expect("a whole body");
+        assert!(resp.status() == StatusCode::OK && resp.body() == &big());
+        outcomes.push(resp.headers()["x-cache"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        outcomes,
+        ["MISS", "JOIN"],
+        "the second joined the mirror fill"
+    );
+    assert_eq!(mirror.count("GET", &path) - before, 1, "one fetch for both");
     w.app.stop().await;
 }
