@@ -31,10 +31,11 @@ as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 # docker.io: dockerd for the e2e clients and the compose bring-up (docker-compose); containerd: ctr;
 # docker-registry: the real upstream registries; dnsmasq-base: the upstream resolver; dnsutils: dig;
 # python3: the e2e token and CDN servers; prometheus: promtool for the /metrics tests; libcap2-bin:
-# setcap for scripts/docker-image.sh; chromium: renders the status page in its test.
+# setcap for scripts/docker-image.sh; chromium: renders the status page in its test; tinyproxy: the
+# corporate proxy of the e2e phase corporate-proxy.
 PACKAGES=(docker.io containerd docker-compose skopeo podman docker-registry dnsmasq-base dnsutils iproute2
     openssl curl ca-certificates jq python3 procps uidmap prometheus libcap2-bin iptables
-    chromium fonts-dejavu-core)
+    chromium fonts-dejavu-core tinyproxy)
 
 install_packages() {
     step "install Debian packages"

@@ -31,6 +31,15 @@ impl ConfigArg {
     }
 }
 
+/// How a command prints; flattened into every command that has `--json` (and meant for `warm`).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct OutputArg {
+    /// Print one JSON document on stdout instead of text, and no progress line; on failure too
+    /// (then with a non-zero exit). Field names: README, "Command line".
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A path, possibly empty: clap's own path parser refuses an empty value, and an empty
 /// `$REGCACHE_CONFIG` is "not set", not an error.
 #[derive(Clone, Debug)]
@@ -85,6 +94,8 @@ pub enum CacheCommand {
     Ls {
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        output: OutputArg,
         /// Only objects referenced from this registry (e.g. registry-1.docker.io).
         #[arg(long)]
         registry: Option<String>,
@@ -93,7 +104,12 @@ pub enum CacheCommand {
         repo: Option<String>,
     },
     /// Show how much the cache holds against cache.max_size.
-    Du(ConfigArg),
+    Du {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Remove objects (and the tags that point at them).
     #[command(group = clap::ArgGroup::new("what").required(true))]
     Purge {
@@ -109,8 +125,34 @@ pub enum CacheCommand {
         #[arg(long, group = "what")]
         all: bool,
     },
-    /// Re-hash every object; report and drop those whose size or hash is wrong.
-    Verify(ConfigArg),
+    /// Re-hash every object; report and drop those whose size or hash is wrong (exit 65 when
+    /// any was).
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+impl CacheCommand {
+    /// The `--config` of any `cache` command.
+    pub fn config(&self) -> &ConfigArg {
+        match self {
+            Self::Ls { config, .. } | Self::Du { config, .. } => config,
+            Self::Purge { config, .. } | Self::Verify { config, .. } => config,
+        }
+    }
+
+    /// How it prints (`purge` has no `--json`).
+    pub fn output(&self) -> OutputArg {
+        match self {
+            Self::Ls { output, .. } | Self::Du { output, .. } | Self::Verify { output, .. } => {
+                *output
+            }
+            Self::Purge { .. } => OutputArg::default(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,7 +201,12 @@ pub enum CaCommand {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate the configuration: each error with file:line and why; exit 64 on error.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Print the embedded default configuration, commented.
     Default,
 }

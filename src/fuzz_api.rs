@@ -253,14 +253,22 @@ struct SchemaVersion {
     v: u64,
 }
 
-/// Config text → validated config. Checks: every problem names a line of the text and says why.
+/// Config text → validated config. Checks: every problem names a line of the text and says why;
+/// the freshness rules of a valid one match the text as a tag without panicking.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let lines = text.lines().count().max(1) + 1;
     match config::parse(text, Source::Embedded) {
-        Ok(config) => assert!(!config.registries.is_empty()),
+        Ok(config) => {
+            assert!(!config.registries.is_empty());
+            // Freshness rules match any text without panicking (a tag is at most 128 characters).
+            let tag: String = text.chars().take(128).collect();
+            for rule in &config.cache.rules {
+                rule.covers(["docker.io"].into_iter(), "library/x", &tag);
+            }
+        }
         Err(config::Error::Invalid { problems, .. }) => {
             assert!(!problems.is_empty());
             for p in problems {

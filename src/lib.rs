@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: raw TOML (`raw`) → validated [`config::Config`] (`types`): `validate`, `limits`,
-//!   `registry` (and the embedded default list), `credentials`, `values`; `problem` prints each
+//!   `registry` (and the embedded default list), `credentials`, `values`, `rules`
+//!   (`[[cache.rule]]`, with its matchers `glob` and `tag_regex`); `problem` prints each
 //!   problem as `file:line: why`.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the hickory request handler: intercept table and forwarding.
@@ -24,14 +25,16 @@
 //!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
 //! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text
 //!   (`register`), the Prometheus text format (`text`); encoded at `/metrics`.
-//! - [`status`]: the status page's figures (`/`, `/api/status`).
+//! - [`status`]: the status page's figures (`/`, `/api/status`), with each freshness rule's
+//!   tag counts (`tag_rules`).
 //! - [`conn`]: connection bounds shared by the TCP listeners: `slots` (the cap; the idlest gives
 //!   way and its slot is handed over once it closes), `activity` (first-byte, idle and stall
 //!   timeouts), `io` (the IO wrapper and body guard that feed them).
 //! - [`access`], [`names`]: leaves shared by DNS, CA and proxy (who is served; which names are
 //!   ours), so that those three cannot disagree.
 //! - [`install`]: `regcache ca install|uninstall` for docker, containerd, podman, the system store.
-//! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people.
+//! - [`maintenance`]: `regcache cache …` (list, usage, purge, verify) printed for people or as JSON;
+//!   [`output`]: `--json` documents and the JSON error object; [`progress`]: the live progress line.
 //! - [`cli`]: clap definitions only (`--config` also from `$REGCACHE_CONFIG`).
 //! - [`sync`]: lock helpers that recover from poisoning (`m.locked()`).
 #![forbid(unsafe_code)]
@@ -51,6 +54,8 @@ pub mod install;
 pub mod maintenance;
 pub mod metrics;
 pub mod names;
+pub mod output;
+pub mod progress;
 pub mod proxy;
 pub mod status;
 pub mod sync;

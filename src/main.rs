@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use regcache::ca::Ca;
-use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand};
+use regcache::cli::{CaCommand, CacheCommand, Cli, Command, ConfigArg, ConfigCommand, OutputArg};
 use regcache::config::{self, Config, LogConfig, LogFormat};
 use regcache::install::{self, Runtime};
+use regcache::output::{self, Format};
 use regcache::{app, maintenance, proxy::access_log::AccessLog};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,8 @@ use tracing_subscriber::{fmt, reload};
 
 /// sysexits.h EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
+/// sysexits.h EX_DATAERR: `cache verify` found (and dropped) bad objects.
+const EXIT_BAD_OBJECTS: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,8 +37,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Config {
-            command: ConfigCommand::Check(arg),
-        } => check(&arg),
+            command: ConfigCommand::Check { config, output },
+        } => check(&config, output),
         Command::Ca { command } => ca(command),
         Command::Serve(arg) => {
             let path = config::locate(arg.file());
@@ -43,21 +46,31 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck { config, admin } => match admin {
             Some(admin) => healthcheck(admin),
-            None => match load(&config) {
+            None => match load(&config, Format::Human) {
                 Ok(config) => healthcheck(loopback_if_wildcard(config.admin.listen)),
                 Err(code) => code,
             },
         },
-        Command::Cache { command } => {
-            let arg = match &command {
-                CacheCommand::Ls { config, .. } | CacheCommand::Purge { config, .. } => config,
-                CacheCommand::Du(config) | CacheCommand::Verify(config) => config,
-            };
-            with_config(&arg.clone(), |config| {
-                print!("{}", maintenance::run(&config, &command)?);
-                Ok(())
-            })
+        Command::Cache { command } => cache(&command),
+    }
+}
+
+/// `regcache cache …`: exit 65 when verify found bad objects.
+fn cache(command: &CacheCommand) -> ExitCode {
+    let format = Format::from_flag(command.output().json);
+    let config = match load(command.config(), format) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match maintenance::run(&config, command) {
+        Ok(outcome) => {
+            print!("{}", outcome.text);
+            match outcome.found_bad {
+                true => ExitCode::from(EXIT_BAD_OBJECTS),
+                false => ExitCode::SUCCESS,
+            }
         }
+        Err(e) => failed(&e, format),
     }
 }
 
@@ -110,43 +123,92 @@ fn ca(command: CaCommand) -> ExitCode {
     }
 }
 
-fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
+/// The configuration, or exit 64 with its problems on stderr (and as a JSON error on stdout).
+fn load(arg: &ConfigArg, format: Format) -> Result<Config, ExitCode> {
     let path = config::locate(arg.file());
     config::load(path.as_deref()).map_err(|e| {
         eprintln!("{e}");
+        if format == Format::Json {
+            print!(
+                "{}",
+                output::error_json("invalid configuration", e.located())
+            );
+        }
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
-fn check(arg: &ConfigArg) -> ExitCode {
+/// `config check [--json]`: exit 0 when it loads, 64 with every problem otherwise.
+fn check(arg: &ConfigArg, out: OutputArg) -> ExitCode {
+    #[derive(serde::Serialize)]
+    struct Checked {
+        ok: bool,
+        file: String,
+        registries: usize,
+        names: usize,
+        /// `upstream.proxy`, its password masked.
+        upstream_proxy: Option<String>,
+        no_proxy: Vec<String>,
+        problems: Vec<config::Located>,
+    }
     let path = config::locate(arg.file());
-    let source = path
-        .as_ref()
-        .map_or("<embedded default>".to_owned(), |p| p.display().to_string());
-    match load(arg) {
-        Ok(config) => {
-            println!(
-                "{source}: OK ({} registries, {} names)",
-                config.registries.len(),
-                config.patterns().len()
-            );
-            ExitCode::SUCCESS
+    let file = (path.as_ref()).map_or("<embedded default>".to_owned(), |p| p.display().to_string());
+    let (loaded, problems) = match config::load(path.as_deref()) {
+        Ok(config) => (Some(config), vec![]),
+        Err(e) => {
+            eprintln!("{e}");
+            (None, e.located())
         }
-        Err(code) => code,
+    };
+    let counts = (loaded.as_ref()).map_or((0, 0), |c| (c.registries.len(), c.patterns().len()));
+    let upstream = loaded.as_ref().map(|c| &c.upstream);
+    let checked = Checked {
+        ok: loaded.is_some(),
+        file,
+        registries: counts.0,
+        names: counts.1,
+        // Display masks the password.
+        upstream_proxy: upstream
+            .and_then(|u| u.proxy.as_ref())
+            .map(|p| p.to_string()),
+        no_proxy: upstream.map(|u| u.no_proxy.clone()).unwrap_or_default(),
+        problems,
+    };
+    let human = |c: &Checked| match (c.ok, &c.upstream_proxy) {
+        (true, None) => format!(
+            "{}: OK ({} registries, {} names)\n",
+            c.file, c.registries, c.names
+        ),
+        (true, Some(proxy)) => format!(
+            "{}: OK ({} registries, {} names)\nupstream.proxy: {proxy} (no_proxy: {:?})\n",
+            c.file, c.registries, c.names, c.no_proxy
+        ),
+        (false, _) => String::new(),
+    };
+    print!("{}", Format::from_flag(out.json).render(&checked, human));
+    match checked.ok {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(EXIT_CONFIG),
     }
 }
 
+/// A command failed: `error: …` on stderr, and the JSON error object on stdout under `--json`.
+fn failed(e: &anyhow::Error, format: Format) -> ExitCode {
+    eprintln!("error: {e:#}");
+    if format == Format::Json {
+        print!("{}", output::error_json(format!("{e:#}"), vec![]));
+    }
+    ExitCode::FAILURE
+}
+
 fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
-    let config = match load(arg) {
+    let config = match load(arg, Format::Human) {
         Ok(config) => config,
         Err(code) => return code,
     };
     match f(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&e, Format::Human),
     }
 }
 

@@ -1,57 +1,66 @@
-//! `regcache cache …`: the store's maintenance operations, printed for people.
+//! `regcache cache …`: the store's maintenance operations, printed for people or as one JSON
+//! document (`--json`; the reports and their field names are in `report.rs`), with a progress
+//! line on a terminal for the long ones (verify, purge).
 
-use std::time::SystemTime;
+mod report;
+
+use std::collections::HashSet;
 
 use anyhow::{bail, Context as _};
 
 use crate::cache::{Digest, ObjectInfo, Store};
 use crate::cli::CacheCommand;
 use crate::config::Config;
+use crate::output::Format;
+use crate::progress::Progress;
+pub use report::{Listing, Usage, Verified};
 
-/// Runs one `regcache cache` command; returns the text to print.
-pub fn run(config: &Config, command: &CacheCommand) -> anyhow::Result<String> {
+/// What a command printed, and whether it found something wrong (verify's bad objects).
+#[derive(Debug)]
+pub struct Outcome {
+    pub text: String,
+    pub found_bad: bool,
+}
+
+/// Runs one `regcache cache` command.
+pub fn run(config: &Config, command: &CacheCommand) -> anyhow::Result<Outcome> {
     let dir = &config.cache.dir;
     let store = Store::open_for_maintenance(dir)
         .with_context(|| format!("cannot open the cache in {} (cache.dir)", dir.display()))?;
+    let format = Format::from_flag(command.output().json);
+    let text = |text: String| Outcome {
+        text,
+        found_bad: false,
+    };
     Ok(match command {
-        CacheCommand::Ls { registry, repo, .. } => ls(&store, registry.as_deref(), repo.as_deref()),
-        CacheCommand::Du(_) => du(&store, config),
+        CacheCommand::Ls { registry, repo, .. } => {
+            text(ls(&store, registry.as_deref(), repo.as_deref(), format))
+        }
+        CacheCommand::Du { .. } => text(du(&store, config, format)),
         CacheCommand::Purge {
             repo, digest, all, ..
-        } => purge(&store, repo.as_deref(), digest.as_deref(), *all)?,
-        CacheCommand::Verify(_) => verify(&store),
+        } => text(purge(&store, repo.as_deref(), digest.as_deref(), *all)?),
+        CacheCommand::Verify { .. } => verify(&store, format),
     })
 }
 
-/// `cache ls`: one line per object referenced by `registry`/`repo` (all when neither), a total.
-fn ls(store: &Store, registry: Option<&str>, repo: Option<&str>) -> String {
+/// `cache ls`: the objects referenced by `registry`/`repo` (all when neither), and a total.
+fn ls(store: &Store, registry: Option<&str>, repo: Option<&str>, format: Format) -> String {
     let listed: Vec<ObjectInfo> = (store.list().into_iter())
         .filter(|o| referenced(o, registry, repo))
         .collect();
-    let mut out: String = listed.iter().map(line).collect();
-    let bytes: u64 = listed.iter().map(|o| o.size).sum();
-    out.push_str(&format!("{} objects, {}\n", listed.len(), human(bytes)));
-    out
+    format.render(&Listing::of(&listed), report::listing_text)
 }
 
-/// `cache du`: objects and bytes against `cache.max_size`.
-fn du(store: &Store, config: &Config) -> String {
-    let (objects, bytes) = store.usage();
-    let max = config.cache.max_size;
-    let pct = if max == 0 {
-        0.0
-    } else {
-        bytes as f64 * 100.0 / max as f64
-    };
-    format!(
-        "{objects} objects, {} of {} ({pct:.1}%) in {}\n",
-        human(bytes),
-        human(max),
-        config.cache.dir.display()
-    )
+/// `cache du`: objects and bytes against `cache.max_size`, and per registry.
+fn du(store: &Store, config: &Config, format: Format) -> String {
+    let dir = config.cache.dir.display().to_string();
+    let usage = Usage::of(dir, store.usage(), config.cache.max_size, &store.list());
+    format.render(&usage, report::usage_text)
 }
 
-/// `cache purge`: by repository pattern, by digest, or everything.
+/// `cache purge`: by repository pattern, by digest, or everything (objects and the tags that
+/// point at them).
 fn purge(
     store: &Store,
     repo: Option<&str>,
@@ -59,33 +68,48 @@ fn purge(
     all: bool,
 ) -> anyhow::Result<String> {
     let (n, bytes) = match (repo, digest, all) {
-        (Some(pattern), _, _) => store.purge(|o| referenced(o, None, Some(pattern))),
+        (Some(pattern), _, _) => purge_shown(store, |o| referenced(o, None, Some(pattern))),
         (_, Some(d), _) => {
             let Some(d) = Digest::parse(d) else {
                 bail!("--digest {d:?}: expected sha256: and 64 lower-case hex digits");
             };
-            store.purge(|o| o.digest == d)
+            purge_shown(store, |o| o.digest == d)
         }
-        (_, _, true) => store.purge(|_| true),
+        (_, _, true) => purge_shown(store, |_| true),
         _ => bail!("say what to purge: --repo, --digest or --all"),
     };
     Ok(format!("purged {n} objects, {}\n", human(bytes)))
 }
 
-/// `cache verify`: re-hash every object, drop the bad ones.
-fn verify(store: &Store) -> String {
-    let report = store.verify();
-    let mut out = String::new();
-    for (digest, why) in &report.dropped {
-        out.push_str(&format!("bad {digest}: {why}; dropped\n"));
+/// Purges what `select` picks in about a hundred batches, showing progress between them.
+fn purge_shown(store: &Store, select: impl Fn(&ObjectInfo) -> bool) -> (usize, u64) {
+    let chosen: Vec<ObjectInfo> = store.list().into_iter().filter(|o| select(o)).collect();
+    let bytes = chosen.iter().map(|o| o.size).sum();
+    let mut progress = Progress::stderr("purge", chosen.len() as u64, bytes, true);
+    let mut purged = (0, 0);
+    for batch in chosen.chunks((chosen.len() / 100).max(64)) {
+        let digests: HashSet<&Digest> = batch.iter().map(|o| &o.digest).collect();
+        let (n, b) = store.purge(|o| digests.contains(&o.digest));
+        progress.advance(n as u64, b);
+        purged = (purged.0 + n, purged.1 + b);
     }
-    out.push_str(&format!(
-        "verified {} objects, {}: {} bad, dropped\n",
-        report.checked,
-        human(report.bytes),
-        report.dropped.len()
-    ));
-    out
+    purged
+}
+
+/// `cache verify`: re-hash every object, drop the bad ones; `found_bad` when there were any.
+fn verify(store: &Store, format: Format) -> Outcome {
+    let (objects, bytes) = store.usage();
+    let mut progress = Progress::stderr("verify", objects as u64, bytes, format.allows_progress());
+    let mut verified = Verified::default();
+    store.verify_each(|o, problem| {
+        verified.add(o, problem);
+        progress.advance(1, o.size);
+    });
+    drop(progress);
+    Outcome {
+        found_bad: verified.summary.bad > 0,
+        text: format.render(&verified, report::verified_text),
+    }
 }
 
 fn referenced(o: &ObjectInfo, registry: Option<&str>, repo: Option<&str>) -> bool {
@@ -95,30 +119,6 @@ fn referenced(o: &ObjectInfo, registry: Option<&str>, repo: Option<&str>) -> boo
     o.refs.iter().any(|(r, p)| {
         registry.is_none_or(|want| want == r) && repo.is_none_or(|pattern| glob(pattern, p))
     })
-}
-
-fn line(o: &ObjectInfo) -> String {
-    let age = SystemTime::now()
-        .duration_since(o.last_used)
-        .map_or(0, |d| d.as_secs());
-    let refs: Vec<String> = o.refs.iter().map(|(r, p)| format!("{r}/{p}")).collect();
-    format!(
-        "{}  {:>10}  {:<48}  used {} ago  {}\n",
-        o.digest,
-        human(o.size),
-        o.media_type,
-        ago(age),
-        refs.join(", ")
-    )
-}
-
-fn ago(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
 }
 
 /// Bytes with a binary unit: "512.0 MiB".

@@ -1,6 +1,7 @@
 //! What the status page shows: totals, a per-minute ring buffer for the last hour, per-registry
 //! traffic and upstream health, top repositories by bytes served. Fed by the proxy, read as JSON
-//! at `/api/status` and rendered by the page at `/` (`status.html`, self-contained).
+//! at `/api/status` and rendered by the page at `/` (`status.html`, self-contained). Which
+//! freshness rule answered each tag request is counted in `tag_rules`.
 //!
 //! A leaf: of the crate it imports only the lock helper [`crate::sync`].
 
@@ -11,6 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::sync::Locked;
+
+mod tag_rules;
+pub use tag_rules::{RuleStatus, TagServed};
 
 /// Minutes of history kept for the chart.
 const MINUTES: usize = 60;
@@ -89,6 +93,7 @@ struct Inner {
     registries: BTreeMap<String, RegistryStatus>,
     repos: HashMap<(String, String), u64>,
     minutes: VecDeque<Minute>,
+    tag_rules: tag_rules::TagRules,
 }
 
 /// Things the status page shows that the proxy does not see.
@@ -120,6 +125,8 @@ pub struct Snapshot {
     pub registries: BTreeMap<String, RegistryStatus>,
     pub top_repositories: Vec<RepoBytes>,
     pub minutes: Vec<Minute>,
+    /// Per freshness rule, the default (`cache.manifest_ttl`) last.
+    pub tag_rules: Vec<RuleStatus>,
     #[serde(flatten)]
     pub facts: Facts,
 }
@@ -192,6 +199,18 @@ impl Status {
         }
     }
 
+    /// The freshness rules in force (start, reload), the default last; unchanged rules keep
+    /// their counts.
+    pub fn set_tag_rules(&self, rows: Vec<RuleStatus>) {
+        self.inner.locked().tag_rules.set(rows);
+    }
+
+    /// A tag request decided by rule `index` (named `rule`) was answered `how`.
+    pub fn tag_served(&self, index: usize, rule: &str, reference: &str, how: TagServed) {
+        let now = unix(SystemTime::now());
+        (self.inner.locked().tag_rules).served(index, rule, reference, how, now);
+    }
+
     pub fn snapshot(&self, facts: Facts) -> Snapshot {
         let now = unix(SystemTime::now());
         let inner = self.inner.locked();
@@ -216,6 +235,7 @@ impl Status {
             registries: inner.registries.clone(),
             top_repositories: top,
             minutes: inner.minutes.iter().copied().collect(),
+            tag_rules: inner.tag_rules.rows(),
             facts,
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use hickory_resolver::TokioResolver;
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -90,8 +91,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     info!(resolvers = ?upstreams, answer = ?ipv4, "dns upstream resolvers and answers");
     let resolver = dns::resolver(&upstreams).context("cannot set up the upstream resolver")?;
     let dns_handler = dns::Handler::new(answers(&config, &ipv4), resolver.clone(), metrics.clone());
-    let roots = upstream::roots(&config.upstream.extra_ca)?;
-    let client = upstream::client(roots, resolver, provider.clone())?;
+    let client = upstream_client(&config, resolver, &provider)?;
     let certs = cert_resolver(&ca, &config, &provider, &metrics);
     let cache = open_cache(&config, metrics.clone())?;
     let proxy = Arc::new(Proxy::new(proxy::Setup {
@@ -235,6 +235,7 @@ fn policy(config: &Config) -> Policy {
     let c = &config.cache;
     Policy {
         manifest_ttl: c.manifest_ttl,
+        rules: Arc::new(c.rules.clone()),
         auth_ttl: c.auth_ttl,
         offline: c.offline,
         offline_auth_window: c.offline_auth_window,
@@ -316,11 +317,37 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         "upstream.extra_ca",
         old.upstream.extra_ca == new.upstream.extra_ca,
     );
+    check("upstream.proxy", old.upstream.proxy == new.upstream.proxy);
+    check(
+        "upstream.no_proxy",
+        old.upstream.no_proxy == new.upstream.no_proxy,
+    );
     check("access.allow", old.access.nets() == new.access.nets());
     check("cache.dir", old.cache.dir == new.cache.dir);
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
     notes
+}
+
+/// The pooled upstream client: `upstream.extra_ca`, and `upstream.proxy` / `no_proxy` (logged
+/// with the password masked) when a proxy is set.
+fn upstream_client(
+    config: &Config,
+    resolver: TokioResolver,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<upstream::Client> {
+    let roots = upstream::roots(&config.upstream.extra_ca)?;
+    let route = config.upstream.proxy.clone().map(|url| {
+        let no_proxy = config.upstream.no_proxy.clone();
+        info!(proxy = %url, ?no_proxy, "upstream requests go through a proxy (CONNECT)");
+        upstream::ProxyRoute { url, no_proxy }
+    });
+    Ok(upstream::client(
+        roots,
+        resolver,
+        provider.clone(),
+        route.as_ref(),
+    )?)
 }
 
 /// `dns.answer_ipv4`, else the host's primary IPv4, else the first specific IPv4 we listen on.

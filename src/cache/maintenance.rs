@@ -59,6 +59,12 @@ impl Store {
 
     /// Re-hashes every object; drops those whose size or hash is wrong.
     pub fn verify(&self) -> VerifyReport {
+        self.verify_each(|_, _| {})
+    }
+
+    /// [`Store::verify`], telling `each` every object's verdict as it goes (`Some(why)`: bad,
+    /// dropped), for progress and per-object reports.
+    pub fn verify_each(&self, mut each: impl FnMut(&ObjectInfo, Option<&str>)) -> VerifyReport {
         let mut report = VerifyReport::default();
         for o in self.list() {
             let path = self.object_path(&o.digest);
@@ -69,6 +75,7 @@ impl Store {
             };
             report.checked += 1;
             report.bytes += o.size;
+            each(&o, problem.as_deref());
             if let Some(why) = problem {
                 let mut doomed = Doomed::default();
                 self.lock().remove(&self.dir, &o.digest, &mut doomed);

@@ -17,6 +17,7 @@ impl Validator<'_> {
             auth_ttl,
             offline,
             offline_auth_window,
+            rule,
         } = raw;
         let dir = dir.unwrap_or_else(|| "{state_dir}/cache".into());
         CacheConfig {
@@ -31,6 +32,7 @@ impl Validator<'_> {
                 "24h",
                 parse_duration,
             ),
+            rules: self.rules(rule),
         }
     }
 

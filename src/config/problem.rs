@@ -1,5 +1,6 @@
 //! What went wrong in a config file, by line: [`Problem`], and the [`Error`] that prints them as
-//! `file:line: why`, one a line (the format of `regcache config check`, which exits 64 on it).
+//! `file:line: why`, one a line (the format of `regcache config check`, which exits 64 on it), or
+//! as [`Located`] records for `--json`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -43,6 +44,35 @@ pub enum Error {
     },
 }
 
+/// One problem with its file, for `config check --json` (field names are a documented contract).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Located {
+    pub file: String,
+    /// 1-based; `None` (JSON null) when the problem has no single line (an unreadable file).
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Error {
+    /// Every problem with the file it is in, in the order `Display` prints them.
+    pub fn located(&self) -> Vec<Located> {
+        match self {
+            Self::Read { path, source } => vec![Located {
+                file: path.display().to_string(),
+                line: None,
+                message: format!("cannot read config file: {source}"),
+            }],
+            Self::Invalid { origin, problems } => (problems.iter())
+                .map(|p| Located {
+                    file: origin.to_string(),
+                    line: (p.line > 0).then_some(p.line),
+                    message: p.message.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 fn render(source: &Source, problems: &[Problem]) -> String {
     let lines: Vec<String> = problems
         .iter()
@@ -80,6 +110,12 @@ mod tests {
             problems,
         };
         assert_eq!(err.to_string(), "site.toml: no line\nsite.toml:3: bad");
+        let located = err.located();
+        assert_eq!((located[0].line, located[1].line), (None, Some(3)));
+        assert_eq!(
+            (located[1].file.as_str(), located[1].message.as_str()),
+            ("site.toml", "bad")
+        );
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\n", 99), 2);
     }

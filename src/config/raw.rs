@@ -49,6 +49,9 @@ pub(super) struct RawCache {
     pub(super) auth_ttl: Option<Spanned<String>>,
     pub(super) offline: Option<bool>,
     pub(super) offline_auth_window: Option<Spanned<String>>,
+    /// `[[cache.rule]]`, in file order.
+    #[serde(default)]
+    pub(super) rule: Vec<super::rules::RawRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +90,8 @@ pub(super) struct RawTls {
 pub(super) struct RawUpstream {
     #[serde(default)]
     pub(super) extra_ca: Vec<String>,
+    pub(super) proxy: Option<Spanned<String>>,
+    pub(super) no_proxy: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]

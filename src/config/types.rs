@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::{Credentials, Mirrors};
+use super::{Credentials, Mirrors, ProxyUrl};
 use crate::access::AccessList;
 use crate::names::NamePattern;
 
@@ -52,6 +52,11 @@ pub struct TlsConfig {
 pub struct UpstreamConfig {
     /// PEM files (paths as written, relative to the working directory).
     pub extra_ca: Vec<PathBuf>,
+    /// The HTTP proxy every upstream request goes through (`CONNECT`), unless its host is in
+    /// `no_proxy`; `None`: direct.
+    pub proxy: Option<ProxyUrl>,
+    /// Hosts reached directly even with a proxy (curl's `NO_PROXY` rules).
+    pub no_proxy: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +77,8 @@ pub struct CacheConfig {
     pub offline: bool,
     /// While offline, a client is served if its access was confirmed within this window.
     pub offline_auth_window: Duration,
+    /// `[[cache.rule]]` in file order: the first covering a tag sets its TTL, else `manifest_ttl`.
+    pub rules: Vec<super::TagRule>,
 }
 
 /// The `[limits]` table: bounds on what clients can hold.

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use toml::Spanned;
 
 use super::problem::line_of;
+use super::proxy::from_env;
 use super::raw::{RawConfig, RawDns, RawLog};
 use super::registry::default_registries;
 use super::values::{parse_cidr, parse_listen, parse_resolver, ValueError};
@@ -130,6 +131,7 @@ impl<'a> Validator<'a> {
             None => default_registries(),
         };
         let state_dir = state_dir.unwrap_or_else(|| ".".into());
+        let (proxy, no_proxy) = self.proxy(upstream.proxy, upstream.no_proxy, from_env);
         Config {
             log: self.log(log),
             cache: self.cache(cache, &state_dir),
@@ -141,6 +143,8 @@ impl<'a> Validator<'a> {
             },
             upstream: UpstreamConfig {
                 extra_ca: upstream.extra_ca.into_iter().map(PathBuf::from).collect(),
+                proxy,
+                no_proxy,
             },
             admin: AdminConfig {
                 listen: self.value("admin.listen", admin.listen, "127.0.0.1:9090", parse_listen),

@@ -73,6 +73,23 @@ pub struct RevalidationLabels {
     pub result: Revalidation,
 }
 
+/// A tag request by the `[[cache.rule]]` that decided it: `rule` is its number (1, 2, … in file
+/// order) or `default` (`cache.manifest_ttl`), so the label is bounded by the config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TagRuleLabels {
+    pub rule: String,
+    pub served: TagAnswer,
+}
+
+/// How a tag request was answered (the status page's columns).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TagAnswer {
+    Hit,
+    Revalidated,
+    Upstream,
+    Stale,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DnsOutcome {
     Intercepted,
@@ -190,6 +207,7 @@ label_values! {
         ServerError => "5xx", RateLimited => "429", Other => "other",
     }
     Revalidation { Unchanged => "unchanged", Changed => "changed" }
+    TagAnswer { Hit => "hit", Revalidated => "revalidated", Upstream => "upstream", Stale => "stale" }
     DnsOutcome {
         Intercepted => "intercepted", Forwarded => "forwarded", Nxdomain => "nxdomain",
         Refused => "refused", Denied => "denied", Error => "error",

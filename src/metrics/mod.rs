@@ -23,8 +23,8 @@ mod text;
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
     KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, Reason, RegistryLabels,
-    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels,
-    UpstreamErrorLabels,
+    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
+    TagRuleLabels, UpstreamErrorLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
@@ -47,6 +47,8 @@ pub struct Metrics {
     pub cache_coalesced: Counter,
     pub cache_revalidations: Family<RevalidationLabels, Counter>,
     pub cache_stale: Counter,
+    /// Tag requests by the freshness rule that decided them and how they were answered.
+    pub cache_tag_rule_requests: Family<TagRuleLabels, Counter>,
     pub cache_evictions: Counter,
     pub cache_digest_mismatches: Counter,
     pub cache_write_errors: Counter,
@@ -89,6 +91,7 @@ impl Metrics {
             cache_coalesced: Counter::default(),
             cache_revalidations: Family::default(),
             cache_stale: Counter::default(),
+            cache_tag_rule_requests: Family::default(),
             cache_evictions: Counter::default(),
             cache_digest_mismatches: Counter::default(),
             cache_write_errors: Counter::default(),

@@ -66,6 +66,11 @@ impl Metrics {
             "Stale tags served because the upstream was unavailable",
             self.cache_stale.clone(),
         );
+        r.register(
+            "cache_tag_rule_requests",
+            "Tag requests by the [[cache.rule]] that decided them (its number, or default) and how they were answered",
+            self.cache_tag_rule_requests.clone(),
+        );
     }
 
     /// The store: evictions, mismatches, write errors, capped fills, size.

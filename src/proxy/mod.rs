@@ -8,8 +8,10 @@
 //!   manifests by digest; `download.rs` fills the cache from the upstream, `fallback.rs` from
 //!   the registry's verified `mirrors`), `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
-//!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs`;
-//! - `upstream/`: the one [`upstream::Upstream`] every request to a registry or CDN goes through;
+//!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
+//!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
+//! - `upstream/`: the one [`upstream::Upstream`] every request to a registry or CDN goes through
+//!   (directly, or through `upstream.proxy` with CONNECT);
 //! - `response.rs` builds answers; `outcome.rs` is what the cache did, carried with the response
 //!   to `report.rs` (access log, metrics, status page).
 //!
@@ -23,6 +25,7 @@ mod download;
 mod endpoint;
 mod error;
 mod fallback;
+mod freshness;
 mod listen;
 pub mod manifest;
 mod object;
@@ -139,6 +142,9 @@ impl Proxy {
         let routes: Vec<Arc<Route>> = setup.routes.into_iter().map(Arc::new).collect();
         let upstream = Upstream::new(setup.client, setup.metrics.clone(), setup.status.clone());
         upstream.set_routes(&routes);
+        setup
+            .status
+            .set_tag_rules(freshness::status_rows(&setup.policy));
         Ok(Self {
             routes: RwLock::new(Arc::new(routes)),
             upstream,
@@ -191,6 +197,7 @@ impl Proxy {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         self.upstream.set_routes(&routes);
         *self.routes.write_now() = Arc::new(routes);
+        self.status.set_tag_rules(freshness::status_rows(&policy));
         *self.policy.write_now() = policy;
         // Credentials may have changed: tokens obtained with the old ones go.
         self.tokens.clear();

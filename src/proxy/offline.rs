@@ -16,7 +16,10 @@ use crate::sync::Locked;
 /// Cache settings the proxy applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// Tags no rule covers.
     pub manifest_ttl: Duration,
+    /// `[[cache.rule]]`, first match wins (see `freshness.rs`).
+    pub rules: std::sync::Arc<Vec<crate::config::TagRule>>,
     pub auth_ttl: Duration,
     pub offline: bool,
     pub offline_auth_window: Duration,

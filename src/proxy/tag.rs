@@ -1,7 +1,8 @@
 //! Manifests by tag. Tags move, so the tag → digest mapping is what is cached: served while fresh
-//! (`cache.manifest_ttl`), then revalidated with a HEAD (which does not count against Docker
-//! Hub's pull limit) that must name the same digest, and served stale while the upstream is down.
-//! A mapping is used only once the manifest it names is held for the same registry and repository.
+//! (the TTL of the tag's `[[cache.rule]]`, else `cache.manifest_ttl`: `freshness.rs`), then
+//! revalidated with a HEAD (which does not count against Docker Hub's pull limit) that must name
+//! the same digest, and served stale while the upstream is down. A mapping is used only once the
+//! manifest it names is held for the same registry and repository.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tracing::warn;
 
 use super::confirm::{random_offset, Expect, Outage, DOCKER_CONTENT_DIGEST};
 use super::download::identity;
+use super::freshness::fresh;
 use super::manifest::{is_manifest, manifest_type, MAX_MANIFEST};
 use super::outcome::CacheOutcome;
 use super::registry::normalize_accept;
@@ -42,6 +44,20 @@ impl Proxy {
             tag: tag.to_owned(),
             accept: normalize_accept(&accept),
         };
+        let rule = self.freshness(out.route, &key);
+        let answer = self.answer_tag(out, key.clone()).await;
+        if let Ok(resp) = &answer {
+            self.count_tag(&rule, &key, CacheOutcome::of(resp));
+        }
+        answer
+    }
+
+    /// The tag's answer (see [`Proxy::tag`]).
+    async fn answer_tag(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        key: TagKey,
+    ) -> Result<Response<Body>, Error> {
         let held =
             (self.cache.tag(&key)).and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = held {
@@ -58,6 +74,7 @@ impl Proxy {
         // The upstream is down and this exact Accept has no mapping: any mapping of the tag whose
         // media type the client accepts (another client asked with other Accept values).
         let types: Vec<&str> = key.accept.split(',').filter(|t| !t.is_empty()).collect();
+        let (repo, tag) = (key.repo.as_str(), key.tag.as_str());
         let fallback = (self.cache.tag_any(&key.registry, repo, tag, &types))
             .and_then(|entry| Some((self.cache.get(&entry.digest)?, entry)));
         if let Some((reader, entry)) = fallback {
@@ -90,7 +107,8 @@ impl Proxy {
         key: &TagKey,
         held: Held,
     ) -> Result<Response<Body>, Error> {
-        if held.entry.fresh_until <= Instant::now() {
+        let ttl = self.freshness(out.route, key).ttl;
+        if !fresh(held.entry.fresh_until, ttl, Instant::now()) {
             return self.revalidate(out, key, held).await;
         }
         if let Err(refused) = self.authorize(out, &key.repo, &held.expect(), true).await {
@@ -123,7 +141,8 @@ impl Proxy {
                 }
                 let expect = held.expect();
                 self.record_grant(&out.cred, &out.headers, registry, repo, &out.url, &expect);
-                self.cache.refresh_tag(key, self.policy().manifest_ttl);
+                self.cache
+                    .refresh_tag(key, self.freshness(out.route, key).ttl);
                 return Ok(held.serve(out, CacheOutcome::Revalidated));
             }
             Ok(resp) => match Outage::of(&resp) {
@@ -167,7 +186,7 @@ impl Proxy {
                 };
                 self.record_grant(&out.cred, &out.headers, registry, repo, &out.url, &expect);
             }
-            let ttl = self.policy().manifest_ttl;
+            let ttl = self.freshness(out.route, &key).ttl;
             self.cache.put_tag(key, digest, media_type, ttl);
         }
         Ok(relay(resp, out.route, out.host))
@@ -256,7 +275,7 @@ impl Proxy {
         media_type: &str,
     ) {
         if self.store_manifest(digest, body, media_type, key) {
-            let ttl = self.policy().manifest_ttl;
+            let ttl = self.freshness(out.route, key).ttl;
             (self.cache).put_tag(key.clone(), digest.clone(), media_type, ttl);
         }
         let at = random_offset(body.len() as u64);

@@ -10,7 +10,7 @@ use hickory_server::proto::rr::RecordType;
 
 const BIN: &str = env!("CARGO_BIN_EXE_regcache");
 
-fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+pub(crate) fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .current_dir(dir)
@@ -19,15 +19,15 @@ fn regcache(args: &[&str], dir: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Problems on lines 3 (`dns.answer_ipv4`) and 5 (`access.allow`).
+pub(crate) const BAD_SITE_TOML: &str =
+    "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n";
+
 #[test]
 fn config_check_reports_each_bad_line_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("site.toml");
-    std::fs::write(
-        &bad,
-        "[dns]\nlisten = [\"0.0.0.0:53\"]\nanswer_ipv4 = [\"::1\"]\n[access]\nallow = [\"nope\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, BAD_SITE_TOML).unwrap();
     let out = regcache(
         &["config", "check", "--config", bad.to_str().unwrap()],
         dir.path(),
@@ -239,7 +239,7 @@ async fn cache_commands_list_measure_verify_and_purge() {
     bytes[10] ^= 1;
     std::fs::write(&object, bytes).unwrap();
     let (code, verify, _) = run(&["cache", "verify", "--config", cfg]);
-    assert_eq!(code, Some(0));
+    assert_eq!(code, Some(65), "verify found a bad object: {verify}");
     assert!(
         verify.contains(&format!("bad {}", blob_digest())),
         "{verify}"
@@ -351,7 +351,7 @@ async fn healthcheck_asks_the_admin_listener() {
 
 /// Starts `regcache serve` on port 0 in `dir` with `c.toml`; returns the child, its stderr lines
 /// and the announced addresses.
-fn spawn_serve(
+pub(crate) fn spawn_serve(
     dir: &std::path::Path,
 ) -> (
     std::process::Child,
@@ -390,7 +390,7 @@ fn spawn_serve(
 }
 
 /// Waits (bounded) for a stderr line containing `needle`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -402,7 +402,7 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     panic!("no log line with {needle:?}");
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+pub(crate) fn signal(child: &std::process::Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()

@@ -6,6 +6,7 @@ mod support;
 
 mod binary;
 mod cache;
+mod cli_json;
 mod dns;
 mod fallback;
 mod listeners;
@@ -14,5 +15,7 @@ mod mirror;
 mod onboarding;
 mod private_cache;
 mod proxy;
+mod rules;
 mod status_page;
 mod trust;
+mod upstream_proxy;

@@ -1,12 +1,10 @@
 //! The plain-HTTP mirror (`[http] listen`) and the appliance's own upstream credentials: for
 //! clients that send none, the appliance runs the registry token flow itself.
 
-use std::io::Write;
-
 use http::StatusCode;
 
 use crate::support::registry::{blob, blob_digest, manifest, ALICE, TOKEN};
-use crate::support::World;
+use crate::support::{alice_keys, World};
 
 const MIRROR: &str = "[http]\nlisten = [\"127.0.0.1:0\"]";
 
@@ -69,15 +67,7 @@ async fn the_mirror_serves_docker_hub_by_default_and_other_registries_by_ns() {
 #[tokio::test]
 async fn configured_credentials_serve_clients_that_send_none_and_a_clients_own_win() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::File::create(&pw)
-        .unwrap()
-        .write_all(b"s3cret\n")
-        .unwrap();
-    let keys = format!(
-        "username = \"alice\"\npassword_file = {:?}",
-        pw.display().to_string()
-    );
+    let keys = alice_keys(dir.path());
     let w = World::start_full("", &keys).await;
     let hub = "registry-1.docker.io";
     let private = format!("/v2/private/app/blobs/{}", blob_digest());

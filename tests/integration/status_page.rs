@@ -7,19 +7,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::registry::{blob, blob_digest, manifest};
-use crate::support::World;
-
-async fn get(admin: std::net::SocketAddr, path: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
+use crate::support::{admin_get as get, World};
 
 /// Runs headless Chromium on `url` with `args` (bounded by a timeout); returns stdout.
 fn chromium(url: &str, args: &[&str]) -> String {
@@ -111,6 +100,11 @@ async fn the_status_page_renders_the_figures_in_chromium() {
         "ghcr.io's last upstream error shown"
     );
     assert!(dom.contains(&w.app_fingerprint()), "CA fingerprint shown");
+    assert!(
+        dom.contains("<td>cache.manifest_ttl</td><td>**</td><td>*</td><td>1m</td>")
+            && dom.contains("<td>registry-1.docker.io/library/small:1 ("),
+        "the tag freshness rules table: the default's row and its last tag"
+    );
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../status-page.png");
     let arg = format!("--screenshot={}", shot.display());

@@ -1,6 +1,6 @@
 //! The pooled client under [`super::Upstream`]: verified TLS to the real registries, HTTP/2
 //! where offered, names resolved through `dns.upstream` (never the system resolver, which may be
-//! this appliance).
+//! this appliance), or connections tunnelled through `upstream.proxy` (see `connector`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,10 +21,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
+use super::connector::{Connector, ProxyRoute};
 use crate::proxy::{Body, BoxError};
 
 /// The pooled upstream client.
-pub type Client = LegacyClient<HttpsConnector<HttpConnector<HickoryDns>>, Body>;
+pub type Client = LegacyClient<HttpsConnector<Connector>, Body>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,11 +90,13 @@ fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), SetupError
     Ok(())
 }
 
-/// The pooled client: verified TLS with `roots`, ALPN h2 and http/1.1, names through `resolver`.
+/// The pooled client: verified TLS with `roots`, ALPN h2 and http/1.1, names through `resolver`,
+/// through `proxy` when given (for the hosts not in its `no_proxy`).
 pub fn client(
     roots: RootCertStore,
     resolver: TokioResolver,
     provider: Arc<CryptoProvider>,
+    proxy: Option<&ProxyRoute>,
 ) -> Result<Client, SetupError> {
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -108,7 +111,7 @@ pub fn client(
         .https_only()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(Connector::new(http, proxy));
     Ok(LegacyClient::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

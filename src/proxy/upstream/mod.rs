@@ -3,10 +3,15 @@
 //! - [`Upstream::send_body`]: one request that streams a body (pushes), with no deadline;
 //! - [`Upstream::follow`]: a GET or HEAD that follows redirects to the content.
 //!
-//! Each request is counted by registry in the metrics and on the status page.
+//! Each request is counted by registry in the metrics and on the status page. Under them:
+//! `client` (the pooled hyper client and its TLS), `connector` (direct, or through
+//! `upstream.proxy` for the hosts not in `upstream.no_proxy`), `tunnel` (the CONNECT handshake),
+//! `redirect` (Location handling).
 
 pub mod client;
+mod connector;
 mod redirect;
+mod tunnel;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use crate::metrics::{Metrics, Reason, RegistryLabels};
 use crate::status::Status;
 use crate::sync::ReadWrite;
 pub use client::{client, roots, Client, SetupError};
+pub use connector::ProxyRoute;
 pub(crate) use redirect::{authority, cross_host, redact, redirect_target};
 
 /// How many redirects a GET/HEAD follows before giving up.

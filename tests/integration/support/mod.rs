@@ -1,6 +1,7 @@
 //! Test fixtures: a "public" PKI, a fake upstream registry with a CDN host, a fake upstream
 //! resolver, the appliance itself, and clients for DNS and HTTPS.
 
+pub mod connect_proxy;
 pub mod dns;
 pub mod registry;
 
@@ -95,8 +96,12 @@ impl Appliance {
              [tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}",
             state.path().display().to_string()
         );
-        let config = regcache::config::parse(&text, regcache::config::Source::Embedded)
+        let mut config = regcache::config::parse(&text, regcache::config::Source::Embedded)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        if !toml.contains("proxy =") {
+            // Hermetic: the caller's HTTPS_PROXY / NO_PROXY must not route the fake upstreams.
+            config.upstream.proxy = None;
+        }
         let log = SharedBuf::default();
         let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
             .await
@@ -248,6 +253,27 @@ pub async fn tls_connect(
 }
 
 /// Hex of SHA-256.
+/// `[[registry]]` keys for the fake registry's user alice, her password in a file under `dir`.
+pub fn alice_keys(dir: &std::path::Path) -> String {
+    let pw = dir.join("password");
+    std::fs::write(&pw, b"s3cret\n").unwrap();
+    format!(
+        "username = \"alice\"\npassword_file = {:?}",
+        pw.display().to_string()
+    )
+}
+
+/// The body of a GET of `path` on the admin listener (HTTP/1.1, connection closed).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(data)
