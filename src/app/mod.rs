@@ -254,6 +254,7 @@ fn routes(config: &Config) -> Vec<Route> {
             names: r.patterns().collect(),
             upstream: r.upstream.to_string().trim_end_matches('/').to_owned(),
             credentials: r.credentials.clone(),
+            mirrors: r.mirrors.clone(),
         })
         .collect()
 }

@@ -6,7 +6,8 @@
 //! - `validate`: raw → validated, every problem recorded with its line (listeners, DNS, log);
 //! - `limits`: the `[cache]` and `[limits]` tables; `rules`: `[[cache.rule]]` (freshness per
 //!   reference) with its own matchers, `glob` and `tag_regex` (`tags = "/…/"`); `registry`: the `[[registry]]` list and the
-//!   embedded default one; `credentials`: password files, Docker `config.json`, [`Secret`];
+//!   embedded default one; `mirrors`: a registry's verified fallback sources; `credentials`:
+//!   password files, Docker `config.json`, [`Secret`];
 //! - `proxy`: `upstream.proxy` / `upstream.no_proxy` (or `HTTPS_PROXY` / `NO_PROXY`), [`ProxyUrl`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 mod credentials;
 mod glob;
 mod limits;
+mod mirrors;
 mod problem;
 mod proxy;
 mod raw;
@@ -29,6 +31,7 @@ mod warm;
 
 pub use credentials::{CredentialError, Credentials, Secret};
 pub use glob::{Glob, GlobError};
+pub use mirrors::Mirrors;
 pub use problem::{Error, Located, Problem, Source};
 pub use proxy::{mask as mask_proxy_url, ProxyError, ProxyUrl};
 pub use rules::{rule_for, ManifestTtl, TagPattern, TagRule, FOREVER};

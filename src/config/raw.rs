@@ -126,4 +126,7 @@ pub(super) struct RawRegistry {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) credentials_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) mirrors: Vec<Spanned<String>>,
+    pub(super) mirrors_first: Option<Spanned<bool>>,
 }

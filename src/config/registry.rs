@@ -34,6 +34,8 @@ impl Validator<'_> {
             username,
             password_file,
             credentials_file,
+            mirrors,
+            mirrors_first,
         } = raw;
         let host_name = self.registry_host(&host)?;
         let aliases = self.registry_aliases(&host_name, &host, &aliases, seen);
@@ -51,11 +53,13 @@ impl Validator<'_> {
         };
         let credentials =
             self.credentials(&host, &aliases, username, password_file, credentials_file);
+        let mirrors = self.mirrors(&host, &upstream, &mirrors, mirrors_first);
         Some(Registry {
             host: host_name,
             aliases,
             upstream,
             credentials,
+            mirrors,
         })
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::{Credentials, ProxyUrl};
+use super::{Credentials, Mirrors, ProxyUrl};
 use crate::access::AccessList;
 use crate::names::NamePattern;
 
@@ -164,6 +164,8 @@ pub struct Registry {
     pub upstream: Uri,
     /// The appliance's own credentials for this registry, used for clients that send none.
     pub credentials: Option<Credentials>,
+    /// Verified fallback sources for objects by digest (`mirrors`, see `mirrors.rs`).
+    pub mirrors: Mirrors,
 }
 
 impl Registry {

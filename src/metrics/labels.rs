@@ -169,6 +169,24 @@ pub struct ExpiredLabels {
     pub timeout: Expired,
 }
 
+/// What one fetch from a registry's mirror came to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// The bytes matched the digest and were stored.
+    Verified,
+    /// The bytes did not match the digest (or its announced size): refused, not stored.
+    Mismatch,
+    /// No object: unreachable, an error status, a body cut short, no room.
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// The mirror's `host[:port]`, one of the configured ones (a bounded set).
+    pub mirror: String,
+    pub result: MirrorResult,
+}
+
 /// Label values in lower case (`intercepted`, `server_error`), as Prometheus convention has them.
 macro_rules! label_values {
     ($($ty:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
@@ -197,6 +215,7 @@ label_values! {
     Handshake { Ok => "ok", Refused => "refused", Failed => "failed" }
     Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
     Rejected { Access => "access", Limit => "limit" }
+    MirrorResult { Verified => "verified", Mismatch => "mismatch", Failed => "failed" }
     Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
 }
 

@@ -22,9 +22,9 @@ mod text;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, Reason, RegistryLabels, Rejected, RejectedLabels,
-    Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer, TagRuleLabels,
-    UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
+    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, Reason, RegistryLabels,
+    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
+    TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
@@ -61,6 +61,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub upstream_duration: Family<RegistryLabels, Histogram, fn() -> Histogram>,
     pub upstream_ratelimit_remaining: Family<RegistryLabels, Gauge>,
+    /// Fetches from registries' mirrors, by mirror and result.
+    pub mirror_fetches: Family<MirrorLabels, Counter>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_forward_duration: Histogram,
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -105,6 +107,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_duration: Family::new_with_constructor(latency_histogram),
             upstream_ratelimit_remaining: Family::default(),
+            mirror_fetches: Family::default(),
             dns_queries: Family::default(),
             dns_forward_duration: latency_histogram(),
             tls_handshakes: Family::default(),
@@ -177,6 +180,14 @@ impl Metrics {
         self.upstream_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    pub fn mirror_fetch(&self, mirror: &str, result: MirrorResult) {
+        let labels = MirrorLabels {
+            mirror: mirror.to_owned(),
+            result,
+        };
+        self.mirror_fetches.get_or_create(&labels).inc();
     }
 
     pub fn dns(&self, qtype: &str, outcome: DnsOutcome) {

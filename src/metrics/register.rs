@@ -138,6 +138,11 @@ impl Metrics {
             "The last ratelimit-remaining an upstream reported (Docker Hub)",
             self.upstream_ratelimit_remaining.clone(),
         );
+        r.register(
+            "mirror_fetches",
+            "Objects fetched from registries' mirrors, by mirror and result (verified, mismatch, failed)",
+            self.mirror_fetches.clone(),
+        );
     }
 
     /// DNS queries and TLS handshakes.

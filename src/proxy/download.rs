@@ -14,16 +14,16 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::auth::Credential;
-use super::confirm::{random_offset, Expect};
+use super::confirm::{random_offset, Expect, Outage};
 use super::upstream::redact;
 use super::{Error, Proxy};
 use crate::cache::FillWriter;
 
 /// A download that no client has read for this long is stopped (clients that retry a pull come
 /// back within seconds and join it again).
-const ABANDONED_AFTER: Duration = Duration::from_secs(30);
+pub(super) const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 /// A download that yields no data for this long is abandoned.
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the download tells the client that started it, once the upstream has answered.
 pub(super) enum Started {
@@ -32,6 +32,16 @@ pub(super) enum Started {
     /// Anything else, or an object too large for the cache: relay it (a 401 with its challenge…).
     Relay(Response<Incoming>),
     Failed(Error),
+    /// The upstream cannot answer (429, 5xx, unreachable) and the registry has mirrors: the
+    /// fill, still waiting, goes back to the request to be tried there ([`super::fallback`]),
+    /// with the upstream's answer to relay if no mirror serves.
+    Fallback(Box<Fallback>),
+}
+
+/// The fill and the upstream's answer (or why there was none), for the mirrors.
+pub(super) struct Fallback {
+    pub writer: FillWriter,
+    pub primary: Result<Response<Incoming>, Error>,
 }
 
 /// One object's download from the upstream into the store.
@@ -42,6 +52,8 @@ pub(super) struct Download {
     pub registry: String,
     pub repo: String,
     pub cred: Credential,
+    /// The registry has mirrors to try when the upstream cannot answer.
+    pub fallback: bool,
 }
 
 /// What the bytes showed as they went by: the evidence for the grant.
@@ -51,6 +63,12 @@ struct Seen {
     /// A byte at an offset the upstream cannot guess, for the public probe's evidence.
     at: Option<u64>,
     sample: Option<(u64, u8)>,
+}
+
+impl Started {
+    fn fallback(writer: FillWriter, primary: Result<Response<Incoming>, Error>) -> Self {
+        Self::Fallback(Box::new(Fallback { writer, primary }))
+    }
 }
 
 impl Download {
@@ -103,7 +121,15 @@ impl Download {
         let fetched =
             (self.proxy.upstream).follow(&Method::GET, &self.url, identity(&self.headers));
         let resp = match fetched.await {
+            Ok(resp) if self.fallback && Outage::of(&resp).is_some() => {
+                let _ = tx.send(Started::fallback(writer, Ok(resp)));
+                return None;
+            }
             Ok(resp) => resp,
+            Err(e) if self.fallback => {
+                let _ = tx.send(Started::fallback(writer, Err(e)));
+                return None;
+            }
             Err(e) => {
                 writer.fail(e.to_string());
                 let _ = tx.send(Started::Failed(e));

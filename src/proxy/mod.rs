@@ -5,7 +5,8 @@
 //! - `listen.rs`: accept, TLS, HTTP/1.1 and HTTP/2 within `[limits]` → [`Proxy::handle`];
 //! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
 //!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
-//!   manifests by digest; `download.rs` fills the cache), `tag.rs`, `tag_list.rs`;
+//!   manifests by digest; `download.rs` fills the cache from the upstream, `fallback.rs` from
+//!   the registry's verified `mirrors`), `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
 //!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
@@ -23,6 +24,7 @@ mod confirm;
 mod download;
 mod endpoint;
 mod error;
+mod fallback;
 mod freshness;
 mod listen;
 pub mod manifest;
@@ -85,6 +87,8 @@ pub struct Route {
     pub upstream: String,
     /// The appliance's own credentials, for clients that send none.
     pub credentials: Option<crate::config::Credentials>,
+    /// Verified fallback sources for objects by digest ([`fallback`]).
+    pub mirrors: crate::config::Mirrors,
 }
 
 /// What the proxy is built from.

@@ -1,6 +1,8 @@
 //! Blobs and manifests by digest: immutable, stored once, shared by every repository that the
 //! upstream says this client may read. A stored object is a HIT, a download under way is joined
-//! (JOIN), anything else starts one ([`super::download`]) that this client reads as it grows (MISS).
+//! (JOIN), anything else starts one ([`super::download`]) that this client reads as it grows (MISS),
+//! or, when the upstream cannot answer or `mirrors_first` is set, one from the registry's mirrors
+//! that is served only once verified ([`super::fallback`]).
 
 use std::sync::Arc;
 
@@ -59,6 +61,9 @@ impl Proxy {
                 }
                 Ok(serve_fill(fill.clone(), fill.stream(), CacheOutcome::Join))
             }
+            Claim::Lead(writer) if out.route.mirrors.first => {
+                self.from_mirrors(out, repo, writer, None).await
+            }
             Claim::Lead(writer) => self.lead(out, repo, writer).await,
             Claim::Bypass => self.pass(out).await,
         }
@@ -85,8 +90,9 @@ impl Proxy {
     }
 
     /// Starts the upstream download in its own task (it goes on for the cache and the other
-    /// readers if this client leaves) and serves this client from the growing file.
-    async fn lead(
+    /// readers if this client leaves) and serves this client from the growing file; to the
+    /// registry's mirrors when the upstream cannot answer.
+    pub(super) async fn lead(
         self: &Arc<Self>,
         out: &Outbound<'_>,
         repo: &str,
@@ -103,12 +109,17 @@ impl Proxy {
             registry: out.route.host.clone(),
             repo: repo.to_owned(),
             cred: out.cred.clone(),
+            fallback: !out.route.mirrors.urls.is_empty() && !out.route.mirrors.first,
         };
         tokio::spawn(download.run(writer, tx));
         match rx.await {
             Ok(Started::Streaming) => Ok(serve_fill(fill, body, CacheOutcome::Miss)),
             Ok(Started::Relay(resp)) => Ok(relay(resp, out.route, out.host)),
             Ok(Started::Failed(e)) => Err(e),
+            Ok(Started::Fallback(f)) => {
+                let primary = Some(f.primary);
+                Box::pin(self.from_mirrors(out, repo, f.writer, primary)).await
+            }
             Err(_) => Err(Error::Unavailable("the download task ended early".into())),
         }
     }

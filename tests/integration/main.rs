@@ -8,6 +8,7 @@ mod binary;
 mod cache;
 mod cli_json;
 mod dns;
+mod fallback;
 mod listeners;
 mod metrics;
 mod mirror;

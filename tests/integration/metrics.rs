@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::registry::{blob_digest, TOKEN};
 use crate::support::{dns, World};
 
-async fn scrape(admin: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape(admin: std::net::SocketAddr) -> String {
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .await
@@ -25,7 +25,7 @@ async fn scrape(admin: std::net::SocketAddr) -> String {
 }
 
 /// The value of the sample line that starts with `prefix` (labels included), or 0.
-fn value(text: &str, prefix: &str) -> f64 {
+pub(crate) fn value(text: &str, prefix: &str) -> f64 {
     (text.lines())
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -39,7 +39,8 @@ pub struct Upstream {
     client: Client,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    /// `(authority of the upstream URL, registry name)` of each route, for metric labels;
+    /// `(authority of the upstream URL, registry name)` of each route (and of each mirror, its
+    /// authority twice), for metric labels;
     /// replaced on reload. std RwLock, never held across .await.
     owners: RwLock<Vec<(String, String)>>,
 }
@@ -56,9 +57,15 @@ impl Upstream {
 
     /// The registries whose upstreams requests are labelled with (config load and reload).
     pub fn set_routes(&self, routes: &[Arc<Route>]) {
-        let owners = (routes.iter())
+        let mut owners: Vec<(String, String)> = (routes.iter())
             .filter_map(|r| Some((r.upstream.split("://").nth(1)?.to_owned(), r.host.clone())))
             .collect();
+        // A registry's mirrors are labelled by their own `host[:port]` (a configured, bounded set).
+        let mirrors = routes.iter().flat_map(|r| r.mirrors.urls.iter());
+        let mirrors = mirrors
+            .filter_map(|m| m.split("://").nth(1))
+            .map(|a| (a.into(), a.into()));
+        owners.extend(mirrors);
         *self.owners.write_now() = owners;
     }
 
@@ -67,8 +74,8 @@ impl Upstream {
         &self.client
     }
 
-    /// The metrics label for an upstream URL: the registry whose upstream it is, else "cdn"
-    /// (redirect targets, token services of registries that are not configured).
+    /// The metrics label for an upstream URL: the registry whose upstream it is, a mirror's own
+    /// `host[:port]`, else "cdn" (redirect targets, token services of unconfigured registries).
     pub fn label(&self, url: &str) -> String {
         let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
         let owners = self.owners.read_now();

@@ -316,12 +316,37 @@ impl World {
 
     /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
     pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
+        Self::start_fixture(extra, |_| hub_keys.to_owned(), false)
+            .await
+            .0
+    }
+
+    /// With a second fake registry (same names and content, another port) to act as a mirror:
+    /// `hub_keys` gets its port.
+    pub async fn start_mirrored(
+        extra: &str,
+        hub_keys: impl FnOnce(u16) -> String,
+    ) -> (Self, registry::Registry) {
+        let (world, mirror) = Self::start_fixture(extra, hub_keys, true).await;
+        (world, mirror.expect("a mirror was started"))
+    }
+
+    async fn start_fixture(
+        extra: &str,
+        hub_keys: impl FnOnce(u16) -> String,
+        with_mirror: bool,
+    ) -> (Self, Option<registry::Registry>) {
         let mut names = vec!["registry.test", "cdn.test", "auth.test"];
         names.extend(registry::ODD_HOSTS);
         let pki = Pki::new(&names);
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let registry = registry::Registry::start(&pki).await;
+        let mirror = match with_mirror {
+            true => Some(registry::Registry::start(&pki).await),
+            false => None,
+        };
+        let hub_keys = hub_keys(mirror.as_ref().map_or(0, |m| m.addr.port()));
         let resolver = dns::Upstream::start().await;
         let dns_keys = format!(
             "answer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"{}\"]",
@@ -338,11 +363,12 @@ impl World {
             port = registry.addr.port(),
         );
         let app = Appliance::start(&dns_keys, &toml).await;
-        Self {
+        let world = Self {
             app,
             registry,
             resolver,
             _extra_ca: ca_file,
-        }
+        };
+        (world, mirror)
     }
 }

@@ -55,6 +55,21 @@ pub struct Registry {
     pub throttled: Arc<AtomicBool>,
     /// While set, `TOKEN` is refused like any other credential (it was revoked).
     pub revoked: Arc<AtomicBool>,
+    /// More ways to misbehave, for the tests of mirrors.
+    pub faults: Arc<Faults>,
+}
+
+/// Faults for a registry acting as a primary that throttles, or as a mirror.
+#[derive(Default)]
+pub struct Faults {
+    /// While set, registry GETs of blobs by digest are answered 429 (HEADs and CDN hosts are not).
+    pub throttle_blob_gets: AtomicBool,
+    /// While set, every request counts as sent with `TOKEN` (a mirror that holds private copies).
+    pub open: AtomicBool,
+    /// While set, every blob body has its first byte changed (same length, other bytes).
+    pub corrupt: AtomicBool,
+    /// Requests that came with an Authorization header while `open` was set.
+    pub credentialed: AtomicUsize,
 }
 
 /// Hosts of the fake upstream that behave like odd real registries: `k8s.test` redirects every
@@ -140,7 +155,9 @@ impl Registry {
         let down = Arc::new(AtomicBool::new(false));
         let throttled = Arc::new(AtomicBool::new(false));
         let revoked = Arc::new(AtomicBool::new(false));
+        let faults = Arc::new(Faults::default());
         let log = seen.clone();
+        let all_faults = faults.clone();
         let (v, d, t, r) = (
             version.clone(),
             down.clone(),
@@ -162,6 +179,7 @@ impl Registry {
                 let d = d.clone();
                 let t = t.clone();
                 let r = r.clone();
+                let f = all_faults.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -170,6 +188,14 @@ impl Registry {
                         if r.load(Ordering::SeqCst) {
                             req.headers_mut().remove("authorization");
                         }
+                        if f.open.load(Ordering::SeqCst) {
+                            if req.headers().contains_key("authorization") {
+                                f.credentialed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let token = http::HeaderValue::from_static(TOKEN);
+                            req.headers_mut().insert("authorization", token);
+                        }
+                        let fault = fault_of(&req, &f);
                         let log = log.clone();
                         let version = v.load(Ordering::SeqCst);
                         let down = d.load(Ordering::SeqCst);
@@ -183,7 +209,15 @@ impl Registry {
                                 let r = status(StatusCode::TOO_MANY_REQUESTS, &[]);
                                 return Ok(r.map(|b| b.boxed()));
                             }
-                            Ok(handle(req, addr, &log, version).await)
+                            if fault == Some(Fault::Throttle) {
+                                let r = status(StatusCode::TOO_MANY_REQUESTS, &[]);
+                                return Ok(r.map(|b| b.boxed()));
+                            }
+                            let resp = handle(req, addr, &log, version).await;
+                            match fault {
+                                Some(Fault::Corrupt) => Ok(corrupted(resp).await),
+                                _ => Ok(resp),
+                            }
                         }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -199,6 +233,7 @@ impl Registry {
             down,
             throttled,
             revoked,
+            faults,
         }
     }
 
@@ -218,6 +253,36 @@ impl Registry {
             .cloned()
             .collect()
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Throttle,
+    Corrupt,
+}
+
+/// The fault a request meets, if any.
+fn fault_of(req: &Request<Incoming>, f: &Faults) -> Option<Fault> {
+    let path = req.uri().path();
+    let get = req.method() == Method::GET;
+    let registry_blob = path.starts_with("/v2/") && path.contains("/blobs/sha256:");
+    if get && registry_blob && f.throttle_blob_gets.load(Ordering::SeqCst) {
+        return Some(Fault::Throttle);
+    }
+    let blob = path.contains("/blobs/") && !path.contains("/uploads");
+    (get && blob && f.corrupt.load(Ordering::SeqCst)).then_some(Fault::Corrupt)
+}
+
+/// `resp` with the first byte of its body changed.
+async fn corrupted(
+    resp: Response<BoxBody<Bytes, Infallible>>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let (parts, body) = resp.into_parts();
+    let mut bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    if let Some(b) = bytes.first_mut() {
+        *b = b.wrapping_add(1);
+    }
+    Response::from_parts(parts, Full::new(Bytes::from(bytes)).boxed())
 }
 
 async fn handle(
