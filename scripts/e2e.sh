@@ -24,6 +24,7 @@
 #   faults       reset, kill -9, full disk, idle connections, SIGTERM (issue 9)
 #   compose      docker-compose.yml with the image of scripts/docker-image.sh
 #   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy, issue 13)
+#   mirrors      blobs by digest from a verified mirror while the upstream answers 429 (issue 13)
 #
 # A phase declares what it needs in PHASE_NEEDS and the driver provides it (need): appliance (the first
 # appliance running; its start makes the setup checks: config rejected, ca cert, listening lines, admin),

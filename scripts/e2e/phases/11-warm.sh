@@ -46,11 +46,25 @@ warm_job_ran() { # the config's [[warm]] job warmed docker.io/library/kept:1 (ma
         app curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/api/status" |
         jq -e '.warm[0].ok == true and .warm[0].images == ["docker.io/library/kept:1"]' >/dev/null
 }
+cache_ls_json() { # `regcache cache ls --json` (beside the running appliance) lists what warm stored
+    local out
+    out=$(app "$BIN" cache ls --json --config "$RC/config.toml" --repo library/warmup)
+    jq -c '.total' <<<"$out"
+    jq -e '.total.objects == 4 and ([.objects[].refs[].repo] | unique) == ["library/warmup"]' <<<"$out" >/dev/null
+}
+config_check_json() { # `regcache config check --json` on the running appliance's config
+    local out
+    out=$(app "$BIN" config check --json --config "$RC/config.toml")
+    echo "$out" | jq -c '{ok, registries, names, problems}'
+    jq -e '.ok == true and .problems == [] and .registries > 0' <<<"$out" >/dev/null
+}
 
 phase_run() {
     run_check "warm: the config's [[warm]] job ran at start (metrics per job, status page line)" warm_job_ran
     run_check "warm: regcache warm --via fetches docker.io/library/warmup:1 (manifest, config, 2 layers)" warm_fetches
     run_check "warm: a second run finds all 4 objects already cached" warm_finds_it_cached
+    run_check "json: cache ls --json lists the 4 objects of library/warmup with their repository" cache_ls_json
+    run_check "json: config check --json says ok with no problems" config_check_json
     run_check "warm: --all-platforms warms an OCI index and each platform's manifest and blobs" warm_index_platforms
     run_check "warm: a missing tag fails with the registry's 404 and a non-zero exit; the other image is warmed" warm_missing_fails
 }
