@@ -58,13 +58,11 @@ impl Upstream {
     /// The registries whose upstreams requests are labelled with (config load and reload).
     pub fn set_routes(&self, routes: &[Arc<Route>]) {
         let mut owners: Vec<(String, String)> = (routes.iter())
-            .filter_map(|r| Some((r.upstream.split("://").nth(1)?.to_owned(), r.host.clone())))
+            .filter_map(|r| Some((authority(&r.upstream)?, r.host.clone())))
             .collect();
         // A registry's mirrors are labelled by their own `host[:port]` (a configured, bounded set).
         let mirrors = routes.iter().flat_map(|r| r.mirrors.urls.iter());
-        let mirrors = mirrors
-            .filter_map(|m| m.split("://").nth(1))
-            .map(|a| (a.into(), a.into()));
+        let mirrors = mirrors.filter_map(|m| authority(m)).map(|a| (a.clone(), a));
         owners.extend(mirrors);
         *self.owners.write_now() = owners;
     }
@@ -77,9 +75,9 @@ impl Upstream {
     /// The metrics label for an upstream URL: the registry whose upstream it is, a mirror's own
     /// `host[:port]`, else "cdn" (redirect targets, token services of unconfigured registries).
     pub fn label(&self, url: &str) -> String {
-        let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
+        let authority = authority(url);
         let owners = self.owners.read_now();
-        let owner = authority.and_then(|a| owners.iter().find(|(up, _)| up == a));
+        let owner = authority.and_then(|a| owners.iter().find(|(up, _)| *up == a));
         owner.map_or_else(|| "cdn".to_owned(), |(_, host)| host.clone())
     }
 
