@@ -84,6 +84,12 @@ pub enum Error {
     WritesPaused,
     #[error("no room for {digest} ({size} bytes) within cache.max_size")]
     NoRoom { digest: Digest, size: u64 },
+    #[error(
+        "{}: another regcache process (serve, or warm without --via) owns this cache; \
+         stop it, or warm through it with --via",
+        path.display()
+    )]
+    Owned { path: std::path::PathBuf },
 }
 
 #[cfg(test)]

@@ -70,6 +70,9 @@ pub struct Store {
     /// Keeps `tags/` in step with `State::tags`, in a thread of its own.
     pub(super) tag_files: Arc<TagFiles>,
     pub(super) metrics: Arc<Metrics>,
+    /// The owner's exclusive lock on `{dir}/lock`, held while the store is open (`None` for
+    /// maintenance, which may run beside the owner).
+    _owner: Option<fs::File>,
 }
 
 /// A store that is gone has its tag mappings on disk (a restart finds them).
@@ -113,6 +116,10 @@ impl Store {
             let path = dir.join(sub);
             create_private_dirs(&path).map_err(io_err(&path))?;
         }
+        let owner_lock = match owner {
+            true => Some(take_ownership(dir)?),
+            false => None,
+        };
         if owner {
             let removed = clear_dir(&dir.join("tmp"))?;
             if removed > 0 {
@@ -133,6 +140,7 @@ impl Store {
             max_tags: std::sync::atomic::AtomicUsize::new(MAX_TAGS),
             tag_files: TagFiles::new(dir.join("tags")),
             metrics,
+            _owner: owner_lock,
         });
         store
             .metrics
@@ -405,5 +413,29 @@ impl Sink for Store {
     }
     fn digest_mismatch(&self) {
         self.metrics.cache_digest_mismatches.inc();
+    }
+}
+
+/// An exclusive, non-blocking `flock` on `{dir}/lock`: two owners would clear each other's fills
+/// in `tmp/` and evict each other's objects. Released when the file closes (the store is dropped,
+/// or the process dies).
+fn take_ownership(dir: &Path) -> Result<fs::File, Error> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // Private like every file of the cache, whatever the umask or an older file's mode.
+    let private = fs::Permissions::from_mode(0o600);
+    file.set_permissions(private).map_err(io_err(&path))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Owned { path }),
+        Err(e) => Err(io_err(&path)(e.into())),
     }
 }

@@ -204,3 +204,21 @@ async fn verify_rehashes_and_purge_selects_by_repository() {
     assert_eq!((n, bytes), (1, 2000));
     assert_eq!(store.usage(), (0, 0));
 }
+
+#[test]
+fn one_owner_at_a_time_and_maintenance_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = Store::open(dir.path(), 1 << 20).unwrap();
+    let second = Store::open(dir.path(), 1 << 20);
+    assert!(
+        matches!(second, Err(Error::Owned { .. })),
+        "a second owner is refused"
+    );
+    // `regcache cache …` may look while the owner runs.
+    assert!(Store::open_for_maintenance(dir.path()).is_ok());
+    drop(owner);
+    assert!(
+        Store::open(dir.path(), 1 << 20).is_ok(),
+        "the lock goes with the owner"
+    );
+}
