@@ -70,7 +70,7 @@ impl Store {
         let entry = TagEntry {
             digest,
             media_type: media_type.to_owned(),
-            fresh_until: tokio::time::Instant::now() + ttl,
+            fresh_until: fresh_until(ttl),
         };
         let mut doomed = Doomed::default();
         let mut guard = self.lock();
@@ -116,7 +116,7 @@ impl Store {
     /// Marks a tag mapping fresh again for `ttl` (the upstream confirmed the digest).
     pub fn refresh_tag(&self, key: &TagKey, ttl: Duration) {
         if let Some(t) = self.lock().tags.get_mut(key) {
-            t.fresh_until = tokio::time::Instant::now() + ttl;
+            t.fresh_until = fresh_until(ttl);
         }
     }
 
@@ -124,4 +124,13 @@ impl Store {
     pub(super) fn set_max_tags(&self, n: usize) {
         self.max_tags.store(n, Ordering::Relaxed);
     }
+}
+
+/// `ttl` from now; a TTL past what the clock can hold is "as long as it can" (config caps TTLs at
+/// 100 years, so this only guards the arithmetic).
+fn fresh_until(ttl: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }

@@ -16,7 +16,7 @@ use super::validate::Validator;
 use super::values::parse_duration;
 
 /// What "forever" lasts: long enough never to come, short enough for any clock's arithmetic.
-pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub const FOREVER: Duration = super::values::MAX_DURATION;
 
 /// One `[[cache.rule]]` as written.
 #[derive(Deserialize)]

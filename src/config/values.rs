@@ -45,6 +45,8 @@ pub enum ValueError {
     NoHost,
     #[error("give only scheme and host (and port), no path")]
     HasPath,
+    #[error("longer than 100 years (for a tag that never changes, write \"forever\")")]
+    TooLong,
     /// A word outside a fixed choice of two (`log.format`).
     #[error("use {0:?} or {1:?}")]
     NotOneOf(&'static str, &'static str),
@@ -68,18 +70,25 @@ pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     n.checked_mul(mult).ok_or(ValueError::TooLarge)
 }
 
-/// "60s", "5m", "24h", "7d", "250ms".
+/// The longest duration any key takes: every one is added to a clock somewhere.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// "60s", "5m", "24h", "7d", "250ms"; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let (n, unit) = number_and_unit(s).ok_or(ValueError::DurationNumber)?;
-    let secs = |m: u64| Ok(Duration::from_secs(n.saturating_mul(m)));
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
+    let secs = |m: u64| Duration::from_secs(n.saturating_mul(m));
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86400),
-        "" => Err(ValueError::NoDurationUnit),
-        other => Err(ValueError::DurationUnit(other.to_owned())),
+        "" => return Err(ValueError::NoDurationUnit),
+        other => return Err(ValueError::DurationUnit(other.to_owned())),
+    };
+    match d > MAX_DURATION {
+        true => Err(ValueError::TooLong),
+        false => Ok(d),
     }
 }
 
@@ -205,6 +214,36 @@ mod tests {
         assert_eq!(
             parse_upstream("https://a.io:444").unwrap(),
             "https://a.io:444/"
+        );
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn durations_past_a_century_are_refused_before_they_reach_a_clock() {
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for long in [
+            "36501d",
+            "200000000000000d",
+            "18446744073709551615s",
+            "18446744073709551615ms",
+        ] {
+            assert!(
+                matches!(parse_duration(long), Err(ValueError::TooLong)),
+                "{long}"
+            );
+        }
+        let config = "[cache]\nmanifest_ttl = \"9999999999999999999s\"\n\
+                      [[cache.rule]]\nmatch = \"x/*\"\nmanifest_ttl = \"200000000000000d\"\n";
+        let text = crate::config::parse(config, crate::config::Source::Embedded)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(":2:") && text.contains(":5:") && text.contains("100 years"),
+            "{text}"
         );
     }
 }

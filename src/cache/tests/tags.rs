@@ -141,3 +141,20 @@ fn worst_lock_wait<T>(store: &Arc<Store>, probe: &Digest, f: impl FnOnce() -> T)
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     (prober.join().unwrap(), out)
 }
+
+#[test]
+fn a_ttl_past_the_clock_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let key = TagKey {
+        registry: "r".into(),
+        repo: "a".into(),
+        tag: "1".into(),
+        accept: String::new(),
+    };
+    let digest = Digest::of(b"x");
+    store.put_tag(key.clone(), digest, "x/y", Duration::MAX);
+    store.refresh_tag(&key, Duration::MAX);
+    let fresh_until = store.lock().tags.get(&key).map(|t| t.fresh_until);
+    assert!(fresh_until.is_some_and(|t| t > tokio::time::Instant::now()));
+}
