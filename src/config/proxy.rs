@@ -139,8 +139,9 @@ pub fn mask(s: &str) -> String {
     let Some((scheme, rest)) = s.split_once("://") else {
         return s.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
+    // The last '@' anywhere, as parsing takes it: a password may hold an unescaped '/', '?' or
+    // '#' (such a URL is refused, and its problem message must not show the password either).
+    let Some(at) = rest.rfind('@') else {
         return s.to_owned();
     };
     match rest[..at].split_once(':') {
@@ -253,7 +254,10 @@ mod tests {
     fn masking_hides_only_the_password() {
         assert_eq!(mask("http://u:pw@h:1/x"), "http://u:***@h:1/x");
         assert_eq!(mask("http://u@h:1"), "http://u@h:1");
-        assert_eq!(mask("http://h:1/a@b"), "http://h:1/a@b");
+        // Over-masking a path with an '@' is harmless; a password with a '/' must never show.
+        assert_eq!(mask("http://h:1/a@b"), "http://h:***@b");
+        assert_eq!(mask("http://alice:pa/ss@proxy:3128"), "http://alice:***@proxy:3128");
+        assert_eq!(mask("http://alice:pa?s#s@proxy:3128"), "http://alice:***@proxy:3128");
         assert_eq!(mask("nonsense"), "nonsense");
     }
 
