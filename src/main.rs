@@ -51,11 +51,28 @@ fn main() -> ExitCode {
                 Err(code) => code,
             },
         },
-        Command::Warm(args) => {
-            let config = args.config.clone();
-            with_config(&config, |config| regcache::warm::command(config, args))
-        }
+        Command::Warm(args) => warm(args),
         Command::Cache { command } => cache(&command),
+    }
+}
+
+/// `regcache warm …`: with `--json`, a failure that stops it is a JSON error document too.
+fn warm(args: regcache::cli::WarmArgs) -> ExitCode {
+    let format = Format::from_flag(args.json);
+    let config = match load(&args.config, format) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match regcache::warm::command(config, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // A run that went through already printed its document (images that failed inside).
+            if format == Format::Json && !e.is::<regcache::warm::Failed>() {
+                print!("{}", output::error_json(format!("{e:#}"), Vec::new()));
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

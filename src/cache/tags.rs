@@ -83,13 +83,15 @@ impl Store {
         if state.tags.len() > self.max_tags.load(Ordering::Relaxed) {
             doomed.tags = self.shed_tags(state);
         }
-        drop(guard);
+        // Queued under the lock (a queue push): two moves of one tag reach the disk in the order
+        // they reached the map, so a restart never finds the older one.
         if persist {
             self.tag_files.write(&key, &entry);
         }
         if unpersist {
-            doomed.tags.push(key);
+            self.tag_files.remove([&key]);
         }
+        drop(guard);
         self.bury(doomed);
     }
 

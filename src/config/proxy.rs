@@ -256,8 +256,14 @@ mod tests {
         assert_eq!(mask("http://u@h:1"), "http://u@h:1");
         // Over-masking a path with an '@' is harmless; a password with a '/' must never show.
         assert_eq!(mask("http://h:1/a@b"), "http://h:***@b");
-        assert_eq!(mask("http://alice:pa/ss@proxy:3128"), "http://alice:***@proxy:3128");
-        assert_eq!(mask("http://alice:pa?s#s@proxy:3128"), "http://alice:***@proxy:3128");
+        assert_eq!(
+            mask("http://alice:pa/ss@proxy:3128"),
+            "http://alice:***@proxy:3128"
+        );
+        assert_eq!(
+            mask("http://alice:pa?s#s@proxy:3128"),
+            "http://alice:***@proxy:3128"
+        );
         assert_eq!(mask("nonsense"), "nonsense");
     }
 

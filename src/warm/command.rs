@@ -30,9 +30,21 @@ pub fn command(config: Config, args: WarmArgs) -> anyhow::Result<()> {
     }
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     if failed > 0 {
-        bail!("{failed} of {} images failed", outcomes.len());
+        return Err(Failed {
+            failed,
+            of: outcomes.len(),
+        }
+        .into());
     }
     Ok(())
+}
+
+/// Some images failed (each said why in the output already).
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {of} images failed")]
+pub struct Failed {
+    pub failed: usize,
+    pub of: usize,
 }
 
 fn parse_platforms(texts: &[String]) -> anyhow::Result<Vec<Platform>> {

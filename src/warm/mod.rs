@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::proxy::access_log::AccessLog;
 use crate::reference::Reference;
 use client::RegistryClient;
-pub use command::command;
+pub use command::{command, Failed};
 pub use progress::human;
 use progress::Progress;
 pub use pull::{Platform, Platforms, Tally};

@@ -94,12 +94,17 @@ pub async fn warm_image(
     let mut images = Vec::new();
     if INDEX_TYPES.contains(&media_type.as_str()) {
         for digest in chosen(image, &top, platforms)? {
-            images.push(manifest(client, image, &digest, &mut tally).await?.0);
+            let (child, media_type) = manifest(client, image, &digest, &mut tally).await?;
+            if INDEX_TYPES.contains(&media_type.as_str()) {
+                let what = format!("{image}@{digest}");
+                return Err(Error::NotAManifest(what, "an index inside an index".into()));
+            }
+            images.push(child);
         }
     } else {
         images.push(top);
     }
-    let blobs = blobs_of(&images);
+    let blobs = blobs_of(image, &images)?;
     progress.begin(&image.to_string(), blobs.values().sum());
     let results: Vec<Result<(u64, bool), Error>> = stream::iter(blobs.into_keys())
         .map(|digest| async move { blob(client, image, &digest, progress).await })
@@ -157,34 +162,46 @@ async fn manifest(
 /// The digests of an index's manifests for the platforms asked for.
 fn chosen(image: &Reference, index: &Value, platforms: &Platforms) -> Result<Vec<String>, Error> {
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-    let digest = |e: &Value| e["digest"].as_str().map(str::to_owned);
-    let wanted = match platforms {
-        Platforms::All => return Ok(entries.iter().filter_map(digest).collect()),
-        Platforms::These(wanted) => wanted,
+    let chosen: Vec<&Value> = match platforms {
+        Platforms::All => entries.iter().collect(),
+        Platforms::These(wanted) => {
+            let mut chosen = Vec::new();
+            for platform in wanted {
+                let Some(entry) = entries.iter().find(|e| matches(platform, e)) else {
+                    let name = format!("{}/{}", platform.os, platform.arch);
+                    return Err(Error::NoPlatform(image.to_string(), name));
+                };
+                chosen.push(entry);
+            }
+            chosen
+        }
     };
-    let mut out = Vec::new();
-    for platform in wanted {
-        let Some(entry) = entries.iter().find(|e| matches(platform, e)) else {
-            let name = format!("{}/{}", platform.os, platform.arch);
-            return Err(Error::NoPlatform(image.to_string(), name));
-        };
-        out.extend(digest(entry));
-    }
-    Ok(out)
+    chosen.into_iter().map(|e| digest_of(image, e)).collect()
+}
+
+/// The sha256 digest an index entry, config or layer names (it goes into a URL path).
+fn digest_of(image: &Reference, entry: &Value) -> Result<String, Error> {
+    let digest = entry["digest"]
+        .as_str()
+        .filter(|d| Digest::parse(d).is_some());
+    let why = || "an entry without a sha256 digest".to_owned();
+    digest
+        .map(str::to_owned)
+        .ok_or_else(|| Error::NotAManifest(image.to_string(), why()))
 }
 
 /// Every config and layer blob of these image manifests, with its size.
-fn blobs_of(manifests: &[Value]) -> BTreeMap<String, u64> {
+fn blobs_of(image: &Reference, manifests: &[Value]) -> Result<BTreeMap<String, u64>, Error> {
     let mut blobs = BTreeMap::new();
     for m in manifests {
         let layers = m["layers"].as_array().into_iter().flatten();
-        for d in std::iter::once(&m["config"]).chain(layers) {
-            if let Some(digest) = d["digest"].as_str() {
-                blobs.insert(digest.to_owned(), d["size"].as_u64().unwrap_or(0));
-            }
+        // (a manifest without a config, such as some artifacts, has only layers)
+        let config = Some(&m["config"]).filter(|c| !c.is_null());
+        for d in config.into_iter().chain(layers) {
+            blobs.insert(digest_of(image, d)?, d["size"].as_u64().unwrap_or(0));
         }
     }
-    blobs
+    Ok(blobs)
 }
 
 /// One blob, read to the end and checked; its size and whether the cache held it.
@@ -224,9 +241,11 @@ async fn blob(
         }
     }
     let got = hasher.finish();
-    match Digest::parse(digest) {
-        Some(want) if want != got => return Err(Error::Mismatch { what, want, got }),
-        _ => {}
+    let Some(want) = Digest::parse(digest) else {
+        return Err(Error::NotAManifest(what, "not a sha256 digest".into()));
+    };
+    if want != got {
+        return Err(Error::Mismatch { what, want, got });
     }
     progress.object(digest, bytes, cached);
     Ok((bytes, cached))
@@ -242,37 +261,47 @@ fn is_cached<B>(resp: &http::Response<B>) -> bool {
 mod tests {
     use super::*;
 
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     #[test]
     fn platforms_choose_index_entries() {
         let index = serde_json::json!({"manifests": [
-            {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}},
-            {"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"digest": d('a'), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": d('b'), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
         ]});
         let image = Reference::parse("x").unwrap();
         let these =
             |p: &[&str]| Platforms::These(p.iter().map(|p| Platform::parse(p).unwrap()).collect());
         assert_eq!(
             chosen(&image, &index, &these(&["linux/arm64"])).unwrap(),
-            ["sha256:b"]
+            [d('b')]
         );
         assert_eq!(
             chosen(&image, &index, &these(&["linux/arm64/v8", "linux/amd64"])).unwrap(),
-            ["sha256:b", "sha256:a"]
+            [d('b'), d('a')]
         );
         assert!(chosen(&image, &index, &these(&["linux/s390x"])).is_err());
         assert_eq!(chosen(&image, &index, &Platforms::All).unwrap().len(), 2);
         assert!(Platform::parse("linux").is_none());
         assert!(Platform::parse("linux/amd64/v2/x").is_none());
+        // A digest goes into a URL path: only sha256 ones are taken.
+        let odd = serde_json::json!({"manifests": [{"digest": "sha256:../../x", "platform": {}}]});
+        assert!(chosen(&image, &odd, &Platforms::All).is_err());
     }
 
     #[test]
     fn blobs_are_the_config_and_layers_once_each() {
+        let image = Reference::parse("x").unwrap();
         let m = serde_json::json!({
-            "config": {"digest": "sha256:c", "size": 10},
-            "layers": [{"digest": "sha256:l1", "size": 100}, {"digest": "sha256:l2", "size": 200}]
+            "config": {"digest": d('c'), "size": 10},
+            "layers": [{"digest": d('1'), "size": 100}, {"digest": d('2'), "size": 200}]
         });
-        let blobs = blobs_of(&[m.clone(), m]);
+        let blobs = blobs_of(&image, &[m.clone(), m]).unwrap();
         assert_eq!(blobs.len(), 3);
         assert_eq!(blobs.values().sum::<u64>(), 310);
+        let bad = serde_json::json!({"config": {"digest": "md5:00"}, "layers": []});
+        assert!(blobs_of(&image, &[bad]).is_err());
     }
 }

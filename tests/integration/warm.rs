@@ -140,3 +140,32 @@ async fn a_warm_job_keeps_its_images_cached_and_reports_on_metrics_and_status() 
     assert!(jobs[1]["error"].as_str().unwrap().contains("404"));
     world.app.stop().await;
 }
+
+#[test]
+fn warm_json_failures_are_one_json_document() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), crate::binary::BAD_SITE_TOML).unwrap();
+    let bad = crate::binary::regcache(&["warm", "--json", "--config", "bad.toml", "x"], dir.path());
+    assert_eq!(bad.status.code(), Some(64));
+    let doc: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert!(doc["error"]["problems"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty()));
+
+    let no_ca = dir.path().join("none.crt");
+    let no_ca = no_ca.to_str().unwrap();
+    let args = [
+        "warm",
+        "--json",
+        "--via",
+        "https://127.0.0.1:9",
+        "--ca",
+        no_ca,
+        "alpine",
+    ];
+    let out = crate::binary::regcache(&args, dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = doc["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("none.crt"), "{message}");
+}
