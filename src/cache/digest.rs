@@ -39,6 +39,7 @@ impl fmt::Debug for Digest {
 }
 
 /// Incremental sha256.
+#[derive(Clone)]
 pub struct Hasher(sha2::Sha256);
 
 impl Hasher {

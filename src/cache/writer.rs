@@ -280,6 +280,23 @@ impl FillWriter {
         })
     }
 
+    /// Before [`start`](Self::start), while no reader follows: whether what was written matches
+    /// the digest (and `size`, when announced); a digest mismatch is counted. The fill goes on:
+    /// [`finish`](Self::finish) commits it, or [`rewind`](Self::rewind) lets another source try.
+    pub fn check(&mut self, size: Option<u64>) -> Result<(), Error> {
+        self.size = size;
+        self.verify()
+    }
+
+    /// Before [`start`](Self::start), while no reader follows: forgets what was written (temp
+    /// file, hash, room set aside), so that another source may fill it anew.
+    pub fn rewind(&mut self) -> Result<(), Error> {
+        self.fill.file.set_len(0).map_err(io_err(&self.tmp))?;
+        self.store.release_reservation(&self.fill.digest);
+        (self.hasher, self.written, self.size) = (Hasher::new(), 0, None);
+        Ok(())
+    }
+
     /// Checks the size (when announced) and the digest of what was written.
     fn verify(&mut self) -> Result<(), Error> {
         let expected = self.fill.digest.clone();
@@ -290,7 +307,8 @@ impl FillWriter {
                 actual: self.written,
             });
         }
-        let actual = std::mem::take(&mut self.hasher).finish();
+        // A copy: `check` then `finish` verify the same bytes.
+        let actual = self.hasher.clone().finish();
         if actual != expected {
             self.store.digest_mismatch();
             return Err(Error::DigestMismatch { expected, actual });

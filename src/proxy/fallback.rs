@@ -15,9 +15,17 @@
 //! before its first byte (the connection's stall timeout, five minutes, bounds that wait), and an
 //! object larger than the cache's room is not served from a mirror at all.
 //! A mismatch is counted (`regcache_mirror_fetches_total{mirror,result="mismatch"}`, and the
-//! cache's digest mismatches), the temp file removed, nothing stored; the client then gets the
-//! primary's own answer (its 429 or 5xx, or, with `mirrors_first`, the primary's object passed
-//! through uncached).
+//! cache's digest mismatches), the bytes forgotten, nothing stored.
+//!
+//! # The next mirror, within the same request
+//! A mirror that answers an error, cannot be reached, or whose download fails or does not match,
+//! is counted and the next configured mirror is asked, in order, each at most once per request,
+//! into the same waiting fill (emptied first: `FillWriter::rewind`), so that clients joined to it
+//! wait on and get the first verified copy. No further mirror is asked once the request has spent
+//! five minutes on its mirrors or nobody waits for the object any more. When none delivers, the
+//! client gets the primary's own answer (its 429 or 5xx, or, with `mirrors_first`, the primary's
+//! object passed through uncached). The client's admission is decided once, before the first
+//! body is read, on the primary's evidence alone (below), so a later mirror changes nothing of it.
 //!
 //! # Never served to a client the primary would refuse
 //! A mirror is asked anonymously (none of the client's headers but Accept and User-Agent; a
@@ -87,7 +95,13 @@ impl Proxy {
         primary: Primary,
     ) -> Result<Response<Body>, Error> {
         let digest = writer.fill().digest.clone();
-        let Some(answer) = self.mirror_answer(out, repo).await else {
+        let path = (out.url.strip_prefix(&out.route.upstream)).map(|p| p.split('?').next());
+        let (mirrors, path): (&[String], _) = match path.flatten() {
+            Some(path) => (&out.route.mirrors.urls, path.to_owned()),
+            None => (&[], String::new()),
+        };
+        let Some((at, answer)) = self.mirror_answer(mirrors, &path, &out.headers, repo).await
+        else {
             return match primary {
                 None => self.lead(out, repo, writer).await,
                 Some(primary) => {
@@ -109,12 +123,13 @@ impl Proxy {
         let (tx, rx) = oneshot::channel();
         let fill = MirrorFill {
             proxy: self.clone(),
-            mirror: answer.mirror,
-            url: answer.url,
             registry: out.route.host.clone(),
             repo: repo.to_owned(),
+            path,
+            headers: out.headers.clone(),
+            rest: mirrors[at + 1..].to_vec(),
         };
-        tokio::spawn(fill.run(answer.resp, writer, tx));
+        tokio::spawn(fill.run(answer, writer, tx));
         let stored = match rx.await {
             Ok(true) => self.cache.get(&digest),
             Ok(false) | Err(_) => None,
@@ -126,16 +141,21 @@ impl Proxy {
         }
     }
 
-    /// The first mirror that answers the request with a 200, asked anonymously.
-    async fn mirror_answer(&self, out: &Outbound<'_>, repo: &str) -> Option<Answer> {
-        let path = out.url.strip_prefix(&out.route.upstream)?;
-        let path = path.split('?').next().unwrap_or(path);
-        for base in &out.route.mirrors.urls {
+    /// The first of `mirrors` that answers the primary's `path` with a 200, asked anonymously:
+    /// its place in `mirrors` and its answer.
+    async fn mirror_answer(
+        &self,
+        mirrors: &[String],
+        path: &str,
+        client: &HeaderMap,
+        repo: &str,
+    ) -> Option<(usize, Answer)> {
+        for (at, base) in mirrors.iter().enumerate() {
             let mirror = base.strip_prefix("https://").unwrap_or(base).to_owned();
             let url = format!("{base}{path}");
-            let why = match self.mirror_get(&url, &out.headers, repo).await {
+            let why = match self.mirror_get(&url, client, repo).await {
                 Ok(resp) if resp.status() == StatusCode::OK => {
-                    return Some(Answer { mirror, url, resp })
+                    return Some((at, Answer { mirror, url, resp }))
                 }
                 Ok(resp) => format!("answered {}", resp.status()),
                 Err(e) => e.to_string(),

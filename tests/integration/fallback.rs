@@ -1,6 +1,7 @@
 //! A registry's `mirrors`: objects by digest fetched from a second fake registry when the primary
 //! throttles blob GETs (or first, with `mirrors_first`), served only verified and only to clients
-//! the primary admits; wrong bytes refused, never stored, counted per mirror.
+//! the primary admits; wrong bytes refused, never stored, counted per mirror, and the next mirror
+//! tried within the same request.
 
 use std::sync::atomic::Ordering;
 
@@ -92,6 +93,68 @@ async fn a_mirror_serving_wrong_bytes_is_refused_not_stored_and_counted() {
     mirror.faults.corrupt.store(false, Ordering::SeqCst);
     let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
     assert!(resp.status() == StatusCode::OK && resp.body() == &blob2());
+    w.app.stop().await;
+}
+
+fn two_mirrors(first: u16, second: u16) -> String {
+    format!("mirrors = [\"https://registry.test:{first}\", \"https://registry.test:{second}\"]")
+}
+
+#[tokio::test]
+async fn one_request_tries_the_next_mirror_when_the_first_serves_wrong_bytes() {
+    let (w, first, second) = World::start_two_mirrors("", two_mirrors).await;
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    first.faults.corrupt.store(true, Ordering::SeqCst);
+    second.faults.corrupt.store(true, Ordering::SeqCst);
+    let path = small(&blob2());
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "no mirror had it right"
+    );
+    assert!(resp.body().is_empty(), "not a byte of either mirror's");
+    assert!(!stored(&w, &blob2()));
+    assert_eq!(
+        (first.count("GET", &path), second.count("GET", &path)),
+        (1, 1),
+        "each once"
+    );
+    assert_eq!(mirror_count(&w, &first, "mismatch").await, 1.0);
+    assert_eq!(mirror_count(&w, &second, "mismatch").await, 1.0);
+    // The second mirror fixed: one request, the first's wrong bytes refused, the second's served.
+    second.faults.corrupt.store(false, Ordering::SeqCst);
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.body());
+    assert!(resp.body() == &blob2(), "the object's own bytes");
+    assert_eq!(resp.headers()["x-cache"], "MISS");
+    assert_eq!(
+        (first.count("GET", &path), second.count("GET", &path)),
+        (2, 2)
+    );
+    assert_eq!(mirror_count(&w, &first, "mismatch").await, 2.0);
+    assert_eq!(mirror_count(&w, &second, "verified").await, 1.0);
+    let text = scrape(w.app.admin).await;
+    assert_eq!(value(&text, "regcache_cache_digest_mismatches_total"), 3.0);
+    let digest = Digest::parse(&digest_of(&blob2())).unwrap();
+    let entries = w
+        .app
+        .cache
+        .list()
+        .into_iter()
+        .filter(|o| o.digest == digest);
+    let sizes: Vec<u64> = entries.map(|o| o.size).collect();
+    assert_eq!(sizes, [blob2().len() as u64], "stored once, whole");
+    let again = w.app.get(HUB, &path, &[]).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(
+        (first.count("GET", &path), second.count("GET", &path)),
+        (2, 2),
+        "no refetch"
+    );
     w.app.stop().await;
 }
 

@@ -1,8 +1,10 @@
 # shellcheck shell=bash
 # Phase warm: `regcache warm --via` a running appliance pulls images into its cache through the path a
 # client pull takes (Docker Hub's token service on its own host, the CDN redirect, an OCI index and its
-# platforms); a second run finds every object cached; a missing tag fails with its reason.
-PHASE_NEEDS=(appliance upstreams)
+# platforms); a second run finds every object cached, and dockerd's pull of the warmed image then
+# takes every blob from the cache (no blob GET at the upstream or its CDN); a missing tag fails with its
+# reason.
+PHASE_NEEDS=(appliance upstreams client-dockerd)
 
 warm_json() { # IMAGE...: regcache warm --json through the appliance, trusting its CA
     app "$BIN" warm --config "$RC/config.toml" --via "https://$APP_IP" --ca "$W/regcache-ca.crt" --json "$@"
@@ -18,6 +20,23 @@ warm_finds_it_cached() {
     out=$(warm_json docker.io/library/warmup:1)
     echo "$out"
     jq -e '.[0].error == null and .[0].fetched == 0 and .[0].cached == 4' <<<"$out" >/dev/null
+}
+upstream_blob_gets() { # REPO: GETs of REPO's blobs at Docker Hub's registry and of its blob files at the CDN
+    local hexes
+    hexes=$(awk '$1 == "blob" {sub(/^sha256:/, "", $2); print $2}' "$W/images/warmup/push-plan" | paste -sd'|')
+    cat "$LOGS"/upstream-hub*.log "$LOGS"/upstream-cdn*.log |
+        grep -cE "\"GET (/v2/$1/blobs/|/docker/registry/v2/blobs/sha256/../($hexes)/data)" || true
+}
+dockerd_pulls_warmed() { # docker pull of the warmed image: through the appliance, no upstream blob GET
+    local before through after
+    before=$(upstream_blob_gets library/warmup)
+    through=$(grep -c '"GET /v2/library/warmup/blobs/.*"docker/' "$ACCESS_LOG" || true)
+    docker_pull_fresh docker.io/library/warmup:1 warmup || return 1
+    after=$(upstream_blob_gets library/warmup)
+    through=$(($(grep -c '"GET /v2/library/warmup/blobs/.*"docker/' "$ACCESS_LOG" || true) - through))
+    echo "dockerd's blob GETs through the appliance: $through; upstream blob GETs before $before, after $after"
+    [[ $through -ge 3 ]] || { echo "dockerd did not fetch the config and 2 layers through the appliance"; return 1; }
+    expect_eq "$after" "$before" "upstream blob GETs (hub registry and CDN) during dockerd's pull"
 }
 warm_index_platforms() { # every platform of the OCI index: 1 index + 2 manifests + their blobs
     local out
@@ -63,6 +82,10 @@ phase_run() {
     run_check "warm: the config's [[warm]] job ran at start (metrics per job, status page line)" warm_job_ran
     run_check "warm: regcache warm --via fetches docker.io/library/warmup:1 (manifest, config, 2 layers)" warm_fetches
     run_check "warm: a second run finds all 4 objects already cached" warm_finds_it_cached
+    if [[ $DOCKER_OK == 1 ]]; then
+        run_check "warm: dockerd pulls docker.io/library/warmup:1 from the cache (no blob GET upstream or at the CDN)" \
+            dockerd_pulls_warmed
+    fi
     run_check "json: cache ls --json lists the 4 objects of library/warmup with their repository" cache_ls_json
     run_check "json: config check --json says ok with no problems" config_check_json
     run_check "warm: --all-platforms warms an OCI index and each platform's manifest and blobs" warm_index_platforms

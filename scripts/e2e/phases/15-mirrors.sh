@@ -1,29 +1,42 @@
 # shellcheck shell=bash
 # Phase mirrors (issue 13 part 3, verified fallback sources), on a fresh appliance (its own state dir
-# holding the run's CA) whose nvcr.io has `mirrors = ["https://example.org"]`: a second docker-registry
-# at example.org holding copies of nvcr.io's images, and nvcr.io's upstream reached through
-# scripts/e2e/throttler.py, which answers 429 to every blob GET (a spent pull quota) and forwards the
-# rest. skopeo pulls nvidia/tiny through the appliance: every blob comes from the mirror, verified and
-# stored. The mirror's copy of nvidia/fault's layer has one byte changed: refused, never stored,
-# counted per mirror, and the pull fails.
-PHASE_NEEDS=(stopped-appliance upstreams)
+# holding the run's CA) whose nvcr.io has `mirrors = ["https://example.org", "https://example.org:8445"]`:
+# two more docker-registry instances at example.org holding copies of nvcr.io's images, and nvcr.io's
+# upstream reached through scripts/e2e/throttler.py, which answers 429 to every blob GET (a spent pull
+# quota) and forwards the rest. dockerd, then skopeo, pull nvidia/tiny through the appliance: every
+# blob comes from the first mirror, verified and stored, once. The first mirror's copy of nvidia/fault's
+# layer has one byte changed; while the second's has too, both are refused, never stored, counted per
+# mirror, and the pull fails; the second's mended, one pull gets the layer from it within the same
+# requests (the first's mismatch counted again), verified and stored.
+PHASE_NEEDS=(stopped-appliance upstreams client-dockerd)
 
 MIRROR_HOST=$OTHER_HOST MIRROR_IP=$OTHER_IP   # example.org: resolvable upstream, nothing else on :443
 THROTTLE_PORT=8444
+SECOND_PORT=8445 SECOND_MIRROR=$OTHER_HOST:8445
 
-# mirror_world: the mirror registry with copies of tiny and fault (fault's layer corrupted), the throttler
-mirror_world() {
-    local m=$W/mirrors
+# mirror_registry NAME ADDR AUTHORITY: a docker-registry for the mirror AUTHORITY, in $W/mirrors/NAME
+mirror_registry() {
+    registry_config "$ASSETS/registry-plain.yml.in" "$W/mirrors/$1" "$2" "$MIRROR_HOST" || return 1
+    bg "$1" "$APP_NS" docker-registry serve "$W/mirrors/$1/config.yml"
+    MIRROR_PIDS+=("$!")
+    wait_for "$1" "$!" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$3/v2/"
+}
+fault_layer() { # NAME: the file of fault's layer in the mirror registry NAME's storage
     local hex
+    hex=$(layer_hex fault)
+    echo "$W/mirrors/$1/storage/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data"
+}
+# mirror_world: the mirror registries with copies of tiny and fault (fault's layer corrupted in both),
+# the throttler
+mirror_world() {
     pki_leaf "$PKI" "$MIRROR_HOST" "$MIRROR_HOST" || return 1
-    registry_config "$ASSETS/registry-plain.yml.in" "$m/registry" "$MIRROR_IP:443" "$MIRROR_HOST" || return 1
-    bg mirror-registry "$APP_NS" docker-registry serve "$m/registry/config.yml"
-    MIRROR_PIDS=("$!")
-    wait_for "mirror registry" "$!" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$MIRROR_HOST/v2/" || return 1
+    mirror_registry mirror-registry "$MIRROR_IP:443" "$MIRROR_HOST" || return 1
+    mirror_registry second-mirror "$MIRROR_IP:$SECOND_PORT" "$SECOND_MIRROR" || return 1
     push_layout "$MIRROR_HOST" nvidia/tiny "$W/images/tiny" || return 1
     push_layout "$MIRROR_HOST" nvidia/fault "$W/images/fault" || return 1
-    hex=$(layer_hex fault)
-    corrupt "$m/registry/storage/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data" || return 1
+    push_layout "$SECOND_MIRROR" nvidia/fault "$W/images/fault" || return 1
+    corrupt "$(fault_layer mirror-registry)" || return 1
+    corrupt "$(fault_layer second-mirror)" || return 1
     bg throttler "$APP_NS" "$PY" "$ASSETS/throttler.py" --listen "$NVCR_IP:$THROTTLE_PORT" \
         --tls-cert "$PKI/$NVCR_HOST.crt" --tls-key "$PKI/$NVCR_HOST.key" --backend "$NVCR_IP:443" --ca "$PKI/ca.crt"
     MIRROR_PIDS+=("$!")
@@ -35,7 +48,7 @@ layer_hex() { # KEY: the hex of the image's largest blob (its layer)
         echo "$(stat -c %s "$W/images/$1/blobs/sha256/${d#sha256:}") ${d#sha256:}"
     done | sort -n | awk 'END {print $2}'
 }
-corrupt() { # FILE: one byte changed in place (same size)
+corrupt() { # FILE: one byte changed in place (same size); twice mends it
     "$PY" - "$1" <<'EOF'
 import sys
 with open(sys.argv[1], "r+b") as f:
@@ -51,7 +64,7 @@ mirror_appliance() {
     mkdir -p "$st/state/certs"
     cp "$RC/state/certs/ca.crt" "$RC/state/certs/ca.key" "$st/state/certs/"
     render_config "$st/config.toml" "$st/state" "$PKI/ca.crt"
-    sed -i "s|^host = \"$NVCR_HOST\"\$|&\\nupstream = \"https://$NVCR_HOST:$THROTTLE_PORT\"\\nmirrors = [\"https://$MIRROR_HOST\"]|" \
+    sed -i "s|^host = \"$NVCR_HOST\"\$|&\\nupstream = \"https://$NVCR_HOST:$THROTTLE_PORT\"\\nmirrors = [\"https://$MIRROR_HOST\", \"https://$SECOND_MIRROR\"]|" \
         "$st/config.toml"
     grep -A2 "^host = \"$NVCR_HOST\"" "$st/config.toml"
     start_regcache "$st/config.toml" regcache-mirrors
@@ -74,46 +87,77 @@ primary_throttles() {
     http_code_in 200 app_curl --max-time 10 "https://$MIRROR_HOST$path"
     echo "blob GET 429, HEAD 200 at the primary; GET 200 at the mirror"
 }
-pull_from_mirror() {
-    local hex n=0 want verified
-    cli_skopeo copy "docker://$NVCR_HOST/nvidia/tiny:25.03" "oci:$W/mirrors/tiny:x"
+mirror_metric() { metric "regcache_mirror_fetches_total{mirror=\"$1\",result=\"$2\"}"; } # MIRROR RESULT
+# tiny_from_first_mirror: every blob of tiny stored, asked of the primary first (429), fetched from
+# the first mirror once (its verified fetches equal the blobs)
+tiny_from_first_mirror() {
+    local hex n=0 verified
     for hex in $(blob_hexes tiny); do
         stored "$hex" || { echo "blob $hex not stored"; return 1; }
         grep -q "GET /v2/nvidia/tiny/blobs/sha256:$hex .* 429" "$LOGS/throttler.log" ||
             { echo "the primary was not asked for $hex first"; return 1; }
         n=$((n + 1))
     done
-    want=$n verified=$(metric "regcache_mirror_fetches_total{mirror=\"$MIRROR_HOST\",result=\"verified\"}")
+    verified=$(mirror_metric "$MIRROR_HOST" verified)
     echo "$n blobs stored; mirror fetches verified: $verified"
-    expect_eq "$verified" "$want" "verified fetches from $MIRROR_HOST"
+    expect_eq "$verified" "$n" "verified fetches from $MIRROR_HOST"
     grep -q "cached from a mirror, verified" "$LOGS/regcache-mirrors.log"
 }
+dockerd_from_mirror() {
+    docker_pull_fresh "$NVCR_HOST/nvidia/tiny:25.03" tiny && tiny_from_first_mirror
+}
+skopeo_from_mirror() {
+    cli_skopeo copy "docker://$NVCR_HOST/nvidia/tiny:25.03" "oci:$W/mirrors/tiny:x" && tiny_from_first_mirror
+}
+primary_gets() { # KEY: the primary's 429s to GETs of KEY's layer so far (one per client request)
+    grep -c "GET /v2/nvidia/$1/blobs/sha256:$(layer_hex "$1") .* 429" "$LOGS/throttler.log" || true
+}
 wrong_bytes_refused() {
-    local rc=0 hex mismatch
+    local rc=0 hex first second
     hex=$(layer_hex fault)
     cli_skopeo copy "docker://$NVCR_HOST/nvidia/fault:1" "oci:$W/mirrors/fault:x" || rc=$?
     echo "skopeo exit $rc"
-    [[ $rc != 0 ]] || { echo "the pull succeeded with the mirror's wrong bytes"; return 1; }
+    [[ $rc != 0 ]] || { echo "the pull succeeded with the mirrors' wrong bytes"; return 1; }
     if stored "$hex"; then echo "the corrupt layer $hex was stored"; return 1; fi
-    mismatch=$(metric "regcache_mirror_fetches_total{mirror=\"$MIRROR_HOST\",result=\"mismatch\"}")
-    echo "mirror fetches refused for a mismatch: $mismatch"
-    [[ $mismatch -ge 1 ]]
+    first=$(mirror_metric "$MIRROR_HOST" mismatch) second=$(mirror_metric "$SECOND_MIRROR" mismatch)
+    echo "mirror fetches refused for a mismatch: $MIRROR_HOST $first, $SECOND_MIRROR $second"
+    [[ $first -ge 1 && $second -ge 1 ]]
     grep -q "mirror's object refused" "$LOGS/regcache-mirrors.log"
+}
+next_mirror_serves() {
+    local hex before gets verified
+    hex=$(layer_hex fault)
+    corrupt "$(fault_layer second-mirror)" # mended
+    before=$(mirror_metric "$MIRROR_HOST" mismatch) gets=$(primary_gets fault)
+    cli_skopeo copy "docker://$NVCR_HOST/nvidia/fault:1" "oci:$W/mirrors/fault:x"
+    stored "$hex" || { echo "layer $hex not stored"; return 1; }
+    expect_eq "$(primary_gets fault)" "$((gets + 1))" "client requests for the layer (the primary's 429s)"
+    expect_eq "$(mirror_metric "$MIRROR_HOST" mismatch)" "$((before + 1))" "mismatches of $MIRROR_HOST"
+    verified=$(mirror_metric "$SECOND_MIRROR" verified)
+    expect_eq "$verified" 1 "verified fetches from $SECOND_MIRROR (the layer)"
+    grep "trying the next mirror" "$LOGS/regcache-mirrors.log" | tail -n 1
 }
 
 phase_run() {
     local t=$SECONDS pid
-    RESOLVE+=(--resolve "$MIRROR_HOST:443:$MIRROR_IP" --resolve "$NVCR_HOST:$THROTTLE_PORT:$NVCR_IP")
+    RESOLVE+=(--resolve "$MIRROR_HOST:443:$MIRROR_IP" --resolve "$SECOND_MIRROR:$MIRROR_IP"
+        --resolve "$NVCR_HOST:$THROTTLE_PORT:$NVCR_IP")
     MIRROR_PIDS=()
     if ! mirror_world >"$LOGS/mirror-world.log" 2>&1; then
         run_check "mirrors: the mirror registry and the throttler start" false
     else
         run_check "mirrors: the primary answers 429 to blob GETs (HEAD 200); the mirror holds a copy" primary_throttles
         if mirror_appliance >"$LOGS/mirror-appliance.log" 2>&1; then
-            run_check "mirrors: skopeo pulls nvcr.io/nvidia/tiny:25.03 while the primary throttles: every blob from the mirror, verified, stored" \
-                pull_from_mirror
-            run_check "mirrors: the mirror's wrong bytes for nvidia/fault's layer: refused, not stored, counted; the pull fails" \
+            if [[ $DOCKER_OK == 1 ]]; then
+                run_check "mirrors: dockerd pulls nvcr.io/nvidia/tiny:25.03 while the primary throttles: every blob from the first mirror, verified, stored" \
+                    dockerd_from_mirror
+            fi
+            run_check "mirrors: skopeo pulls nvcr.io/nvidia/tiny:25.03 while the primary throttles: every blob from the first mirror, verified, stored, fetched once" \
+                skopeo_from_mirror
+            run_check "mirrors: both mirrors' wrong bytes for nvidia/fault's layer: refused, not stored, counted per mirror; the pull fails" \
                 wrong_bytes_refused
+            run_check "mirrors: the second mirror mended: one request for the layer gets it from $SECOND_MIRROR after the first's mismatch; stored" \
+                next_mirror_serves
             stop_forget "$REGCACHE_PID"
         else
             run_check "mirrors: the appliance with mirrors starts (logs/regcache-mirrors.log)" false

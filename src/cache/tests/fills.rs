@@ -1,4 +1,4 @@
-//! Fills: verify before commit, readers joining and never seeing the last byte early, failures, caps, reservations, and the relay past the room.
+//! Fills: verify before commit, rewinding a waiting fill for another source, readers joining and never seeing the last byte early, failures, caps, reservations, and the relay past the room.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,40 @@ async fn a_digest_mismatch_is_never_committed() {
     w.write(content).unwrap();
     assert!(matches!(w.finish(), Err(Error::SizeMismatch { .. })));
     assert!(!store.contains(&d));
+}
+
+#[tokio::test]
+async fn a_waiting_fill_checked_wrong_is_rewound_and_filled_again_by_another_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 500_000).unwrap();
+    let content = data(300_000, 7);
+    let d = Digest::of(&content);
+    let mut w = lead(&store, &d);
+    let size = Some(content.len() as u64);
+    assert!(w.reserve(content.len() as u64));
+    w.write(&data(300_000, 8)).unwrap();
+    let wrong = w.check(size).unwrap_err();
+    assert!(matches!(wrong, Error::DigestMismatch { .. }), "{wrong}");
+    assert!(!store.contains(&d));
+    w.rewind().unwrap();
+    assert!(
+        w.reserve(content.len() as u64),
+        "the first source's room was given back"
+    );
+    w.write(&content[..100]).unwrap();
+    assert!(matches!(w.check(size), Err(Error::SizeMismatch { .. })));
+    w.rewind().unwrap();
+    w.write(&content).unwrap();
+    w.check(size).unwrap();
+    w.start(size, "x", "reg", "lib/a");
+    w.finish().unwrap();
+    assert_eq!(
+        read(&store, &d).await.unwrap(),
+        content,
+        "only the right bytes"
+    );
+    assert_eq!(store.usage(), (1, content.len() as u64));
+    assert_eq!(tmp_files(dir.path()), 0);
 }
 
 #[tokio::test]

@@ -1,10 +1,14 @@
-//! One object's download from a mirror into the store, in its own task: the body is written while
-//! the fill still waits (no reader can follow it), then the fill starts and finishes at once, so
-//! that readers see nothing before the digest matched (see the parent module).
+//! One object's download from the mirrors into the store, in its own task: the body is written
+//! while the fill still waits (no reader can follow it) and checked against the digest; only
+//! then does the fill start and finish at once, so that readers see nothing before the digest
+//! matched (see the parent module). A mirror whose bytes do not match, or whose download fails,
+//! is counted, its bytes forgotten ([`FillWriter::rewind`]), and the next configured mirror is
+//! asked, each at most once, until one delivers verified bytes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::header;
+use http::header::{self, HeaderMap};
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -12,58 +16,134 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::content_length;
+use super::{content_length, Answer};
 use crate::cache::{Error as CacheError, FillWriter};
 use crate::metrics::MirrorResult;
 use crate::proxy::download::{ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
 use crate::proxy::upstream::redact;
 use crate::proxy::Proxy;
 
-/// A download from one mirror.
+/// No further mirror is asked once a request has spent this long on its mirrors (the client's
+/// connection gives up after as long without a byte).
+const NEXT_MIRROR_WITHIN: Duration = Duration::from_secs(300);
+
+/// A download from a registry's mirrors.
 pub(super) struct MirrorFill {
     pub proxy: Arc<Proxy>,
-    /// The mirror's label (`host[:port]`).
-    pub mirror: String,
-    pub url: String,
     pub registry: String,
     pub repo: String,
+    /// The primary's path of the object (`/v2/<repo>/blobs/<digest>`).
+    pub path: String,
+    /// The client's headers (the mirrors get none that identify it).
+    pub headers: HeaderMap,
+    /// The mirrors after the one that answered, in their configured order.
+    pub rest: Vec<String>,
 }
 
 impl MirrorFill {
-    /// Fills `writer` from `resp`; tells `done` whether the object is verified and stored.
+    /// Fills `writer` from `answer`, then from the other mirrors in turn while a mirror's bytes
+    /// are refused; tells `done` whether the object is verified and stored.
     pub async fn run(
-        self,
-        resp: Response<Incoming>,
-        writer: FillWriter,
+        mut self,
+        mut answer: Answer,
+        mut writer: FillWriter,
         done: oneshot::Sender<bool>,
     ) {
-        let result = self.fill(resp, writer, &done).await;
-        let (outcome, stored) = match &result {
-            Ok(()) => (MirrorResult::Verified, true),
-            Err(CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. }) => {
-                (MirrorResult::Mismatch, false)
+        let began = Instant::now();
+        loop {
+            let why = match self.fill(answer.resp, &mut writer, &done).await {
+                Ok((size, media_type)) => {
+                    let stored =
+                        self.commit(&answer.mirror, &answer.url, writer, size, &media_type);
+                    let _ = done.send(stored);
+                    return;
+                }
+                Err(e) => self.refused(&answer.mirror, &answer.url, e),
+            };
+            let Some(why) = why.filter(|_| self.next_worth_asking(began, &writer, &done)) else {
+                break;
+            };
+            if let Err(e) = writer.rewind() {
+                warn!(error = %e, "cannot empty the fill for the next mirror");
+                break;
             }
-            Err(_) => (MirrorResult::Failed, false),
-        };
-        self.proxy.metrics.mirror_fetch(&self.mirror, outcome);
-        let (mirror, url) = (&self.mirror, redact(&self.url));
-        match result {
-            Ok(()) => {
-                info!(%mirror, %url, registry = %self.registry, repo = %self.repo, "cached from a mirror, verified")
-            }
-            Err(e) => {
-                warn!(%mirror, %url, error = %e, "mirror's object refused: not stored, not served")
-            }
+            let path = self.path.clone();
+            let found = (self.proxy)
+                .mirror_answer(&self.rest, &path, &self.headers, &self.repo)
+                .await;
+            let Some((at, next)) = found else { break };
+            info!(after = %why, mirror = %next.mirror, "trying the next mirror");
+            self.rest.drain(..=at);
+            answer = next;
         }
-        let _ = done.send(stored);
+        writer.fail("no mirror delivered verified bytes".into());
+        let _ = done.send(false);
     }
 
+    /// Counts and logs a mirror's refused download; the reason when the next mirror may try.
+    fn refused(&self, mirror: &str, url: &str, e: CacheError) -> Option<String> {
+        let (outcome, next) = match &e {
+            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
+                (MirrorResult::Mismatch, true)
+            }
+            // The store cannot write: no other mirror would do better.
+            CacheError::Io { .. } => (MirrorResult::Failed, false),
+            _ => (MirrorResult::Failed, true),
+        };
+        self.proxy.metrics.mirror_fetch(mirror, outcome);
+        let url = redact(url);
+        warn!(%mirror, %url, error = %e, "mirror's object refused: not stored, not served");
+        next.then(|| format!("{mirror}: {e}"))
+    }
+
+    /// Whether another mirror should be asked: time is left and someone still waits.
+    fn next_worth_asking(
+        &self,
+        began: Instant,
+        writer: &FillWriter,
+        done: &oneshot::Sender<bool>,
+    ) -> bool {
+        let waited = !done.is_closed() || writer.fill().readers() > 0;
+        waited && !self.rest.is_empty() && began.elapsed() < NEXT_MIRROR_WITHIN
+    }
+
+    /// Lets readers follow the verified fill, and commits it; whether it is stored.
+    fn commit(
+        &self,
+        mirror: &str,
+        url: &str,
+        mut writer: FillWriter,
+        size: Option<u64>,
+        media_type: &str,
+    ) -> bool {
+        writer.start(size, media_type, &self.registry, &self.repo);
+        let (registry, repo, url) = (&self.registry, &self.repo, redact(url));
+        match writer.finish() {
+            Ok(()) => {
+                self.proxy
+                    .metrics
+                    .mirror_fetch(mirror, MirrorResult::Verified);
+                info!(%mirror, %url, %registry, %repo, "cached from a mirror, verified");
+                true
+            }
+            Err(e) => {
+                self.proxy
+                    .metrics
+                    .mirror_fetch(mirror, MirrorResult::Failed);
+                warn!(%mirror, %url, error = %e, "mirror's verified object not stored");
+                false
+            }
+        }
+    }
+
+    /// Writes `resp`'s body to the waiting fill and checks it: its size and media type when
+    /// it matched the digest.
     async fn fill(
         &self,
         resp: Response<Incoming>,
-        mut writer: FillWriter,
+        writer: &mut FillWriter,
         done: &oneshot::Sender<bool>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(Option<u64>, String), CacheError> {
         let h = resp.headers();
         let size = content_length(h);
         let media_type = (h.get(header::CONTENT_TYPE))
@@ -72,19 +152,12 @@ impl MirrorFill {
             .to_owned();
         if size.is_some_and(|size| !writer.reserve(size)) {
             let digest = writer.fill().digest.clone();
-            writer.fail("no room within cache.max_size".into());
-            return Err(CacheError::NoRoom {
-                digest,
-                size: size.unwrap_or_default(),
-            });
+            let size = size.unwrap_or_default();
+            return Err(CacheError::NoRoom { digest, size });
         }
-        if let Err(e) = self.copy(resp, &mut writer, size, done).await {
-            writer.fail(e.to_string());
-            return Err(e);
-        }
-        // Only now may readers follow the fill: it is whole, and verified before it is Done.
-        writer.start(size, &media_type, &self.registry, &self.repo);
-        writer.finish()
+        self.copy(resp, writer, size, done).await?;
+        writer.check(size)?;
+        Ok((size, media_type))
     }
 
     /// Writes the body to the fill's temp file; an error when it cannot be completed.

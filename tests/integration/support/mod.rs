@@ -316,7 +316,7 @@ impl World {
 
     /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
     pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
-        Self::start_fixture(extra, |_| hub_keys.to_owned(), false)
+        Self::start_fixture(extra, |_| hub_keys.to_owned(), 0)
             .await
             .0
     }
@@ -327,26 +327,36 @@ impl World {
         extra: &str,
         hub_keys: impl FnOnce(u16) -> String,
     ) -> (Self, registry::Registry) {
-        let (world, mirror) = Self::start_fixture(extra, hub_keys, true).await;
-        (world, mirror.expect("a mirror was started"))
+        let (world, mut mirrors) = Self::start_fixture(extra, |p| hub_keys(p[0]), 1).await;
+        (world, mirrors.remove(0))
+    }
+
+    /// With two mirrors (fake registries like the first): `hub_keys` gets their ports.
+    pub async fn start_two_mirrors(
+        extra: &str,
+        hub_keys: impl FnOnce(u16, u16) -> String,
+    ) -> (Self, registry::Registry, registry::Registry) {
+        let (world, mut m) = Self::start_fixture(extra, |p| hub_keys(p[0], p[1]), 2).await;
+        let second = m.remove(1);
+        (world, m.remove(0), second)
     }
 
     async fn start_fixture(
         extra: &str,
-        hub_keys: impl FnOnce(u16) -> String,
-        with_mirror: bool,
-    ) -> (Self, Option<registry::Registry>) {
+        hub_keys: impl FnOnce(&[u16]) -> String,
+        mirrors: usize,
+    ) -> (Self, Vec<registry::Registry>) {
         let mut names = vec!["registry.test", "cdn.test", "auth.test"];
         names.extend(registry::ODD_HOSTS);
         let pki = Pki::new(&names);
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let registry = registry::Registry::start(&pki).await;
-        let mirror = match with_mirror {
-            true => Some(registry::Registry::start(&pki).await),
-            false => None,
-        };
-        let hub_keys = hub_keys(mirror.as_ref().map_or(0, |m| m.addr.port()));
+        let mut mirror = Vec::new();
+        for _ in 0..mirrors {
+            mirror.push(registry::Registry::start(&pki).await);
+        }
+        let hub_keys = hub_keys(&mirror.iter().map(|m| m.addr.port()).collect::<Vec<_>>());
         let resolver = dns::Upstream::start().await;
         let dns_keys = format!(
             "answer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"{}\"]",
