@@ -42,6 +42,24 @@ pub fn is_manifest(body: &[u8], content_type: &str) -> bool {
     }
 }
 
+/// The media type a verified manifest's own bytes declare (`mediaType`), else the one its shape
+/// implies; `None` when the bytes are not a manifest. For objects from third parties (mirrors),
+/// whose `Content-Type` the cache must not take on trust: clients pick their parser by it.
+pub fn media_type_of(body: &[u8]) -> Option<String> {
+    if !is_manifest(body, "") {
+        return None;
+    }
+    let shape: Shape = serde_json::from_slice(body).ok()?;
+    let declared = (shape.media_type)
+        .filter(|t| manifest_type(t) && (t.contains("manifest") || t.contains("index")));
+    let implied = match (shape.schema_version, shape.manifests.is_some()) {
+        (1, _) => "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        (_, true) => "application/vnd.oci.image.index.v1+json",
+        (_, false) => "application/vnd.oci.image.manifest.v1+json",
+    };
+    Some(declared.unwrap_or_else(|| implied.to_owned()))
+}
+
 /// A media type a registry serves manifests as: JSON of some kind, never HTML or plain text.
 /// Registries that send none, or `application/octet-stream`, are taken at their body's word.
 pub fn manifest_type(content_type: &str) -> bool {
@@ -60,6 +78,30 @@ pub fn manifest_type(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_says_its_own_media_type() {
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#;
+        let t = media_type_of(docker).unwrap();
+        assert_eq!(t, "application/vnd.docker.distribution.manifest.v2+json");
+        let oci_index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(
+            media_type_of(oci_index).unwrap(),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        let oci = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(
+            media_type_of(oci).unwrap(),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        let odd = br#"{"schemaVersion":2,"mediaType":"text/html","layers":[]}"#;
+        assert_eq!(
+            media_type_of(odd).unwrap(),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert!(media_type_of(b"<html></html>").is_none());
+        assert!(media_type_of(b"\x1f\x8b binary layer").is_none());
+    }
 
     #[test]
     fn manifests_and_indexes_pass() {

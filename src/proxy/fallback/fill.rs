@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,6 +20,7 @@ use super::{content_length, Answer};
 use crate::cache::{Error as CacheError, FillWriter};
 use crate::metrics::MirrorResult;
 use crate::proxy::download::{ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
+use crate::proxy::manifest::{media_type_of, MAX_MANIFEST};
 use crate::proxy::upstream::redact;
 use crate::proxy::Proxy;
 
@@ -144,19 +145,23 @@ impl MirrorFill {
         writer: &mut FillWriter,
         done: &oneshot::Sender<bool>,
     ) -> Result<(Option<u64>, String), CacheError> {
-        let h = resp.headers();
-        let size = content_length(h);
-        let media_type = (h.get(header::CONTENT_TYPE))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
+        let size = content_length(resp.headers());
         if size.is_some_and(|size| !writer.reserve(size)) {
             let digest = writer.fill().digest.clone();
             let size = size.unwrap_or_default();
             return Err(CacheError::NoRoom { digest, size });
         }
-        self.copy(resp, writer, size, done).await?;
+        // The mirror's Content-Type is not taken on trust (clients pick their parser by the type
+        // the cache stores): a blob is octet-stream, a manifest what its verified bytes say.
+        let mut kept = self.path.contains("/manifests/").then(Vec::new);
+        self.copy(resp, writer, size, done, &mut kept).await?;
         writer.check(size)?;
+        let media_type = match kept {
+            None => "application/octet-stream".to_owned(),
+            Some(body) => media_type_of(&body).ok_or_else(|| {
+                CacheError::Upstream("the mirror's bytes for a manifest are not a manifest".into())
+            })?,
+        };
         Ok((size, media_type))
     }
 
@@ -167,6 +172,7 @@ impl MirrorFill {
         writer: &mut FillWriter,
         size: Option<u64>,
         done: &oneshot::Sender<bool>,
+        kept: &mut Option<Vec<u8>>,
     ) -> Result<(), CacheError> {
         let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
@@ -201,6 +207,12 @@ impl MirrorFill {
                     expected,
                     actual,
                 });
+            }
+            if let Some(kept) = kept.as_mut() {
+                if kept.len() + data.len() > MAX_MANIFEST {
+                    return Err(CacheError::Upstream("a manifest over 4 MiB".into()));
+                }
+                kept.extend_from_slice(&data);
             }
             writer.write(&data)?;
         }
