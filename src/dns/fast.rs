@@ -238,7 +238,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fast_replies_are_the_slow_path_bytes() {
+    async fn fast_replies_are_the_slow_path_messages() {
         let handler = handler();
         let types = [
             RecordType::A,

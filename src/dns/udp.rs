@@ -169,3 +169,97 @@ impl ResponseHandler for Capture {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The serving loop over a real socket: fast answers, the slow way, refusals, counting.
+
+    use super::*;
+    use crate::access::AccessList;
+    use crate::dns::{resolver, Answers};
+    use crate::metrics::Metrics;
+    use crate::names::NamePattern;
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::Name;
+    use std::time::Duration;
+
+    /// Serves on loopback for clients in `allow` and sends each of `questions` in turn: the
+    /// replies (`None`: nothing within 500 ms) and the metrics text.
+    async fn ask(allow: &str, questions: &[Vec<u8>]) -> (Vec<Option<Message>>, String) {
+        let answers = Answers {
+            intercept: vec![NamePattern::parse("ghcr.io").unwrap()],
+            ipv4: vec![[10, 0, 0, 7].into()],
+            ipv6: vec![],
+            ttl: 60,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let handler = Handler::new(answers, resolver(&[]).unwrap(), metrics.clone())
+            .with_access(AccessList::new(vec![allow.parse().unwrap()]));
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(serve(Arc::new(handler), vec![server], shutdown.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut got = Vec::new();
+        for raw in questions {
+            client.send_to(raw, addr).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let wait = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf));
+            got.push(
+                wait.await
+                    .ok()
+                    .map(|n| Message::from_vec(&buf[..n.unwrap()]).unwrap()),
+            );
+        }
+        shutdown.cancel();
+        serving.await.unwrap();
+        (got, metrics.encode())
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut msg = Message::query();
+        msg.metadata.id = 4242;
+        msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        msg.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_loop_answers_fast_and_slow_and_drops_what_it_must() {
+        let mut garbage = query("ghcr.io.", RecordType::A);
+        garbage.truncate(14);
+        let asked = [
+            query("ghcr.io.", RecordType::A),
+            query("ghcr.io.", RecordType::AAAA),
+            query("ghcr.io.", RecordType::ANY),
+            garbage,
+            vec![0; 11],
+        ];
+        let (got, metrics) = ask("127.0.0.1/32", &asked).await;
+        let code = |i: usize| got[i].as_ref().map(|m| m.metadata.response_code);
+        let a = got[0].as_ref().unwrap();
+        assert_eq!((a.metadata.id, a.answers.len()), (4242, 1));
+        assert_eq!(code(1), Some(ResponseCode::NoError));
+        assert!(got[1].as_ref().unwrap().answers.is_empty());
+        assert_eq!(code(2), Some(ResponseCode::Refused));
+        assert_eq!(code(3), Some(ResponseCode::FormErr));
+        assert!(got[4].is_none());
+        assert!(
+            metrics.contains("qtype=\"A\",outcome=\"intercepted\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("qtype=\"AAAA\",outcome=\"intercepted\"} 1"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn clients_outside_the_list_are_refused_before_any_parse_and_not_counted() {
+        let (got, metrics) = ask("10.0.0.0/8", &[query("ghcr.io.", RecordType::A)]).await;
+        let reply = got[0].as_ref().expect("a reply");
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert!(reply.answers.is_empty());
+        assert!(!metrics.contains("outcome=\"intercepted\""), "{metrics}");
+        assert!(!metrics.contains("outcome=\"denied\"} 1"), "{metrics}");
+    }
+}
