@@ -2,7 +2,9 @@
 //! forwarded to the upstream resolvers through hickory-resolver.
 //!
 //! Owns the hickory [`RequestHandler`] and the resolver that the proxy also uses for its own upstream
-//! lookups. Does not bind sockets: [`serve`] takes bound ones.
+//! lookups. Does not bind sockets: [`serve`] takes bound ones. UDP is served by `udp`'s own loop,
+//! which answers plain queries of intercepted names on `fast`'s path (answers encoded once per
+//! configuration) and hands the rest to the handler; TCP by hickory's server.
 
 mod fast;
 mod system;
