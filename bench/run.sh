@@ -26,6 +26,10 @@
 #      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
 #      x-cache-status: HIT.
 #
+#   0. DNS (bench/dns.sh): dnsperf against regcache and against dnsmasq in the same namespace, for the
+#      intercepted name and for a forwarded one, interleaved runs; medians, ranges, p99, ratios and the
+#      load average before and after. Skipped when dnsperf is not installed (apt-get install dnsperf).
+#
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
 #   namespace rcbench-app 10.78.0.1/24: regcache (dns :53, https :443), dnsmasq 127.0.0.1:5353, nginx
@@ -44,7 +48,8 @@
 # used by sections 2 and 3), BENCH_STREAMS (default 4; 2..8 parallel streams in section 3, 0 skips it),
 # BENCH_DOCKERD (default 1), BENCH_NGINX (default 1; needs Debian's nginx or nginx-light, whose packaged
 # service is never used: the bench starts its own nginx in its namespace and stops it by PID),
-# BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
+# BENCH_ONLY=dns (only the DNS section: no image, no upstream registry), BENCH_DNS_RUNS (default 5),
+# BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
 # PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
@@ -103,9 +108,15 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 # preflight, build
 
 [[ $(id -u) == 0 ]] || die "must run as root"
-for tool in ip dig curl openssl skopeo docker-registry dnsmasq flock sha256sum pgrep "$PY"; do
+BENCH_ONLY=${BENCH_ONLY:-}
+[[ -z $BENCH_ONLY || $BENCH_ONLY == dns ]] || die "BENCH_ONLY must be empty or dns"
+tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
+[[ $BENCH_ONLY == dns ]] && tools+=(dnsperf) || tools+=(skopeo docker-registry)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
+BENCH_DNS=1
+command -v dnsperf >/dev/null || { info "no dnsperf (apt-get install dnsperf): no DNS section"; BENCH_DNS=0; }
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
 BENCH_NGINX=${BENCH_NGINX:-1}
@@ -165,7 +176,10 @@ echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
 
 start_dnsmasq "$APP_NS" "$DNSMASQ_PORT" --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" \
     || die "dnsmasq (logs/dnsmasq.log)"
+# shellcheck source=dns.sh
+. "$HERE/dns.sh"
 UP=$W/upstream
+if [[ $BENCH_ONLY != dns ]]; then
 registry_config "$ASSETS/registry-plain.yml.in" "$UP" "$UP_IP:443" up
 bg upstream "$APP_NS" docker-registry serve "$UP/config.yml"
 UP_PID=$!
@@ -189,6 +203,7 @@ done <"$W/image/push-plan"
 push_layout "$UP_HOST" "$REPO_NAME" "$W/image" >"$LOGS/push.log" 2>&1 || die "push (logs/push.log)"
 rm -rf "$W/image"
 info "image $UP_HOST/$REPO_NAME:$TAG $IMAGE_DIGEST pushed: $((IMAGE_BYTES >> 20)) MiB of blobs, largest $BIG_BLOB ($((BIG_SIZE >> 20)) MiB); $((SECONDS - T0)) s"
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # regcache
@@ -215,6 +230,16 @@ empty_cache() { # restart regcache with an empty cache (its CA, in state/, stays
     start_regcache
 }
 start_regcache
+
+# ---------------------------------------------------------------------------------------------------
+# 0. DNS
+
+if [[ $BENCH_DNS == 1 ]]; then dns_section; fi
+if [[ $BENCH_ONLY == dns ]]; then
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=dns)"
+    OK=1
+    exit 0
+fi
 
 # client trust: regcache's CA for nvcr.io, the public CA for the direct name
 cp -a /etc/containers "/etc/netns/$CLI_NS/containers"

@@ -2,9 +2,13 @@
 //! forwarded to the upstream resolvers through hickory-resolver.
 //!
 //! Owns the hickory [`RequestHandler`] and the resolver that the proxy also uses for its own upstream
-//! lookups. Does not bind sockets: [`serve`] takes bound ones.
+//! lookups. Does not bind sockets: [`serve`] takes bound ones. UDP is served by `udp`'s own loop,
+//! which answers plain queries of intercepted names on `fast`'s path (answers encoded once per
+//! configuration) and hands the rest to the handler; TCP by hickory's server.
 
+mod fast;
 mod system;
+mod udp;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -32,7 +36,7 @@ use std::sync::{Arc, RwLock};
 use crate::access::AccessList;
 use crate::metrics::{DnsOutcome, Metrics};
 use crate::names::{normalize, NamePattern};
-use crate::sync::{Locked, ReadWrite};
+use crate::sync::ReadWrite;
 
 pub use system::{primary_ipv4, resolv_conf_nameservers};
 
@@ -56,6 +60,7 @@ pub struct Answers {
 pub type SharedAnswers = Arc<RwLock<Arc<Answers>>>;
 
 /// Answers intercepted names locally and forwards the rest, for clients in its access list.
+#[derive(Clone)]
 pub struct Handler {
     answers: SharedAnswers,
     resolver: TokioResolver,
@@ -282,8 +287,8 @@ pub fn resolver(upstreams: &[SocketAddr]) -> Result<TokioResolver, NetError> {
 }
 
 /// Serves DNS on the bound sockets until `shutdown` is cancelled, refusing clients outside `access`
-/// (IPv4 and IPv6 alike) twice: hickory refuses them before parsing, and the handler refuses
-/// whatever reaches it from outside the list.
+/// (IPv4 and IPv6 alike) twice: before parsing (hickory's check on TCP, [`udp`]'s on UDP), and the
+/// handler refuses whatever reaches it from outside the list.
 pub async fn serve(
     handler: Handler,
     udp: Vec<UdpSocket>,
@@ -293,74 +298,23 @@ pub async fn serve(
 ) {
     let rules = access.hickory_rules();
     let handler = handler.with_access(access.clone());
+    let udp = udp::serve(Arc::new(handler.clone()), udp, shutdown.clone());
     let mut server = Server::with_access(handler, rules.deny, rules.allow);
-    for socket in udp {
-        server.register_socket(socket);
-    }
     for listener in tcp {
         server.register_listener(listener, TCP_TIMEOUT, 64 * 1024);
     }
-    shutdown.cancelled().await;
+    let ((), ()) = tokio::join!(udp, shutdown.cancelled());
     if let Err(e) = server.shutdown_gracefully().await {
         warn!(error = %e, "DNS server stopped with an error");
     }
     info!("dns stopped");
 }
 
-/// The bytes `handler` sends back for the raw request `raw` from `src`, encoded for UDP, as the
-/// server loop would produce them: a request shorter than a header, or a response, gets nothing;
-/// one that does not parse gets FORMERR; the rest goes through [`Handler`] (queries it forwards go
-/// to its resolver). For fuzzing and tests: no socket involved.
+/// The bytes the UDP server sends back for the raw request `raw` from `src`: what [`udp`]'s loop
+/// produces, fast path included (queries it forwards go to the handler's resolver). For fuzzing
+/// and tests: no socket involved.
 pub async fn answer_raw(handler: &Handler, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::xfer::Protocol;
-    use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
-    use hickory_server::zone_handler::Queries;
-
-    let header = Header::read(&mut BinDecoder::new(raw)).ok()?;
-    let capture = Capture::default();
-    match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
-        Ok(request) if request.metadata.message_type == MessageType::Response => return None,
-        Ok(request) => {
-            (handler.handle_request::<_, TokioTime>(&request, capture.clone())).await;
-        }
-        Err(_) => {
-            let queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let response = MessageResponseBuilder::new(&queries, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            let _ = capture.clone().send_response(response).await;
-        }
-    }
-    let bytes = capture.0.locked().take();
-    bytes
-}
-
-/// A [`ResponseHandler`] that keeps the encoded response instead of sending it.
-#[derive(Clone, Default)]
-struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: hickory_server::zone_handler::MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        use hickory_server::proto::serialize::binary::BinEncoder;
-        let max = response.edns().map_or(512, |e| e.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response.destructive_emit(&mut encoder)?;
-        *self.0.locked() = Some(bytes);
-        Ok(info)
-    }
+    udp::answer(handler, raw, src).await
 }
 
 #[cfg(test)]
