@@ -10,7 +10,8 @@
 //!   (`[[cache.rule]]`, with its matchers `glob` and `tag_regex`); `problem` prints each
 //!   problem as `file:line: why`.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
-//! - [`dns`]: the hickory request handler: intercept table and forwarding.
+//! - [`dns`]: the intercept table and forwarding (hickory's request handler), with a fast path
+//!   for intercepted names over UDP (answers encoded once per configuration, a task per core).
 //! - [`ca`]: the local CA, no networking: `authority` (load or create, name constraints),
 //!   `leaf` (issuance, the bounded leaf cache, the wildcard budget, pinned configured leaves),
 //!   `resolver` (the rustls certificate resolver).
