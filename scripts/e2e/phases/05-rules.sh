@@ -6,7 +6,10 @@
 # the cache past the 2 s of cache.manifest_ttl, `c1` under a 2 s rule (the default's TTL) is
 # revalidated then; /api/status counts each rule's answers. (The upstream sees a HEAD of v1 too: that is
 # the access check, as cache.auth_ttl is 2 s here; the rule's row says it was served from the cache.)
-PHASE_NEEDS=(appliance)
+# Then dockerd pulls `latest` twice and `v1` twice, 3 s apart (its Accept differs from skopeo's, so its
+# first pull of a tag maps it with a HEAD upstream): the second pull of `latest` is revalidated with a
+# HEAD, no GET; the second of `v1` is served from the cache, not revalidated (the rules' rows).
+PHASE_NEEDS=(appliance client-dockerd)
 
 RULES_REPO=e2e-rules/app
 
@@ -70,8 +73,45 @@ rules_forever() {
     expect_eq "$(rules_row e2e-immutable last_tag)" "$NVCR_HOST/$RULES_REPO:v1" "e2e-immutable's last tag"
 }
 
+# dockerd pulls TAG; the image's digest is the one pushed
+rules_docker_pull() { # TAG
+    local ref=$NVCR_HOST/$RULES_REPO:$1 digests
+    docker rmi -f "$ref" >/dev/null 2>&1 || true
+    timeout 180 docker pull "$ref"
+    digests=$(docker image inspect --format '{{join .RepoDigests " "}}' "$ref")
+    echo "RepoDigests: $digests"
+    [[ " $digests " == *"@$(rules_digest "$1") "* ]] || { echo "pushed digest $(rules_digest "$1") not in RepoDigests"; return 1; }
+    docker rmi -f "$ref" >/dev/null
+}
+# rule NAME's row as "upstream revalidated hits"
+rules_counts() { echo "$(rules_row "$1" upstream) $(rules_row "$1" revalidated) $(rules_row "$1" hits)"; }
+rules_dockerd() { # dockerd's Accept is not skopeo's: its first request of a tag is a mapping of its own
+    local heads gets u r h
+    heads=$(rules_upstream HEAD latest) gets=$(rules_upstream GET latest)
+    read -r u r h <<<"$(rules_counts e2e-always)"
+    rules_docker_pull latest
+    rules_docker_pull latest
+    rules_wait_upstream HEAD latest "$((heads + 2))"
+    expect_eq "$(rules_upstream HEAD latest)" "$((heads + 2))" "upstream HEADs of $RULES_REPO:latest (dockerd's two pulls)"
+    expect_eq "$(rules_upstream GET latest)" "$gets" "upstream GETs of $RULES_REPO:latest"
+    expect_eq "$(rules_counts e2e-always)" "$((u + 1)) $((r + 1)) $h" \
+        "e2e-always (upstream revalidated hits): dockerd's first pull maps, its second is revalidated"
+    read -r u r h <<<"$(rules_counts e2e-immutable)"
+    rules_docker_pull v1
+    sleep 3 # past the 2 s of cache.manifest_ttl
+    rules_docker_pull v1
+    expect_eq "$(rules_upstream GET v1)" 1 "upstream GETs of $RULES_REPO:v1 (skopeo's first read only)"
+    expect_eq "$(rules_counts e2e-immutable)" "$((u + 1)) $r $((h + 1))" \
+        "e2e-immutable (upstream revalidated hits): dockerd's first pull maps, its second is served from the cache"
+}
+
 phase_run() {
     run_check "rules: seed $NVCR_HOST/$RULES_REPO with tags latest, v1, c1 (upstream only)" rules_seed
     run_check "rules: a \"0s\" rule: skopeo reads $RULES_REPO:latest 3 times, the upstream sees 1 GET and 2 HEADs of the tag" rules_always
     run_check "rules: a \"forever\" rule serves v1 from the cache after 3 s; c1 under a 2 s rule is revalidated (status page rows)" rules_forever
+    if [[ $DOCKER_OK == 1 ]]; then
+        run_check "rules: dockerd pulls latest twice (\"0s\": the second revalidated with a HEAD upstream, no GET) and v1 twice 3 s apart (\"forever\": the second from the cache)" rules_dockerd
+    else
+        run_check "rules: dockerd starts in the client namespace (logs/dockerd.log)" false
+    fi
 }

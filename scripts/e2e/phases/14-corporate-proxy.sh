@@ -4,13 +4,17 @@
 # veth pair and has no route to the "internet" addresses nor a working resolver (dns.upstream names a
 # dead port), so the appliance reaches the registry, its token service and the CDN only through
 # CONNECTs, and the proxy resolves the names (from its own hosts file). skopeo in CORP pulls an image
-# through it; tinyproxy's log shows the CONNECTs; a wrong proxy password fails clearly and is never
+# through it; tinyproxy's log shows the CONNECTs. Then, the appliance restarted on an emptied cache (so
+# that its every request goes out again, through fresh tunnels), a dockerd of CORP's own (the client
+# dockerd lives in CLI, whose DNS and route lead to the first appliance; CORP's resolver is this
+# appliance, and its system store and certs.d trust this appliance's CA) pulls the same image, and the
+# proxy's log lines since show that pull's CONNECTs. A wrong proxy password fails clearly and is never
 # printed. The namespace and its processes are removed at the end of the phase.
 PHASE_NEEDS=(upstreams)
 
 CORP_NS=rce2e-corp
 CORP_IP=10.78.0.2 PROXY_IP=10.78.0.1 PROXY_PORT=3128
-CORP_PID='' PROXY_PID=''
+CORP_PID='' PROXY_PID='' CORP_DOCKERD_PID='' CORP_DOCKER_OK=0
 
 corp() { ip netns exec "$CORP_NS" "$@"; }
 
@@ -87,6 +91,27 @@ stop_corp_appliance() { stop_forget "$CORP_PID"; CORP_PID=''; }
 
 corp_skopeo() { isolated "$CORP_NS" timeout 120 skopeo "$@"; }
 
+corp_trust() { # CORP's system store and certs.d trust the CORP appliance's CA (read at dockerd's start)
+    local d=/etc/netns/$CORP_NS host
+    rm -rf "$d/ssl" "$d/docker"
+    cp -a /etc/ssl "$d/ssl"
+    cat "$CW/certs/ca.crt" >>"$d/ssl/certs/ca-certificates.crt"
+    for host in "$HUB_HOST" "$AUTH_HOST"; do
+        mkdir -p "$d/docker/certs.d/$host"
+        cp "$CW/certs/ca.crt" "$d/docker/certs.d/$host/ca.crt"
+    done
+}
+start_corp_dockerd() { # a dockerd in CORP on $CW/docker: its resolver is the CORP appliance
+    corp_trust
+    [[ -d $CW/docker ]] || dockerd_dir "$CW/docker" "$DOCKERD_JSON"
+    bg corp-dockerd "$CORP_NS" sh -c "$(dockerd_sh "$CW/docker")"
+    CORP_DOCKERD_PID=$! CORP_DOCKER_OK=0
+    wait_for "CORP's dockerd" "$CORP_DOCKERD_PID" 120 0.5 corp_docker info || return 1
+    CORP_DOCKER_OK=1
+}
+stop_corp_dockerd() { stop_forget "$CORP_DOCKERD_PID"; CORP_DOCKERD_PID='' CORP_DOCKER_OK=0; }
+corp_docker() { DOCKER_HOST=unix://$CW/docker/docker.sock timeout 180 docker "$@"; }
+
 # ---------------------------------------------------------------------------------------------------
 # checks
 
@@ -127,6 +152,30 @@ proxy_log_shows_connects() {
         grep -qF "Established connection to host \"$host\"" "$CW/tinyproxy.log" || { echo "tinyproxy did not connect to $host"; return 1; }
     done
 }
+# restart_on_empty_cache LOGNAME: the appliance restarted (good password) with its cache removed
+restart_on_empty_cache() {
+    stop_corp_appliance
+    rm -rf "$CW/state/cache"
+    starts_through_proxy "$1"
+}
+dockerd_pulls_through_proxy() {
+    local before ref=$HUB_HOST/library/small:1 digests new host
+    before=$(wc -l <"$CW/tinyproxy.log")
+    corp_docker pull "$ref"
+    digests=$(corp_docker image inspect --format '{{join .RepoDigests " "}}' "$ref")
+    echo "RepoDigests: $digests"
+    [[ " $digests " == *"@${DIGEST[small]} "* ]] || { echo "pushed digest ${DIGEST[small]} not in RepoDigests"; return 1; }
+    grep -E '/v2/library/small/(manifests|blobs)/.*"docker/' "$LOGS/corp-regcache-dockerd.access.log" | head -n 5
+    grep -qE '/v2/library/small/blobs/.*"docker/' "$LOGS/corp-regcache-dockerd.access.log" ||
+        { echo "dockerd's blob GETs are not in the CORP appliance's access log"; return 1; }
+    new=$(tail -n "+$((before + 1))" "$CW/tinyproxy.log")
+    grep -E 'CONNECT' <<<"$new" | tail -n 20
+    for host in "$HUB_HOST" "$AUTH_HOST" "$CDN_HOST"; do
+        grep -qF "CONNECT $host:443 HTTP/1.1" <<<"$new" || { echo "no CONNECT $host:443 in tinyproxy's log since the dockerd pull"; return 1; }
+        grep -qF "Established connection to host \"$host\"" <<<"$new" || { echo "tinyproxy did not connect to $host"; return 1; }
+    done
+}
+
 never_printed() { # the proxy password appears in no log or output of the appliance
     local f
     for f in "$LOGS"/corp-regcache*.log "$W"/checks/*corp*; do
@@ -163,6 +212,13 @@ phase_run() {
     run_check_here "corp: the appliance starts, logging the masked proxy" starts_through_proxy corp-regcache
     run_check "corp: skopeo pulls docker.io/library/small:1 via appliance, tinyproxy, registry" pull_through_proxy
     run_check "corp: tinyproxy's log shows CONNECTs to registry, token service and CDN" proxy_log_shows_connects
+    run_check_here "corp: the appliance restarts on an emptied cache" restart_on_empty_cache corp-regcache-dockerd
+    run_check_here "corp: a dockerd in CORP starts (logs/corp-dockerd.log)" start_corp_dockerd
+    if [[ $CORP_DOCKER_OK == 1 ]]; then
+        run_check "corp: dockerd pulls $HUB_HOST/library/small:1 via appliance, tinyproxy, registry; the proxy's log shows that pull's CONNECTs to registry, token service and CDN" \
+            dockerd_pulls_through_proxy
+    fi
+    stop_corp_dockerd
     stop_corp_appliance
     corp_config "$CORP_WRONG"
     run_check_here "corp: the appliance starts with a wrong proxy password" starts_through_proxy corp-regcache-wrong
