@@ -22,6 +22,22 @@ impl Store {
         refs.iter().any(|(r, p)| r == registry && p == repo)
     }
 
+    /// The stored objects `registry`/`repo` referenced for which `pick(size, media_type)` holds,
+    /// found under the lock without copying the index: only the chosen digests are cloned.
+    pub fn referenced_in(
+        &self,
+        registry: &str,
+        repo: &str,
+        pick: impl Fn(u64, &str) -> bool,
+    ) -> Vec<Digest> {
+        let state = self.lock();
+        let ours = |refs: &[(String, String)]| refs.iter().any(|(r, p)| r == registry && p == repo);
+        (state.objects.iter())
+            .filter(|(_, e)| pick(e.size, &e.media_type) && ours(&e.refs))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
     /// Records that `registry`/`repo` referenced `digest` (for `cache ls` and `purge --repo`).
     pub fn add_ref(&self, digest: &Digest, registry: &str, repo: &str) {
         let mut state = self.lock();

@@ -8,6 +8,7 @@ use futures_util::TryStreamExt;
 use super::*;
 
 mod fills;
+mod refs;
 mod store;
 mod tags;
 

@@ -38,12 +38,11 @@ impl Proxy {
         if self.cache.has_ref(digest, registry, repo) {
             return true;
         }
-        let ours = |refs: &[(String, String)]| refs.iter().any(|(r, p)| r == registry && p == repo);
-        let manifests = (self.cache.list().into_iter())
-            .filter(|o| o.size <= MAX_MANIFEST as u64 && is_manifest_type(&o.media_type))
-            .filter(|o| ours(&o.refs));
-        for object in manifests {
-            let Some(reader) = self.cache.get(&object.digest) else {
+        let small_manifest =
+            |size, media_type: &str| size <= MAX_MANIFEST as u64 && is_manifest_type(media_type);
+        let manifests = self.cache.referenced_in(registry, repo, small_manifest);
+        for manifest in manifests {
+            let Some(reader) = self.cache.get(&manifest) else {
                 continue;
             };
             let mut body = Vec::new();
@@ -60,9 +59,12 @@ impl Proxy {
 }
 
 /// A manifest's or index's media type (never `application/octet-stream`, which blobs are).
+/// Asked of every stored object under the store's lock: no allocation.
 fn is_manifest_type(media_type: &str) -> bool {
-    let t = media_type.to_ascii_lowercase();
-    t.contains("manifest") || t.contains("image.index")
+    let has = |word: &str| {
+        (media_type.as_bytes().windows(word.len())).any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    has("manifest") || has("image.index")
 }
 
 /// Whether the manifest `body` lists `digest` among its parts.
