@@ -187,6 +187,22 @@ pub struct MirrorLabels {
     pub result: MirrorResult,
 }
 
+/// Why a registry's mirror was not asked (`proxy/fallback/memory.rs`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MirrorSkip {
+    /// Its bytes for this digest did not match, recently.
+    Mismatch,
+    /// It failed repeatedly (unreachable, 5xx, 429) and is backed off.
+    Backoff,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorSkipLabels {
+    /// The mirror's `host[:port]`, one of the configured ones (a bounded set).
+    pub mirror: String,
+    pub reason: MirrorSkip,
+}
+
 /// Label values in lower case (`intercepted`, `server_error`), as Prometheus convention has them.
 macro_rules! label_values {
     ($($ty:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
@@ -216,6 +232,7 @@ label_values! {
     Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
     Rejected { Access => "access", Limit => "limit" }
     MirrorResult { Verified => "verified", Mismatch => "mismatch", Failed => "failed" }
+    MirrorSkip { Mismatch => "mismatch", Backoff => "backoff" }
     Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
 }
 

@@ -22,9 +22,10 @@ mod text;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, Reason, RegistryLabels,
-    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
-    TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
+    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, MirrorSkip, MirrorSkipLabels,
+    Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source,
+    SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
+    WarmObjectLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
@@ -63,6 +64,7 @@ pub struct Metrics {
     pub upstream_ratelimit_remaining: Family<RegistryLabels, Gauge>,
     /// Fetches from registries' mirrors, by mirror and result.
     pub mirror_fetches: Family<MirrorLabels, Counter>,
+    pub mirror_skips: Family<MirrorSkipLabels, Counter>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_forward_duration: Histogram,
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -108,6 +110,7 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             upstream_ratelimit_remaining: Family::default(),
             mirror_fetches: Family::default(),
+            mirror_skips: Family::default(),
             dns_queries: Family::default(),
             dns_forward_duration: latency_histogram(),
             tls_handshakes: Family::default(),
@@ -188,6 +191,14 @@ impl Metrics {
             result,
         };
         self.mirror_fetches.get_or_create(&labels).inc();
+    }
+
+    pub fn mirror_skip(&self, mirror: &str, reason: MirrorSkip) {
+        let labels = MirrorSkipLabels {
+            mirror: mirror.to_owned(),
+            reason,
+        };
+        self.mirror_skips.get_or_create(&labels).inc();
     }
 
     pub fn dns(&self, qtype: &str, outcome: DnsOutcome) {

@@ -143,6 +143,12 @@ impl Metrics {
             "Objects fetched from registries' mirrors, by mirror and result (verified, mismatch, failed)",
             self.mirror_fetches.clone(),
         );
+        r.register(
+            "mirror_skips",
+            "Mirrors not asked for an object, by mirror and reason (mismatch: its bytes for that \
+             digest did not match recently; backoff: it failed repeatedly)",
+            self.mirror_skips.clone(),
+        );
     }
 
     /// DNS queries and TLS handshakes.

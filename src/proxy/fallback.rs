@@ -27,6 +27,13 @@
 //! object passed through uncached). The client's admission is decided once, before the first
 //! body is read, on the primary's evidence alone (below), so a later mirror changes nothing of it.
 //!
+//! # What a mirror did wrong is remembered (`memory.rs`)
+//! A mirror whose bytes for a digest did not match is not asked for that digest again for 30
+//! minutes (so that with `mirrors_first` a bad copy is not downloaded on every request), and a
+//! mirror that failed three times in a row (unreachable, 5xx, 429) is not asked at all for 30 s,
+//! doubled at each further failure up to 10 minutes. Each skip is counted
+//! (`regcache_mirror_skips_total{mirror,reason="mismatch|backoff"}`); a reload forgets both.
+//!
 //! # Never served to a client the primary would refuse
 //! A mirror is asked anonymously (none of the client's headers but Accept and User-Agent; a
 //! Bearer challenge is answered with an anonymous token) at the primary's path
@@ -49,6 +56,23 @@
 //! its refusal (401) as it would without mirrors. The mirror is asked before the primary's check
 //! (its Content-Length is the evidence a CDN hop of the check needs), but its body is read only
 //! once the client was admitted.
+//!
+//! # Decided: public images while the primary is wholly down
+//! With the primary unreachable, a public repository's digest is served from a mirror only when
+//! the primary said earlier that the repository holds it (the second case above); an image never
+//! pulled through the appliance is not served from a mirror during the outage, though the mirror
+//! has it and anyone may read it upstream. Relaxing this would take the mirror's word that the
+//! repository holds the digest, and the appliance promises never to serve what the upstream would
+//! refuse: only the primary knows what a repository holds now (a tag deleted or a repository made
+//! private upstream stays on a mirror that has not caught up, or that never mirrored faithfully),
+//! and an object filled from a mirror is recorded as held by the repository it was asked for, so
+//! that word would outlive the outage. So a mirror never widens who is served nor what a
+//! repository unlocks. What an operator does instead is pre-warm (`regcache warm IMAGE...`, or
+//! `[[warm]]` jobs) the images a site needs through an outage: warmed, they are served from the
+//! cache by the offline rules (`cache.offline`, within `offline_auth_window`), and their stored
+//! manifests are the primary's word for layers the cache may later lose to eviction, which a
+//! mirror may then fill.
+//! Test: `fallback_outage::in_a_full_outage_a_mirror_serves_no_digest_the_primary_never_listed_but_a_warmed_image_is_served`.
 
 use std::sync::Arc;
 
@@ -56,7 +80,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::{anonymous_token, bearer_challenge};
 use super::confirm::Expect;
@@ -66,13 +90,17 @@ use super::request::Outbound;
 use super::response::{relay, serve_reader};
 use super::upstream::{cross_host, redact};
 use super::{Body, Error, Proxy};
-use crate::cache::FillWriter;
-use crate::metrics::MirrorResult;
+use crate::cache::{Digest, FillWriter};
+use crate::metrics::{MirrorResult, MirrorSkip};
 
 mod evidence;
 mod fill;
+mod memory;
 
 use fill::MirrorFill;
+pub(super) use memory::MirrorMemory;
+use memory::Skip;
+pub use memory::{BACKOFF_MIN as MIRROR_BACKOFF_MIN, MISMATCH_TTL as MIRROR_MISMATCH_TTL};
 
 /// The primary's answer that sent the request to the mirrors (`None` with `mirrors_first`).
 pub(super) type Primary = Option<Result<Response<Incoming>, Error>>;
@@ -100,8 +128,8 @@ impl Proxy {
             Some(path) => (&out.route.mirrors.urls, path.to_owned()),
             None => (&[], String::new()),
         };
-        let Some((at, answer)) = self.mirror_answer(mirrors, &path, &out.headers, repo).await
-        else {
+        let asked = self.mirror_answer(mirrors, &path, &out.headers, repo, &digest);
+        let Some((at, answer)) = asked.await else {
             return match primary {
                 None => self.lead(out, repo, writer).await,
                 Some(primary) => {
@@ -142,23 +170,41 @@ impl Proxy {
     }
 
     /// The first of `mirrors` that answers the primary's `path` with a 200, asked anonymously:
-    /// its place in `mirrors` and its answer.
+    /// its place in `mirrors` and its answer. Mirrors the memory says to skip for `digest` are
+    /// not asked (counted); each answer or failure is remembered.
     async fn mirror_answer(
         &self,
         mirrors: &[String],
         path: &str,
         client: &HeaderMap,
         repo: &str,
+        digest: &Digest,
     ) -> Option<(usize, Answer)> {
         for (at, base) in mirrors.iter().enumerate() {
             let mirror = base.strip_prefix("https://").unwrap_or(base).to_owned();
+            if let Some(skip) = self.mirror_memory.skip(&mirror, digest) {
+                debug!(%mirror, %digest, ?skip, "mirror skipped");
+                self.metrics.mirror_skip(&mirror, skip_reason(skip));
+                continue;
+            }
             let url = format!("{base}{path}");
             let why = match self.mirror_get(&url, client, repo).await {
                 Ok(resp) if resp.status() == StatusCode::OK => {
-                    return Some((at, Answer { mirror, url, resp }))
+                    self.mirror_memory.answered(&mirror);
+                    return Some((at, Answer { mirror, url, resp }));
                 }
-                Ok(resp) => format!("answered {}", resp.status()),
-                Err(e) => e.to_string(),
+                Ok(resp) => {
+                    let status = resp.status();
+                    match status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        true => self.mirror_memory.failed(&mirror),
+                        false => self.mirror_memory.answered(&mirror),
+                    }
+                    format!("answered {status}")
+                }
+                Err(e) => {
+                    self.mirror_memory.failed(&mirror);
+                    e.to_string()
+                }
             };
             info!(%mirror, url = %redact(&url), %why, "mirror has no object");
             self.metrics.mirror_fetch(&mirror, MirrorResult::Failed);
@@ -210,6 +256,13 @@ fn answer_of(
             Ok(relay(resp, out.route, out.host))
         }
         Err(e) => Err(e),
+    }
+}
+
+fn skip_reason(skip: Skip) -> MirrorSkip {
+    match skip {
+        Skip::Mismatch => MirrorSkip::Mismatch,
+        Skip::Backoff => MirrorSkip::Backoff,
     }
 }
 

@@ -65,6 +65,7 @@ use upstream::Upstream;
 
 pub(crate) use error::chain;
 pub use error::Error;
+pub use fallback::{MIRROR_BACKOFF_MIN, MIRROR_MISMATCH_TTL};
 pub use listen::{serve, Listener};
 pub use offline::Policy;
 pub use outcome::CacheOutcome;
@@ -130,6 +131,8 @@ pub struct Proxy {
     slots: Arc<Slots>,
     /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
     limits: RwLock<LimitsConfig>,
+    /// The mirrors' recent mismatches and failures ([`fallback`]); forgotten on reload.
+    mirror_memory: fallback::MirrorMemory,
 }
 
 impl Proxy {
@@ -162,6 +165,7 @@ impl Proxy {
             status: setup.status,
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
+            mirror_memory: fallback::MirrorMemory::default(),
         })
     }
 
@@ -197,6 +201,7 @@ impl Proxy {
     pub fn reconfigure(&self, routes: Vec<Route>, policy: Policy) {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         self.upstream.set_routes(&routes);
+        self.mirror_memory.forget();
         *self.routes.write_now() = Arc::new(routes);
         self.status.set_tag_rules(freshness::status_rows(&policy));
         *self.policy.write_now() = policy;

@@ -1,12 +1,14 @@
 //! A registry's `mirrors`: objects by digest fetched from a second fake registry when the primary
 //! throttles blob GETs (or first, with `mirrors_first`), served only verified and only to clients
-//! the primary admits; wrong bytes refused, never stored, counted per mirror, and the next mirror
-//! tried within the same request.
+//! the primary admits; wrong bytes refused, never stored, counted per mirror, the next mirror
+//! tried within the same request, and that mirror not asked for that digest again until the
+//! mismatch memory's TTL passed.
 
 use std::sync::atomic::Ordering;
 
 use http::StatusCode;
 use regcache::cache::Digest;
+use regcache::proxy::{MIRROR_BACKOFF_MIN, MIRROR_MISMATCH_TTL};
 
 use crate::metrics::{scrape, value};
 use crate::support::registry::{big, blob, blob2, digest_of, secret, Registry, TOKEN};
@@ -14,22 +16,43 @@ use crate::support::World;
 
 const HUB: &str = "registry-1.docker.io";
 
-fn mirrors(first: bool) -> impl FnOnce(u16) -> String {
+pub fn mirrors(first: bool) -> impl FnOnce(u16) -> String {
     move |port| format!("mirrors = [\"https://registry.test:{port}\"]\nmirrors_first = {first}")
 }
 
 /// `library/small` serves blob2 itself; blob (`library/small` too) is redirected to a CDN host.
-fn small(data: &[u8]) -> String {
+pub fn small(data: &[u8]) -> String {
     format!("/v2/library/small/blobs/{}", digest_of(data))
 }
 
-fn stored(w: &World, data: &[u8]) -> bool {
+pub fn stored(w: &World, data: &[u8]) -> bool {
     w.app
         .cache
         .contains(&Digest::parse(&digest_of(data)).unwrap())
 }
 
-async fn mirror_count(w: &World, mirror: &Registry, result: &str) -> f64 {
+/// Moves tokio's clock (the appliance runs on the test's runtime) by `by`.
+pub async fn advance_clock(by: std::time::Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// Past the time a mirror's mismatch for a digest is remembered.
+async fn past_mismatch_ttl() {
+    advance_clock(MIRROR_MISMATCH_TTL + std::time::Duration::from_secs(1)).await;
+}
+
+pub async fn skip_count(w: &World, mirror: &Registry, reason: &str) -> f64 {
+    let text = scrape(w.app.admin).await;
+    let port = mirror.addr.port();
+    let line = format!(
+        "regcache_mirror_skips_total{{mirror=\"registry.test:{port}\",reason=\"{reason}\"}}"
+    );
+    value(&text, &line)
+}
+
+pub async fn mirror_count(w: &World, mirror: &Registry, result: &str) -> f64 {
     let text = scrape(w.app.admin).await;
     let port = mirror.addr.port();
     let line = format!(
@@ -70,7 +93,7 @@ async fn a_primary_that_throttles_blob_gets_is_served_from_the_mirror() {
 }
 
 #[tokio::test]
-async fn a_mirror_serving_wrong_bytes_is_refused_not_stored_and_counted() {
+async fn a_mirror_serving_wrong_bytes_is_refused_not_stored_counted_and_skipped_until_the_ttl() {
     let (w, mirror) = World::start_mirrored("", mirrors(false)).await;
     w.registry
         .faults
@@ -89,10 +112,23 @@ async fn a_mirror_serving_wrong_bytes_is_refused_not_stored_and_counted() {
     assert_eq!(mirror_count(&w, &mirror, "mismatch").await, 1.0);
     let text = scrape(w.app.admin).await;
     assert_eq!(value(&text, "regcache_cache_digest_mismatches_total"), 1.0);
-    // Fixed, the mirror serves the next request.
-    mirror.faults.corrupt.store(false, Ordering::SeqCst);
+    // Remembered: the next requests do not download the bad copy again, even once it is mended.
+    for corrupt in [true, false] {
+        mirror.faults.corrupt.store(corrupt, Ordering::SeqCst);
+        let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(mirror.count("GET", &small(&blob2())), 1, "not asked again");
+    assert_eq!(skip_count(&w, &mirror, "mismatch").await, 2.0);
+    assert_eq!(mirror_count(&w, &mirror, "mismatch").await, 1.0);
+    // Other digests are still asked of it.
+    let other = w.app.get(HUB, &small(&blob()), &[]).await;
+    assert!(other.status() == StatusCode::OK && other.body() == &blob());
+    // Past the TTL the mended mirror is asked again and serves.
+    past_mismatch_ttl().await;
     let resp = w.app.get(HUB, &small(&blob2()), &[]).await;
     assert!(resp.status() == StatusCode::OK && resp.body() == &blob2());
+    assert_eq!(mirror.count("GET", &small(&blob2())), 2);
     w.app.stop().await;
 }
 
@@ -125,8 +161,10 @@ async fn one_request_tries_the_next_mirror_when_the_first_serves_wrong_bytes() {
     );
     assert_eq!(mirror_count(&w, &first, "mismatch").await, 1.0);
     assert_eq!(mirror_count(&w, &second, "mismatch").await, 1.0);
-    // The second mirror fixed: one request, the first's wrong bytes refused, the second's served.
+    // The second mirror fixed and the mismatches forgotten (past their TTL): one request, the
+    // first's wrong bytes refused, the second's served.
     second.faults.corrupt.store(false, Ordering::SeqCst);
+    past_mismatch_ttl().await;
     let resp = w.app.get(HUB, &path, &[]).await;
     assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.body());
     assert!(resp.body() == &blob2(), "the object's own bytes");
@@ -180,6 +218,12 @@ async fn mirrors_first_asks_the_mirror_before_the_primary() {
     assert!(resp.status() == StatusCode::OK && resp.body() == &blob());
     assert!(!stored(&w, &blob()));
     assert_eq!(mirror_count(&w, &mirror, "mismatch").await, 1.0);
+    // The next request does not download the mirror's bad copy again: the primary fills the cache.
+    let resp = w.app.get(HUB, &small(&blob()), &[]).await;
+    assert!(resp.status() == StatusCode::OK && resp.body() == &blob());
+    assert_eq!(mirror.count("GET", &small(&blob())), 1, "not asked again");
+    assert_eq!(skip_count(&w, &mirror, "mismatch").await, 1.0);
+    assert!(stored(&w, &blob()), "from the primary");
     w.app.stop().await;
 }
 
@@ -289,6 +333,7 @@ async fn clients_joining_a_mirror_fill_get_verified_bytes_or_none() {
     }
     assert!(!stored(&w, &big()));
     mirror.faults.corrupt.store(false, Ordering::SeqCst);
+    past_mismatch_ttl().await;
     let before = mirror.count("GET", &path);
     let mut outcomes = Vec::new();
     for resp in two_pulls(&w, &path).await {
@@ -302,5 +347,36 @@ async fn clients_joining_a_mirror_fill_get_verified_bytes_or_none() {
         "the second joined the mirror fill"
     );
     assert_eq!(mirror.count("GET", &path) - before, 1, "one fetch for both");
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mirror_that_keeps_failing_is_backed_off_then_asked_again() {
+    let (w, first, second) = World::start_two_mirrors("", two_mirrors).await;
+    w.registry
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    first.down.store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/small/blobs/{}", digest_of(b"in no registry"));
+    let get = || w.app.get(HUB, &path, &[]);
+    for _ in 0..3 {
+        assert_eq!(get().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(mirror_count(&w, &first, "failed").await, 3.0);
+    // Three failures in a row: the first mirror is not asked; the second (a 404: up) still is.
+    assert_eq!(get().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(mirror_count(&w, &first, "failed").await, 3.0, "not asked");
+    assert_eq!(skip_count(&w, &first, "backoff").await, 1.0);
+    assert_eq!(second.count("GET", &path), 4);
+    assert_eq!(skip_count(&w, &second, "backoff").await, 0.0);
+    // Once its backoff is over it is asked again, and being up, it is no longer skipped.
+    first.down.store(false, Ordering::SeqCst);
+    advance_clock(MIRROR_BACKOFF_MIN).await;
+    for _ in 0..2 {
+        assert_eq!(get().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(first.count("GET", &path), 2, "asked again");
+    assert_eq!(skip_count(&w, &first, "backoff").await, 1.0);
     w.app.stop().await;
 }

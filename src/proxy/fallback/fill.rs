@@ -2,8 +2,9 @@
 //! while the fill still waits (no reader can follow it) and checked against the digest; only
 //! then does the fill start and finish at once, so that readers see nothing before the digest
 //! matched (see the parent module). A mirror whose bytes do not match, or whose download fails,
-//! is counted, its bytes forgotten ([`FillWriter::rewind`]), and the next configured mirror is
-//! asked, each at most once, until one delivers verified bytes.
+//! is counted, its bytes forgotten ([`FillWriter::rewind`]), the mismatch remembered
+//! (`memory.rs`), and the next configured mirror is asked, each at most once, until one delivers
+//! verified bytes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,9 +69,9 @@ impl MirrorFill {
                 warn!(error = %e, "cannot empty the fill for the next mirror");
                 break;
             }
-            let path = self.path.clone();
+            let (path, digest) = (self.path.clone(), writer.fill().digest.clone());
             let found = (self.proxy)
-                .mirror_answer(&self.rest, &path, &self.headers, &self.repo)
+                .mirror_answer(&self.rest, &path, &self.headers, &self.repo, &digest)
                 .await;
             let Some((at, next)) = found else { break };
             info!(after = %why, mirror = %next.mirror, "trying the next mirror");
@@ -84,7 +85,12 @@ impl MirrorFill {
     /// Counts and logs a mirror's refused download; the reason when the next mirror may try.
     fn refused(&self, mirror: &str, url: &str, e: CacheError) -> Option<String> {
         let (outcome, next) = match &e {
-            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } => {
+            CacheError::DigestMismatch {
+                expected: digest, ..
+            }
+            | CacheError::SizeMismatch { digest, .. } => {
+                // Not asked for this digest again for a while (`memory.rs`).
+                self.proxy.mirror_memory.mismatched(mirror, digest);
                 (MirrorResult::Mismatch, true)
             }
             // The store cannot write: no other mirror would do better.
