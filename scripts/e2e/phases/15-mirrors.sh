@@ -6,8 +6,10 @@
 # quota) and forwards the rest. dockerd, then skopeo, pull nvidia/tiny through the appliance: every
 # blob comes from the first mirror, verified and stored, once. The first mirror's copy of nvidia/fault's
 # layer has one byte changed; while the second's has too, both are refused, never stored, counted per
-# mirror, and the pull fails; the second's mended, one pull gets the layer from it within the same
-# requests (the first's mismatch counted again), verified and stored.
+# mirror, and the pull fails. The second's mended, a pull still fails without either mirror being
+# asked for the layer again (each mismatch is remembered for 30 minutes; the skips are counted); after
+# a reload (SIGHUP forgets them), one pull gets the layer from the second within the same requests
+# (the first's mismatch counted again), verified and stored.
 PHASE_NEEDS=(stopped-appliance upstreams client-dockerd)
 
 MIRROR_HOST=$OTHER_HOST MIRROR_IP=$OTHER_IP   # example.org: resolvable upstream, nothing else on :443
@@ -124,10 +126,39 @@ wrong_bytes_refused() {
     [[ $first -ge 1 && $second -ge 1 ]]
     grep -q "mirror's object refused" "$LOGS/regcache-mirrors.log"
 }
+# mirror_gets NAME: the mirror registry NAME's GETs of fault's layer so far (its own request log)
+mirror_gets() {
+    grep -cE "msg=\"response completed[^\"]*\" .*http\.request\.method=GET .*http\.request\.uri=\"?/v2/nvidia/fault/blobs/sha256:$(layer_hex fault)" \
+        "$LOGS/$1.log" || true
+}
+skip_metric() { metric "regcache_mirror_skips_total{mirror=\"$1\",reason=\"$2\"}"; } # MIRROR REASON
+mismatches_remembered() {
+    local rc=0 first second
+    corrupt "$(fault_layer second-mirror)" # mended
+    first=$(mirror_gets mirror-registry) second=$(mirror_gets second-mirror)
+    echo "GETs of the layer so far: $MIRROR_HOST $first, $SECOND_MIRROR $second"
+    cli_skopeo copy "docker://$NVCR_HOST/nvidia/fault:1" "oci:$W/mirrors/fault:x" || rc=$?
+    echo "skopeo exit $rc"
+    [[ $rc != 0 ]] || { echo "a remembered mismatch was asked again"; return 1; }
+    expect_eq "$(mirror_gets mirror-registry) $(mirror_gets second-mirror)" "$first $second" \
+        "GETs of the layer at $MIRROR_HOST and $SECOND_MIRROR (none new)"
+    echo "skips for a mismatch: $MIRROR_HOST $(skip_metric "$MIRROR_HOST" mismatch), $SECOND_MIRROR $(skip_metric "$SECOND_MIRROR" mismatch)"
+    [[ $(skip_metric "$MIRROR_HOST" mismatch) -ge 1 && $(skip_metric "$SECOND_MIRROR" mismatch) -ge 1 ]]
+}
+reload_mirrors_appliance() { # SIGHUP; waits for "configuration reloaded"
+    local log=$LOGS/regcache-mirrors.log before i
+    before=$(wc -l <"$log")
+    kill -HUP "$REGCACHE_PID"
+    for ((i = 0; i < 50; i++)); do
+        tail -n "+$((before + 1))" "$log" | grep -q 'configuration reloaded' && return 0
+        sleep 0.2
+    done
+    echo "no 'configuration reloaded' within 10 s of SIGHUP"; return 1
+}
 next_mirror_serves() {
     local hex before gets verified
     hex=$(layer_hex fault)
-    corrupt "$(fault_layer second-mirror)" # mended
+    reload_mirrors_appliance
     before=$(mirror_metric "$MIRROR_HOST" mismatch) gets=$(primary_gets fault)
     cli_skopeo copy "docker://$NVCR_HOST/nvidia/fault:1" "oci:$W/mirrors/fault:x"
     stored "$hex" || { echo "layer $hex not stored"; return 1; }
@@ -156,7 +187,9 @@ phase_run() {
                 skopeo_from_mirror
             run_check "mirrors: both mirrors' wrong bytes for nvidia/fault's layer: refused, not stored, counted per mirror; the pull fails" \
                 wrong_bytes_refused
-            run_check "mirrors: the second mirror mended: one request for the layer gets it from $SECOND_MIRROR after the first's mismatch; stored" \
+            run_check "mirrors: the second mirror mended: the remembered mismatches are skipped (no GET of the layer at either mirror, skips counted); the pull fails" \
+                mismatches_remembered
+            run_check "mirrors: after a reload (which forgets them), one request for the layer gets it from $SECOND_MIRROR after the first's mismatch; stored" \
                 next_mirror_serves
             stop_forget "$REGCACHE_PID"
         else
