@@ -32,7 +32,7 @@ pub fn stored(w: &World, data: &[u8]) -> bool {
 }
 
 /// Moves tokio's clock (the appliance runs on the test's runtime) by `by`.
-pub async fn advance_clock(by: std::time::Duration) {
+async fn advance_clock(by: std::time::Duration) {
     tokio::time::pause();
     tokio::time::advance(by).await;
     tokio::time::resume();
@@ -43,22 +43,28 @@ async fn past_mismatch_ttl() {
     advance_clock(MIRROR_MISMATCH_TTL + std::time::Duration::from_secs(1)).await;
 }
 
-pub async fn skip_count(w: &World, mirror: &Registry, reason: &str) -> f64 {
+/// `regcache_mirror_{family}_total{mirror="registry.test:PORT",{label}="{value}"}`.
+async fn mirror_metric(
+    w: &World,
+    mirror: &Registry,
+    family: &str,
+    label: &str,
+    value: &str,
+) -> f64 {
     let text = scrape(w.app.admin).await;
     let port = mirror.addr.port();
     let line = format!(
-        "regcache_mirror_skips_total{{mirror=\"registry.test:{port}\",reason=\"{reason}\"}}"
+        "regcache_mirror_{family}_total{{mirror=\"registry.test:{port}\",{label}=\"{value}\"}}"
     );
-    value(&text, &line)
+    crate::metrics::value(&text, &line)
 }
 
-pub async fn mirror_count(w: &World, mirror: &Registry, result: &str) -> f64 {
-    let text = scrape(w.app.admin).await;
-    let port = mirror.addr.port();
-    let line = format!(
-        "regcache_mirror_fetches_total{{mirror=\"registry.test:{port}\",result=\"{result}\"}}"
-    );
-    value(&text, &line)
+async fn skip_count(w: &World, mirror: &Registry, reason: &str) -> f64 {
+    mirror_metric(w, mirror, "skips", "reason", reason).await
+}
+
+async fn mirror_count(w: &World, mirror: &Registry, result: &str) -> f64 {
+    mirror_metric(w, mirror, "fetches", "result", result).await
 }
 
 #[tokio::test]
