@@ -14,7 +14,7 @@
 #   world        the upstreams on their own, before the appliance starts
 #   dns          intercepted names, forwarding, no AAAA leak        tls  certificates, isolation
 #   clients      dockerd, skopeo, podman pulls; push; private repo  cache  coalescing; Basic auth
-#   rules        [[cache.rule]]: a "0s" tag revalidated at every read, a "forever" one never (skopeo)
+#   rules        [[cache.rule]]: a "0s" tag revalidated at every read, a "forever" one never (skopeo, dockerd)
 #   attacks      odd registries try cached private content (issue 9)
 #   docker-trust dockerd's trust for Docker Hub names (FINDING lines, asserted)
 #   mirror       the plain-HTTP mirror (dockerd registry-mirrors, ctr hosts.toml)
@@ -23,8 +23,8 @@
 #   warm         regcache warm --via the appliance; the config's [[warm]] job (issue 13)
 #   faults       reset, kill -9, full disk, idle connections, SIGTERM (issue 9)
 #   compose      docker-compose.yml with the image of scripts/docker-image.sh
-#   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy, issue 13)
-#   mirrors      blobs by digest from a verified mirror while the upstream answers 429 (issue 13)
+#   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy; skopeo, dockerd)
+#   mirrors      blobs by digest from verified mirrors while the upstream answers 429; bad copies remembered
 #
 # A phase declares what it needs in PHASE_NEEDS and the driver provides it (need): appliance (the first
 # appliance running; its start makes the setup checks: config rejected, ca cert, listening lines, admin),
