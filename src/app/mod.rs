@@ -94,6 +94,11 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let client = upstream_client(&config, resolver, &provider)?;
     let certs = cert_resolver(&ca, &config, &provider, &metrics);
     let cache = open_cache(&config, metrics.clone())?;
+    let fleet = proxy::Fleet::new(&config.fleet, ca.cert_pem(), provider.clone())
+        .context("cannot set up [fleet]")?;
+    if fleet.is_some() {
+        info!(peers = ?config.fleet.peers, node = %config.fleet.node, "one of a fleet");
+    }
     let proxy = Arc::new(Proxy::new(proxy::Setup {
         routes: routes(&config),
         client,
@@ -106,6 +111,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         metrics: metrics.clone(),
         status: status.clone(),
         limits: config.limits.clone(),
+        fleet,
     })?);
     let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
     let addrs = sockets.addresses()?;
@@ -355,6 +361,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
     check("warm", old.warm == new.warm);
+    check("fleet", old.fleet == new.fleet);
     notes
 }
 

@@ -22,9 +22,10 @@ mod text;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, Reason, RegistryLabels,
-    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
-    TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
+    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, PeerLabels, PeerResult,
+    Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source,
+    SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
+    WarmObjectLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub upstream_ratelimit_remaining: Family<RegistryLabels, Gauge>,
     /// Fetches from registries' mirrors, by mirror and result.
     pub mirror_fetches: Family<MirrorLabels, Counter>,
+    /// Fetches from objects' owners in the fleet, by owner and result.
+    pub peer_fetches: Family<PeerLabels, Counter>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_forward_duration: Histogram,
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -108,6 +111,7 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             upstream_ratelimit_remaining: Family::default(),
             mirror_fetches: Family::default(),
+            peer_fetches: Family::default(),
             dns_queries: Family::default(),
             dns_forward_duration: latency_histogram(),
             tls_handshakes: Family::default(),
@@ -130,7 +134,7 @@ impl Metrics {
     /// Label values known in advance start at zero, so their series exist from the start (rates
     /// and dashboards need a first sample).
     fn touch_known_labels(&self) {
-        for source in [Source::Cache, Source::Upstream, Source::Local] {
+        for source in [Source::Cache, Source::Upstream, Source::Local, Source::Peer] {
             let _ = self
                 .http_response_bytes
                 .get_or_create(&SourceLabels { source });
@@ -188,6 +192,14 @@ impl Metrics {
             result,
         };
         self.mirror_fetches.get_or_create(&labels).inc();
+    }
+
+    pub fn peer_fetch(&self, peer: &str, result: PeerResult) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+            result,
+        };
+        self.peer_fetches.get_or_create(&labels).inc();
     }
 
     pub fn dns(&self, qtype: &str, outcome: DnsOutcome) {

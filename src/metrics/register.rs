@@ -143,6 +143,11 @@ impl Metrics {
             "Objects fetched from registries' mirrors, by mirror and result (verified, mismatch, failed)",
             self.mirror_fetches.clone(),
         );
+        r.register(
+            "peer_fetches",
+            "Cold objects fetched from their owner in the fleet, by owner and result (served, taken_over, refused)",
+            self.peer_fetches.clone(),
+        );
     }
 
     /// DNS queries and TLS handshakes.

@@ -5,8 +5,9 @@
 //! - `listen.rs`: accept, TLS, HTTP/1.1 and HTTP/2 within `[limits]` → [`Proxy::handle`];
 //! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
 //!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
-//!   manifests by digest; `download.rs` fills the cache from the upstream, `fallback.rs` from
-//!   the registry's verified `mirrors`), `tag.rs`, `tag_list.rs`;
+//!   manifests by digest; `download.rs` fills the cache from the upstream, `peer.rs` from the
+//!   object's owner in the fleet, `fallback.rs` from the registry's verified `mirrors`),
+//!   `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
 //!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
@@ -31,6 +32,7 @@ pub mod manifest;
 mod object;
 mod offline;
 pub mod outcome;
+mod peer;
 mod records;
 pub(crate) mod registry;
 mod report;
@@ -68,6 +70,7 @@ pub use error::Error;
 pub use listen::{serve, Listener};
 pub use offline::Policy;
 pub use outcome::CacheOutcome;
+pub use peer::{owner_of, Fleet, LinkError, PEER_HEADER};
 pub use request::Conn;
 pub use response::error_response;
 pub use upstream::Client;
@@ -104,6 +107,8 @@ pub struct Setup {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub limits: LimitsConfig,
+    /// `[fleet]`: the other appliances, when there are any.
+    pub fleet: Option<Fleet>,
 }
 
 /// Everything a connection needs; shared by all connections.
@@ -130,6 +135,8 @@ pub struct Proxy {
     slots: Arc<Slots>,
     /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
     limits: RwLock<LimitsConfig>,
+    /// The other appliances of the fleet (`[fleet]`, bound at start).
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Proxy {
@@ -162,6 +169,7 @@ impl Proxy {
             status: setup.status,
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
+            fleet: setup.fleet.map(Arc::new),
         })
     }
 
