@@ -94,15 +94,11 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let client = upstream_client(&config, resolver, &provider)?;
     let certs = cert_resolver(&ca, &config, &provider, &metrics);
     let cache = open_cache(&config, metrics.clone())?;
-    let fleet = proxy::Fleet::new(&config.fleet, ca.cert_pem(), provider.clone())
-        .context("cannot set up [fleet]")?;
-    if fleet.is_some() {
-        info!(peers = ?config.fleet.peers, node = %config.fleet.node, "one of a fleet");
-    }
     let proxy = Arc::new(Proxy::new(proxy::Setup {
         routes: routes(&config),
         client,
         certs: certs.clone(),
+        fleet: fleet(&config, &ca, &provider)?,
         provider,
         access: config.access.clone(),
         log: log.clone(),
@@ -111,7 +107,6 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         metrics: metrics.clone(),
         status: status.clone(),
         limits: config.limits.clone(),
-        fleet,
     })?);
     let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
     let addrs = sockets.addresses()?;
@@ -143,6 +138,21 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         http_addrs: addrs.http,
         admin_addr: addrs.admin,
     })
+}
+
+/// The other appliances (`[fleet]`), reached with this appliance's CA as their only root.
+fn fleet(
+    config: &Config,
+    ca: &Ca,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Option<proxy::Fleet>> {
+    let fleet = proxy::Fleet::new(&config.fleet, ca.cert_pem(), provider.clone());
+    let fleet = fleet.context("cannot set up [fleet]")?;
+    if fleet.is_some() {
+        let (peers, node) = (&config.fleet.peers, &config.fleet.node);
+        info!(?peers, %node, "one of a fleet: cold objects come from their owner");
+    }
+    Ok(fleet)
 }
 
 /// The leaf issuer for the configured names, counting each leaf it issues.

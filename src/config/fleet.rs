@@ -170,6 +170,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("(`[fleet]`)").nth(1).unwrap();
+        let example = section.split("```toml\n").nth(1).unwrap();
+        let example = example.split("```").next().unwrap();
+        let c = parse(example, Source::Embedded).unwrap();
+        assert_eq!(
+            (c.fleet.peers.len(), c.fleet.node.as_str()),
+            (3, "10.0.0.12:443")
+        );
+        assert!(c.access.allows("10.0.0.11".parse().unwrap()));
+    }
+
+    #[test]
     fn peers_and_node_go_together() {
         let p = problems("[fleet]\npeers = [\"a:1\"]\n");
         assert_eq!(p[0].line, 2);

@@ -9,6 +9,7 @@ mod cache;
 mod cli_json;
 mod dns;
 mod fallback;
+mod fleet;
 mod listeners;
 mod metrics;
 mod mirror;

@@ -68,7 +68,7 @@ impl PeerFill {
         let mut at = 0;
         let timeout = self.fleet.timeout;
         match copy(resp.into_body(), &mut writer, 0, timeout, &mut at).await {
-            Ok(()) => self.finish(writer, PeerResult::Served),
+            Ok(()) => self.finish(writer, true),
             Err(Stop::Local(why)) => writer.fail(why),
             Err(Stop::Source(why)) => {
                 warn!(owner = %self.owner, at, %why, digest = %writer.fill().digest, "the owner stopped: taking over from the upstream");
@@ -139,13 +139,18 @@ impl PeerFill {
         Some((resp, writer))
     }
 
-    /// Verifies and commits the fill.
-    fn finish(&self, writer: FillWriter, result: PeerResult) {
+    /// Verifies and commits the fill; `served` when the owner sent it all (a takeover was
+    /// counted when it began).
+    fn finish(&self, writer: FillWriter, served: bool) {
         let digest = writer.fill().digest.clone();
         match writer.finish() {
             Ok(()) => {
-                self.proxy.metrics.peer_fetch(&self.owner, result);
-                info!(%digest, owner = %self.owner, registry = %self.registry, repo = %self.repo, ?result, "cached through the fleet");
+                if served {
+                    self.proxy
+                        .metrics
+                        .peer_fetch(&self.owner, PeerResult::Served);
+                }
+                info!(%digest, owner = %self.owner, registry = %self.registry, repo = %self.repo, served, "cached through the fleet");
             }
             Err(e) => {
                 warn!(%digest, owner = %self.owner, error = %e, "not cached");
@@ -191,7 +196,7 @@ impl PeerFill {
             &mut written,
         );
         match copied.await {
-            Ok(()) => self.finish(writer, PeerResult::TakenOver),
+            Ok(()) => self.finish(writer, false),
             Err(Stop::Source(why) | Stop::Local(why)) => writer.fail(why),
         }
     }

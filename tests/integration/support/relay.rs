@@ -1,0 +1,66 @@
+//! A TCP relay in front of an appliance, standing for its address in `fleet.peers`: bound
+//! before the appliance starts (so that its address can be configured), pointed at it after,
+//! and cut (every connection dropped, new ones refused) to kill the appliance as its peers see
+//! it, in the middle of a body if need be.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    cut: CancellationToken,
+}
+
+impl Relay {
+    pub async fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(None));
+        let cut = CancellationToken::new();
+        tokio::spawn(accept(listener, target.clone(), cut.clone()));
+        Self { addr, target, cut }
+    }
+
+    /// Sends every later connection to `target`.
+    pub fn point_to(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = Some(target);
+    }
+
+    /// Drops every connection at once and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    cut: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cut.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((mut client, _)) = accepted else {
+            return;
+        };
+        let Some(to) = *target.lock().unwrap() else {
+            continue;
+        };
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(to).await else {
+                return;
+            };
+            tokio::select! {
+                _ = cut.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            }
+        });
+    }
+}
