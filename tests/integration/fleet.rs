@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use crate::support::registry::{self, big, blob2, digest_of, secret, TOKEN};
 use crate::support::relay::Relay;
-use crate::support::{admin_get, dns, dns_keys, hub_toml, sha256_hex, Appliance, Pki};
+use crate::support::{admin_get, dns, dns_keys, hub_toml, sha256_hex, upstream_pki, Appliance};
 
 const HUB: &str = "registry-1.docker.io";
 
@@ -25,12 +25,7 @@ struct Fleet {
 
 impl Fleet {
     async fn start(n: usize) -> Self {
-        use std::io::Write;
-        let mut names = vec!["registry.test", "cdn.test", "auth.test"];
-        names.extend(registry::ODD_HOSTS);
-        let pki = Pki::new(&names);
-        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
-        ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+        let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
         let resolver = dns::Upstream::start().await;
         let mut relays = Vec::new();

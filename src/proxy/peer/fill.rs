@@ -19,7 +19,7 @@ use super::Fleet;
 use crate::cache::FillWriter;
 use crate::metrics::PeerResult;
 use crate::proxy::auth::Credential;
-use crate::proxy::download::{identity, ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
+use crate::proxy::download::{identity, start_fill, ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
 use crate::proxy::upstream::redact;
 use crate::proxy::Proxy;
 
@@ -117,23 +117,14 @@ impl PeerFill {
     fn start(
         &self,
         resp: Response<Incoming>,
-        mut writer: FillWriter,
+        writer: FillWriter,
         tx: oneshot::Sender<Begun>,
     ) -> Option<(Response<Incoming>, FillWriter)> {
-        let h = resp.headers();
-        let size = (h.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse().ok());
-        let media_type = (h.get(header::CONTENT_TYPE))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        if size.is_some_and(|size| !writer.reserve(size)) {
-            self.proxy.metrics.cache_fills_capped.inc();
-            warn!(digest = %writer.fill().digest, ?size, "no room within cache.max_size: not cached");
-            writer.decline();
+        let started = start_fill(&self.proxy, &resp, writer, &self.registry, &self.repo);
+        let Some((mut writer, _)) = started else {
             let _ = tx.send(Begun::Relay(resp));
             return None;
-        }
-        writer.start(size, &media_type, &self.registry, &self.repo);
+        };
         writer.set_from_peer(true);
         let _ = tx.send(Begun::Streaming);
         Some((resp, writer))

@@ -85,28 +85,35 @@ impl Link {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, LinkError> {
-        let timeout = || LinkError::Timeout {
+        let bad_name = || LinkError::Name(name.to_owned());
+        let server = ServerName::try_from(name.to_owned()).map_err(|_| bad_name())?;
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .version(Version::HTTP_11)
+            .body(Empty::<Bytes>::new())?;
+        *req.headers_mut() = headers;
+        let host = HeaderValue::try_from(name).map_err(|_| bad_name())?;
+        req.headers_mut().insert(header::HOST, host);
+        let answered = tokio::time::timeout(self.timeout, self.send(peer, server, req));
+        answered.await.map_err(|_| LinkError::Timeout {
             peer: peer.to_owned(),
             secs: self.timeout.as_secs(),
-        };
-        let answered = tokio::time::timeout(self.timeout, self.send(peer, name, path, headers));
-        answered.await.map_err(|_| timeout())?
+        })?
     }
 
+    /// Connects to `peer` (TLS for `server`) and sends `req` on the new connection.
     async fn send(
         &self,
         peer: &str,
-        name: &str,
-        path: &str,
-        headers: HeaderMap,
+        server: ServerName<'static>,
+        req: Request<Empty<Bytes>>,
     ) -> Result<Response<Incoming>, LinkError> {
-        let server = ServerName::try_from(name.to_owned());
-        let server = server.map_err(|_| LinkError::Name(name.to_owned()))?;
-        let fail = |source| LinkError::Connect {
+        let tcp = TcpStream::connect(peer).await;
+        let tcp = tcp.map_err(|source| LinkError::Connect {
             peer: peer.to_owned(),
             source,
-        };
-        let tcp = TcpStream::connect(peer).await.map_err(fail)?;
+        })?;
         let _ = tcp.set_nodelay(true);
         let tls = self.tls.connect(server, tcp).await;
         let tls = tls.map_err(|source| LinkError::Handshake {
@@ -121,14 +128,6 @@ impl Link {
             .await
             .map_err(http)?;
         tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .version(Version::HTTP_11)
-            .body(Empty::<Bytes>::new())?;
-        *req.headers_mut() = headers;
-        let host = HeaderValue::try_from(name).map_err(|_| LinkError::Name(name.to_owned()))?;
-        req.headers_mut().insert(header::HOST, host);
         sender.send_request(req).await.map_err(http)
     }
 }

@@ -351,11 +351,7 @@ impl World {
         hub_keys: impl FnOnce(&[u16]) -> String,
         mirrors: usize,
     ) -> (Self, Vec<registry::Registry>) {
-        let mut names = vec!["registry.test", "cdn.test", "auth.test"];
-        names.extend(registry::ODD_HOSTS);
-        let pki = Pki::new(&names);
-        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
-        ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+        let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
         let mut mirror = Vec::new();
         for _ in 0..mirrors {
@@ -374,6 +370,16 @@ impl World {
         };
         (world, mirror)
     }
+}
+
+/// The "public" PKI of the fake upstream's names, and its CA in a file (for `extra_ca`).
+pub fn upstream_pki() -> (Pki, tempfile::NamedTempFile) {
+    let mut names = vec!["registry.test", "cdn.test", "auth.test"];
+    names.extend(registry::ODD_HOSTS);
+    let pki = Pki::new(&names);
+    let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+    ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+    (pki, ca_file)
 }
 
 /// The `[dns]` keys of an appliance that answers 10.9.8.7 and asks `resolver`.
