@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Fleet;
-use crate::cache::FillWriter;
+use crate::cache::{Error as CacheError, FillWriter};
 use crate::metrics::PeerResult;
 use crate::proxy::auth::Credential;
 use crate::proxy::download::{identity, start_fill, ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
@@ -134,18 +134,25 @@ impl PeerFill {
     /// counted when it began).
     fn finish(&self, writer: FillWriter, served: bool) {
         let digest = writer.fill().digest.clone();
+        let (owner, registry, repo) = (&self.owner, &self.registry, &self.repo);
         match writer.finish() {
-            Ok(()) => {
-                if served {
-                    self.proxy
-                        .metrics
-                        .peer_fetch(&self.owner, PeerResult::Served);
-                }
-                info!(%digest, owner = %self.owner, registry = %self.registry, repo = %self.repo, served, "cached through the fleet");
+            Ok(()) if served => {
+                (self.proxy.metrics).peer_fetch(owner, PeerResult::Served);
+                info!(%digest, %owner, %registry, %repo, "cached from the owner");
             }
+            // The upstream's bytes after the owner failed: this appliance uploads them to the
+            // shared tier (a fill the owner served, marked `from_peer`, is the owner's to upload).
+            Ok(()) => info!(%digest, %owner, %registry, %repo, "cached, taken over from the owner"),
             Err(e) => {
-                warn!(%digest, owner = %self.owner, error = %e, "not cached");
-                self.fleet.owners.mark_dead(&self.owner);
+                warn!(%digest, %owner, error = %e, "not cached");
+                let wrong = matches!(
+                    e,
+                    CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. }
+                );
+                if served && wrong {
+                    // Not the object: that owner is not asked for a while.
+                    self.fleet.owners.mark_dead(owner);
+                }
             }
         }
     }
@@ -159,10 +166,12 @@ impl PeerFill {
         headers.insert(header::RANGE, range);
         let resp = self.proxy.upstream.follow(&Method::GET, &self.url, headers);
         let skip = match resp.await {
-            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => match range_start(&resp) {
-                Some(start) if start == at => Some((resp, 0)),
-                _ => None,
-            },
+            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                match range_start(resp.headers()) {
+                    Some(start) if start == at => Some((resp, 0)),
+                    _ => None,
+                }
+            }
             Ok(resp) if resp.status() == StatusCode::OK => Some((resp, at)),
             Ok(resp) => {
                 let status = resp.status();
@@ -194,8 +203,8 @@ impl PeerFill {
 }
 
 /// Where a 206's `Content-Range: bytes START-END/TOTAL` starts.
-fn range_start(resp: &Response<Incoming>) -> Option<u64> {
-    let value = resp.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
+fn range_start(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let range = value.trim().strip_prefix("bytes ")?;
     range.split('-').next()?.trim().parse().ok()
 }
