@@ -24,7 +24,8 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(n: usize) -> Self {
+    /// `n` appliances with `fleet.peer_timeout` = `timeout` seconds.
+    async fn start(n: usize, timeout: u64) -> Self {
         let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
         let resolver = dns::Upstream::start().await;
@@ -37,7 +38,7 @@ impl Fleet {
         let mut apps: Vec<Arc<Appliance>> = Vec::new();
         for (relay, node) in relays.iter().zip(&peers) {
             let fleet = format!(
-                "[fleet]\npeers = [{}]\nnode = {node:?}\npeer_timeout = \"10s\"\n",
+                "[fleet]\npeers = [{}]\nnode = {node:?}\npeer_timeout = \"{timeout}s\"\n",
                 list.join(", ")
             );
             let state = tempfile::tempdir().unwrap();
@@ -112,7 +113,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn concurrent_cold_gets_through_two_appliances_cause_one_upstream_fetch() {
-    let f = Fleet::start(2).await;
+    let f = Fleet::start(2, 10).await;
     let digest = digest_of(&big());
     let path = format!("/v2/library/big/blobs/{digest}");
     let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
@@ -146,7 +147,7 @@ async fn concurrent_cold_gets_through_two_appliances_cause_one_upstream_fetch() 
 
 #[tokio::test]
 async fn an_owner_killed_mid_body_is_taken_over_from_the_upstream_with_range() {
-    let f = Fleet::start(2).await;
+    let f = Fleet::start(2, 10).await;
     let digest = digest_of(&big());
     let path = format!("/v2/library/big/blobs/{digest}");
     let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
@@ -188,7 +189,7 @@ async fn an_owner_killed_mid_body_is_taken_over_from_the_upstream_with_range() {
 
 #[tokio::test]
 async fn a_refused_client_gets_the_refusal_through_a_peer_and_no_more() {
-    let f = Fleet::start(2).await;
+    let f = Fleet::start(2, 10).await;
     let digest = digest_of(&secret());
     let path = format!("/v2/private/app/blobs/{digest}");
     let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
@@ -213,7 +214,7 @@ async fn a_refused_client_gets_the_refusal_through_a_peer_and_no_more() {
 
 #[tokio::test]
 async fn a_request_from_a_peer_is_never_forwarded_again() {
-    let f = Fleet::start(2).await;
+    let f = Fleet::start(2, 10).await;
     let digest = digest_of(&blob2());
     let path = format!("/v2/library/small/blobs/{digest}");
     let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
@@ -233,7 +234,7 @@ async fn a_request_from_a_peer_is_never_forwarded_again() {
 
 #[tokio::test]
 async fn an_unreachable_owner_is_taken_over_from_the_upstream() {
-    let f = Fleet::start(3).await;
+    let f = Fleet::start(3, 10).await;
     let digest = digest_of(&blob2());
     let path = format!("/v2/library/small/blobs/{digest}");
     let owner = f.owner(&digest);
@@ -242,5 +243,34 @@ async fn an_unreachable_owner_is_taken_over_from_the_upstream() {
     let resp = f.apps[other].get(HUB, &path, &[]).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.body(), &blob2());
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+}
+
+#[tokio::test]
+async fn a_silent_owner_is_given_up_after_peer_timeout() {
+    let f = Fleet::start(2, 1).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    f.relays[owner].stall();
+    let started = std::time::Instant::now();
+    let resp = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+    // Passed over now: another object it owns is asked of the upstream here, at once.
+    let owned = (0u32..)
+        .map(|i| format!("sha256:{i:064x}"))
+        .find(|d| f.owner(d) == owner)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let path = format!("/v2/library/small/blobs/{owned}");
+    let missing = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
 }

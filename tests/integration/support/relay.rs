@@ -1,7 +1,7 @@
 //! A TCP relay in front of an appliance, standing for its address in `fleet.peers`: bound
 //! before the appliance starts (so that its address can be configured), pointed at it after,
 //! and cut (every connection dropped, new ones refused) to kill the appliance as its peers see
-//! it, in the middle of a body if need be.
+//! it, in the middle of a body if need be), or stalled (connections accepted, never answered).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     target: Arc<Mutex<Option<SocketAddr>>>,
     cut: CancellationToken,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -21,8 +22,24 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let target = Arc::new(Mutex::new(None));
         let cut = CancellationToken::new();
-        tokio::spawn(accept(listener, target.clone(), cut.clone()));
-        Self { addr, target, cut }
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(accept(
+            listener,
+            target.clone(),
+            cut.clone(),
+            stalled.clone(),
+        ));
+        Self {
+            addr,
+            target,
+            cut,
+            stalled,
+        }
+    }
+
+    /// Accepts every later connection and sends nothing on it (until cut).
+    pub fn stall(&self) {
+        (self.stalled).store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Sends every later connection to `target`.
@@ -36,10 +53,17 @@ impl Relay {
     }
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut.cancel();
+    }
+}
+
 async fn accept(
     listener: TcpListener,
     target: Arc<Mutex<Option<SocketAddr>>>,
     cut: CancellationToken,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -53,6 +77,13 @@ async fn accept(
             continue;
         };
         let cut = cut.clone();
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::spawn(async move {
+                cut.cancelled().await;
+                drop(client)
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let Ok(mut server) = TcpStream::connect(to).await else {
                 return;
