@@ -257,20 +257,21 @@ async fn a_silent_owner_is_given_up_after_peer_timeout() {
     let resp = f.apps[other].get(HUB, &path, &[]).await;
     assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
-    // Passed over now: another object it owns is asked of the upstream here, at once.
+    // Passed over now: another object it owns is asked of the upstream here, not of it.
     let owned = (0u32..)
         .map(|i| format!("sha256:{i:064x}"))
         .find(|d| f.owner(d) == owner)
         .unwrap();
-    let started = std::time::Instant::now();
     let path = format!("/v2/library/small/blobs/{owned}");
     let missing = f.apps[other].get(HUB, &path, &[]).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        f.relays[owner].accepted(),
+        1,
+        "the silent owner was asked once"
+    );
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
 }
