@@ -189,24 +189,6 @@ pub struct MirrorLabels {
     pub result: MirrorResult,
 }
 
-/// What one fetch from the object's owner in the fleet came to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum PeerResult {
-    /// The owner served the object, verified here.
-    Served,
-    /// The owner failed (unreachable, a 5xx, a body cut short): this appliance went to the upstream.
-    TakenOver,
-    /// The owner's answer was a refusal (its upstream's 401, 403, 404…), relayed to the client.
-    Refused,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
-    /// The owner's `host:port`, one of `fleet.peers` (a bounded set).
-    pub peer: String,
-    pub result: PeerResult,
-}
-
 /// Label values in lower case (`intercepted`, `server_error`), as Prometheus convention has them.
 macro_rules! label_values {
     ($($ty:ident { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
@@ -236,8 +218,8 @@ label_values! {
     Listener { Https => "https", Mirror => "mirror", Admin => "admin" }
     Rejected { Access => "access", Limit => "limit" }
     MirrorResult { Verified => "verified", Mismatch => "mismatch", Failed => "failed" }
-    PeerResult { Served => "served", TakenOver => "taken_over", Refused => "refused" }
     Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
+    PeerResult { Served => "served", TakenOver => "taken_over", Refused => "refused" }
 }
 
 /// A `[[warm]]` job (its number in the config, from 1), and how its run ended.
@@ -259,4 +241,22 @@ pub struct WarmObjectLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WarmJobLabels {
     pub job: String,
+}
+
+/// What one fetch from the object's owner in the fleet came to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum PeerResult {
+    /// The owner served the object, verified here.
+    Served,
+    /// The owner failed (unreachable, a 5xx, a body cut short): this appliance went to the upstream.
+    TakenOver,
+    /// The owner's answer was a refusal (its upstream's 401, 403, 404…), relayed to the client.
+    Refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The owner's `host:port`, one of `fleet.peers` (a bounded set).
+    pub peer: String,
+    pub result: PeerResult,
 }

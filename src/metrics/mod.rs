@@ -22,11 +22,11 @@ mod text;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, PeerLabels, PeerResult,
-    Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source,
-    SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
-    WarmObjectLabels,
+    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, Reason, RegistryLabels,
+    Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
+    TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
+pub use labels::{PeerLabels, PeerResult};
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
 /// and `promtool check metrics` read.
@@ -64,8 +64,6 @@ pub struct Metrics {
     pub upstream_ratelimit_remaining: Family<RegistryLabels, Gauge>,
     /// Fetches from registries' mirrors, by mirror and result.
     pub mirror_fetches: Family<MirrorLabels, Counter>,
-    /// Fetches from objects' owners in the fleet, by owner and result.
-    pub peer_fetches: Family<PeerLabels, Counter>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_forward_duration: Histogram,
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -78,6 +76,8 @@ pub struct Metrics {
     pub warm_runs: Family<WarmLabels, Counter>,
     pub warm_objects: Family<WarmObjectLabels, Counter>,
     pub warm_bytes: Family<WarmJobLabels, Counter>,
+    /// Fetches from objects' owners in the fleet, by owner and result.
+    pub peer_fetches: Family<PeerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,7 +111,6 @@ impl Metrics {
             upstream_duration: Family::new_with_constructor(latency_histogram),
             upstream_ratelimit_remaining: Family::default(),
             mirror_fetches: Family::default(),
-            peer_fetches: Family::default(),
             dns_queries: Family::default(),
             dns_forward_duration: latency_histogram(),
             tls_handshakes: Family::default(),
@@ -123,6 +122,7 @@ impl Metrics {
             warm_runs: Family::default(),
             warm_objects: Family::default(),
             warm_bytes: Family::default(),
+            peer_fetches: Family::default(),
         };
         let mut registry = std::mem::take(&mut m.registry);
         m.register(&mut registry);
@@ -194,14 +194,6 @@ impl Metrics {
         self.mirror_fetches.get_or_create(&labels).inc();
     }
 
-    pub fn peer_fetch(&self, peer: &str, result: PeerResult) {
-        let labels = PeerLabels {
-            peer: peer.to_owned(),
-            result,
-        };
-        self.peer_fetches.get_or_create(&labels).inc();
-    }
-
     pub fn dns(&self, qtype: &str, outcome: DnsOutcome) {
         let labels = DnsLabels {
             qtype: qtype.to_owned(),
@@ -218,6 +210,14 @@ impl Metrics {
     pub fn expired(&self, listener: Listener, timeout: Expired) {
         let labels = ExpiredLabels { listener, timeout };
         self.connections_expired.get_or_create(&labels).inc();
+    }
+
+    pub fn peer_fetch(&self, peer: &str, result: PeerResult) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+            result,
+        };
+        self.peer_fetches.get_or_create(&labels).inc();
     }
 
     /// Counts a connection as open until the guard is dropped.

@@ -131,12 +131,12 @@ pub struct Proxy {
     outages: Mutex<HashMap<String, tokio::time::Instant>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    /// The other appliances of the fleet (`[fleet]`, bound at start).
+    fleet: Option<Arc<Fleet>>,
     /// HTTPS and mirror connections together, capped at `limits.max_connections`.
     slots: Arc<Slots>,
     /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
     limits: RwLock<LimitsConfig>,
-    /// The other appliances of the fleet (`[fleet]`, bound at start).
-    fleet: Option<Arc<Fleet>>,
 }
 
 impl Proxy {
@@ -167,9 +167,9 @@ impl Proxy {
             outages: Mutex::default(),
             metrics: setup.metrics,
             status: setup.status,
+            fleet: setup.fleet.map(Arc::new),
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
-            fleet: setup.fleet.map(Arc::new),
         })
     }
 
