@@ -178,6 +178,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fleet_needs_peers_and_a_ca_to_trust() {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let none = Fleet::new(&FleetConfig::default(), "", provider.clone());
+        assert!(none.unwrap().is_none(), "no peers: no fleet");
+        let config = FleetConfig {
+            peers: vec!["10.0.0.1:443".into(), "10.0.0.2:443".into()],
+            node: "10.0.0.1:443".into(),
+            ..FleetConfig::default()
+        };
+        let no_ca = Fleet::new(&config, "not a certificate", provider.clone());
+        assert!(matches!(no_ca, Err(LinkError::Ca(_))));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let pem = ca.self_signed(&key).unwrap().pem();
+        let fleet = Fleet::new(&config, &pem, provider).unwrap().unwrap();
+        assert_eq!(fleet.owners.node, "10.0.0.1:443");
+        assert_eq!(fleet.timeout, config.peer_timeout);
+    }
+
+    #[test]
     fn the_owner_gets_the_clients_credentials_and_who_asks_nothing_else() {
         let mut client = HeaderMap::new();
         client.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
