@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`config`]: raw TOML (`raw`) → validated [`config::Config`] (`types`): `validate`, `limits`,
 //!   `registry` (and the embedded default list), `credentials`, `values`, `rules`
-//!   (`[[cache.rule]]`, with its matchers `glob` and `tag_regex`); `problem` prints each
+//!   (`[[cache.rule]]`, with its matchers `glob` and `tag_regex`), `fleet`; `problem` prints each
 //!   problem as `file:line: why`.
 //! - [`app`]: the only module that sees every subsystem: bind, load, run, drain.
 //! - [`dns`]: the intercept table and forwarding (hickory's request handler), with a fast path
@@ -21,7 +21,9 @@
 //! - [`proxy`]: listeners and TLS accept; each request routed by host and classified once into a
 //!   typed endpoint, handled in the endpoint's file, with authorization and offline policy in
 //!   files of their own; one `Upstream` for every request to a registry or CDN; the cache outcome
-//!   travels with the response to the access log, metrics and status page.
+//!   travels with the response to the access log, metrics and status page; `peer` forwards a
+//!   cold object to its owner among the fleet's appliances (`[fleet]`) and takes over when it
+//!   fails.
 //! - [`admin`]: the admin listener over plain HTTP: status page, `/healthz`, `/metrics`,
 //!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
 //! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text

@@ -98,6 +98,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         routes: routes(&config),
         client,
         certs: certs.clone(),
+        fleet: fleet(&config, &ca, &provider)?,
         provider,
         access: config.access.clone(),
         log: log.clone(),
@@ -137,6 +138,21 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         http_addrs: addrs.http,
         admin_addr: addrs.admin,
     })
+}
+
+/// The other appliances (`[fleet]`), reached with this appliance's CA as their only root.
+fn fleet(
+    config: &Config,
+    ca: &Ca,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Option<proxy::Fleet>> {
+    let fleet = proxy::Fleet::new(&config.fleet, ca.cert_pem(), provider.clone());
+    let fleet = fleet.context("cannot set up [fleet]")?;
+    if fleet.is_some() {
+        let (peers, node) = (&config.fleet.peers, &config.fleet.node);
+        info!(?peers, %node, "one of a fleet: cold objects come from their owner");
+    }
+    Ok(fleet)
 }
 
 /// The leaf issuer for the configured names, counting each leaf it issues.
@@ -355,6 +371,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
     check("warm", old.warm == new.warm);
+    check("fleet", old.fleet == new.fleet);
     notes
 }
 

@@ -69,6 +69,9 @@ pub struct Fill {
     pub(super) origin: std::sync::Mutex<Option<(String, String)>>,
     /// std Mutex, never held across .await.
     pub(super) seats: std::sync::Mutex<Seats>,
+    /// The bytes come from another appliance of the fleet (which stores the object in the
+    /// shared tier itself); set by [`FillWriter::set_from_peer`](super::FillWriter::set_from_peer).
+    pub(super) from_peer: std::sync::atomic::AtomicBool,
 }
 
 impl Fill {
@@ -81,12 +84,19 @@ impl Fill {
             state,
             origin: std::sync::Mutex::default(),
             seats: std::sync::Mutex::new(Seats::Open(Vec::new())),
+            from_peer: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The (registry, repository) the object is being fetched from, once the upstream answered.
     pub fn origin(&self) -> Option<(String, String)> {
         self.origin.locked().clone()
+    }
+
+    /// Whether the bytes came from another appliance of the fleet, not from the upstream: such
+    /// a fill is not uploaded to the shared tier (its owner does that).
+    pub fn from_peer(&self) -> bool {
+        self.from_peer.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many clients are reading along (or waiting for the response head).

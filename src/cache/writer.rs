@@ -114,6 +114,12 @@ impl FillWriter {
         });
     }
 
+    /// Marks where the bytes come from: another appliance of the fleet (`true`), or the
+    /// upstream (`false`, the default; also after a takeover). See [`Fill::from_peer`].
+    pub fn set_from_peer(&mut self, from_peer: bool) {
+        (self.fill.from_peer).store(from_peer, std::sync::atomic::Ordering::Release);
+    }
+
     /// Sets `size` bytes aside within the cache's size cap (evicting to make room); false when
     /// they cannot be, and the object should not be cached.
     /// The blocks are allocated on disk too (`fallocate`), so that a full filesystem shows

@@ -8,6 +8,7 @@
 //!   reference) with its own matchers, `glob` and `tag_regex` (`tags = "/…/"`); `registry`: the `[[registry]]` list and the
 //!   embedded default one; `mirrors`: a registry's verified fallback sources; `credentials`:
 //!   password files, Docker `config.json`, [`Secret`];
+//! - `fleet`: `[fleet]` (peers, node, peer_timeout), [`FleetConfig`];
 //! - `proxy`: `upstream.proxy` / `upstream.no_proxy` (or `HTTPS_PROXY` / `NO_PROXY`), [`ProxyUrl`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
@@ -15,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 mod credentials;
+mod fleet;
 mod glob;
 mod limits;
 mod mirrors;
@@ -30,6 +32,7 @@ mod values;
 mod warm;
 
 pub use credentials::{CredentialError, Credentials, Secret};
+pub use fleet::FleetConfig;
 pub use glob::{Glob, GlobError};
 pub use mirrors::Mirrors;
 pub use problem::{Error, Located, Problem, Source};

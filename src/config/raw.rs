@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) registry: Option<Vec<RawRegistry>>,
     #[serde(default)]
     pub(super) warm: Vec<super::warm::RawWarm>,
+    #[serde(default)]
+    pub(super) fleet: super::fleet::RawFleet,
 }
 
 #[derive(Deserialize, Default)]

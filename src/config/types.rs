@@ -32,6 +32,8 @@ pub struct Config {
     pub registries: Vec<Registry>,
     /// `[[warm]]`: images the running appliance keeps warm.
     pub warm: Vec<super::WarmJob>,
+    /// `[fleet]`: the appliances sharing one upstream fetch per object.
+    pub fleet: super::FleetConfig,
 }
 
 #[derive(Clone, Debug)]

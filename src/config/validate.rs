@@ -126,6 +126,7 @@ impl<'a> Validator<'a> {
             log,
             registry,
             warm,
+            fleet,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
@@ -154,6 +155,7 @@ impl<'a> Validator<'a> {
             access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
             registries,
             warm: self.warm_jobs(warm),
+            fleet: self.fleet(fleet),
         }
     }
 

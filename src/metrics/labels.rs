@@ -33,6 +33,8 @@ pub enum Source {
     Cache,
     Upstream,
     Local,
+    /// Another appliance of the fleet.
+    Peer,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -217,7 +219,7 @@ macro_rules! label_values {
 
 label_values! {
     Kind { Manifest => "manifest", Blob => "blob", Token => "token", Other => "other" }
-    Source { Cache => "cache", Upstream => "upstream", Local => "local" }
+    Source { Cache => "cache", Upstream => "upstream", Local => "local", Peer => "peer" }
     Reason {
         Connect => "connect", Tls => "tls", Timeout => "timeout",
         ServerError => "5xx", RateLimited => "429", Other => "other",
@@ -234,6 +236,7 @@ label_values! {
     MirrorResult { Verified => "verified", Mismatch => "mismatch", Failed => "failed" }
     MirrorSkip { Mismatch => "mismatch", Backoff => "backoff" }
     Expired { FirstByte => "first_byte", Idle => "idle", Evicted => "evicted", Stalled => "stalled" }
+    PeerResult { Served => "served", TakenOver => "taken_over", Refused => "refused" }
 }
 
 /// A `[[warm]]` job (its number in the config, from 1), and how its run ended.
@@ -255,4 +258,22 @@ pub struct WarmObjectLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WarmJobLabels {
     pub job: String,
+}
+
+/// What one fetch from the object's owner in the fleet came to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum PeerResult {
+    /// The owner served the object, verified here.
+    Served,
+    /// The owner failed (unreachable, a 5xx, a body cut short): this appliance went to the upstream.
+    TakenOver,
+    /// The owner's answer was a refusal (its upstream's 401, 403, 404…), relayed to the client.
+    Refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The owner's `host:port`, one of `fleet.peers` (a bounded set).
+    pub peer: String,
+    pub result: PeerResult,
 }

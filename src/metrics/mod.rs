@@ -27,6 +27,7 @@ pub use labels::{
     SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
     WarmObjectLabels,
 };
+pub use labels::{PeerLabels, PeerResult};
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
 /// and `promtool check metrics` read.
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub warm_runs: Family<WarmLabels, Counter>,
     pub warm_objects: Family<WarmObjectLabels, Counter>,
     pub warm_bytes: Family<WarmJobLabels, Counter>,
+    /// Fetches from objects' owners in the fleet, by owner and result.
+    pub peer_fetches: Family<PeerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +125,7 @@ impl Metrics {
             warm_runs: Family::default(),
             warm_objects: Family::default(),
             warm_bytes: Family::default(),
+            peer_fetches: Family::default(),
         };
         let mut registry = std::mem::take(&mut m.registry);
         m.register(&mut registry);
@@ -133,7 +137,7 @@ impl Metrics {
     /// Label values known in advance start at zero, so their series exist from the start (rates
     /// and dashboards need a first sample).
     fn touch_known_labels(&self) {
-        for source in [Source::Cache, Source::Upstream, Source::Local] {
+        for source in [Source::Cache, Source::Upstream, Source::Local, Source::Peer] {
             let _ = self
                 .http_response_bytes
                 .get_or_create(&SourceLabels { source });
@@ -217,6 +221,14 @@ impl Metrics {
     pub fn expired(&self, listener: Listener, timeout: Expired) {
         let labels = ExpiredLabels { listener, timeout };
         self.connections_expired.get_or_create(&labels).inc();
+    }
+
+    pub fn peer_fetch(&self, peer: &str, result: PeerResult) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+            result,
+        };
+        self.peer_fetches.get_or_create(&labels).inc();
     }
 
     /// Counts a connection as open until the guard is dropped.

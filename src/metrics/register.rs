@@ -17,6 +17,7 @@ impl Metrics {
         self.register_dns_tls(r);
         self.register_connections(r);
         self.register_warm(r);
+        self.register_fleet(r);
     }
 
     /// Client requests: `http_*`.
@@ -218,6 +219,15 @@ impl Metrics {
             "Bytes a [[warm]] job received",
             Unit::Bytes,
             self.warm_bytes.clone(),
+        );
+    }
+
+    /// The fleet: `peer_*`.
+    fn register_fleet(&self, r: &mut Registry) {
+        r.register(
+            "peer_fetches",
+            "Cold objects fetched from their owner in the fleet, by owner and result (served, taken_over, refused)",
+            self.peer_fetches.clone(),
         );
     }
 }

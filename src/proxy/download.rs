@@ -115,7 +115,7 @@ impl Download {
     /// download goes on into the store.
     async fn open(
         &self,
-        mut writer: FillWriter,
+        writer: FillWriter,
         tx: oneshot::Sender<Started>,
     ) -> Option<(Response<Incoming>, Option<u64>, FillWriter)> {
         let fetched =
@@ -143,21 +143,11 @@ impl Download {
             let _ = tx.send(Started::Relay(resp));
             return None;
         }
-        let h = resp.headers();
-        let size = (h.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse().ok());
-        let media_type = (h.get(header::CONTENT_TYPE))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        if size.is_some_and(|size| !writer.reserve(size)) {
-            // Larger than the cache can hold now: this client gets it straight from upstream.
-            self.proxy.metrics.cache_fills_capped.inc();
-            warn!(digest = %writer.fill().digest, ?size, "no room within cache.max_size: not cached");
-            writer.decline();
+        let started = start_fill(&self.proxy, &resp, writer, &self.registry, &self.repo);
+        let Some((writer, size)) = started else {
             let _ = tx.send(Started::Relay(resp));
             return None;
-        }
-        writer.start(size, &media_type, &self.registry, &self.repo);
+        };
         let _ = tx.send(Started::Streaming);
         Some((resp, size, writer))
     }
@@ -222,6 +212,32 @@ impl Seen {
         }
         self.written += data.len() as u64;
     }
+}
+
+/// Starts `writer` with the object's 200 `resp` (its length and type): the fill and the length;
+/// `None` (the fill declined) when the object is larger than the cache can hold now, and the
+/// client gets `resp` straight, uncached.
+pub(super) fn start_fill(
+    proxy: &Proxy,
+    resp: &Response<Incoming>,
+    mut writer: FillWriter,
+    registry: &str,
+    repo: &str,
+) -> Option<(FillWriter, Option<u64>)> {
+    let h = resp.headers();
+    let size = (h.get(header::CONTENT_LENGTH)).and_then(|v| v.to_str().ok()?.parse().ok());
+    let media_type = (h.get(header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    if size.is_some_and(|size| !writer.reserve(size)) {
+        proxy.metrics.cache_fills_capped.inc();
+        warn!(digest = %writer.fill().digest, ?size, "no room within cache.max_size: not cached");
+        writer.decline();
+        return None;
+    }
+    writer.start(size, &media_type, registry, repo);
+    Some((writer, size))
 }
 
 /// The headers for a fetch that fills the cache: the bytes must be the object's own, not a

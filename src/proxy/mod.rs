@@ -5,8 +5,9 @@
 //! - `listen.rs`: accept, TLS, HTTP/1.1 and HTTP/2 within `[limits]` → [`Proxy::handle`];
 //! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
 //!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
-//!   manifests by digest; `download.rs` fills the cache from the upstream, `fallback.rs` from
-//!   the registry's verified `mirrors`), `tag.rs`, `tag_list.rs`;
+//!   manifests by digest; `download.rs` fills the cache from the upstream, `peer.rs` from the
+//!   object's owner in the fleet, `fallback.rs` from the registry's verified `mirrors`),
+//!   `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
 //!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
@@ -31,6 +32,7 @@ pub mod manifest;
 mod object;
 mod offline;
 pub mod outcome;
+mod peer;
 mod records;
 pub(crate) mod registry;
 mod report;
@@ -69,6 +71,7 @@ pub use fallback::{MIRROR_BACKOFF_MIN, MIRROR_MISMATCH_TTL};
 pub use listen::{serve, Listener};
 pub use offline::Policy;
 pub use outcome::CacheOutcome;
+pub use peer::{owner_of, Fleet, LinkError, PEER_HEADER};
 pub use request::Conn;
 pub use response::error_response;
 pub use upstream::Client;
@@ -105,6 +108,8 @@ pub struct Setup {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub limits: LimitsConfig,
+    /// `[fleet]`: the other appliances, when there are any.
+    pub fleet: Option<Fleet>,
 }
 
 /// Everything a connection needs; shared by all connections.
@@ -127,6 +132,8 @@ pub struct Proxy {
     outages: Mutex<HashMap<String, tokio::time::Instant>>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    /// The other appliances of the fleet (`[fleet]`, bound at start).
+    fleet: Option<Arc<Fleet>>,
     /// HTTPS and mirror connections together, capped at `limits.max_connections`.
     slots: Arc<Slots>,
     /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
@@ -163,6 +170,7 @@ impl Proxy {
             outages: Mutex::default(),
             metrics: setup.metrics,
             status: setup.status,
+            fleet: setup.fleet.map(Arc::new),
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
             mirror_memory: fallback::MirrorMemory::default(),

@@ -14,6 +14,7 @@ use tracing::warn;
 use super::confirm::{random_offset, Expect};
 use super::download::{Download, Started};
 use super::outcome::CacheOutcome;
+use super::peer::Owner;
 use super::request::Outbound;
 use super::response::{relay, serve_fill, serve_reader};
 use super::{Body, Error, Proxy};
@@ -98,6 +99,11 @@ impl Proxy {
         repo: &str,
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
+        // The object's owner in the fleet, when that is another appliance ([`super::peer`]).
+        let writer = match self.via_owner(out, repo, writer).await {
+            Owner::Answered(answer) => return answer,
+            Owner::Upstream(writer) => writer,
+        };
         let fill = writer.fill().clone();
         // Started before the download: a body that outgrows the cache is relayed to it.
         let body = fill.clone().stream();

@@ -27,6 +27,8 @@ pub enum CacheOutcome {
     Bypass,
     /// Answered by the appliance itself (`/v2/` for clients it authenticates upstream).
     Local,
+    /// Fetched from the object's owner in the fleet while being stored (`[fleet]`).
+    Peer,
 }
 
 impl CacheOutcome {
@@ -40,6 +42,7 @@ impl CacheOutcome {
             Self::Stale => "STALE",
             Self::Bypass => "BYPASS",
             Self::Local => "LOCAL",
+            Self::Peer => "PEER",
         }
     }
 
@@ -48,6 +51,7 @@ impl CacheOutcome {
         match outcome {
             Some(Self::Hit | Self::Join | Self::Revalidated | Self::Stale) => Source::Cache,
             Some(Self::Local) => Source::Local,
+            Some(Self::Peer) => Source::Peer,
             Some(Self::Miss | Self::Bypass) | None => Source::Upstream,
         }
     }
@@ -79,6 +83,7 @@ mod tests {
             CacheOutcome::Stale,
             CacheOutcome::Bypass,
             CacheOutcome::Local,
+            CacheOutcome::Peer,
         ] {
             let mut resp = Response::new(());
             outcome.mark(&mut resp);

@@ -64,7 +64,7 @@ impl Report {
                 repo: self.repo.as_deref(),
                 bytes,
                 from_cache: source == Source::Cache,
-                miss: outcome == Some(CacheOutcome::Miss),
+                miss: matches!(outcome, Some(CacheOutcome::Miss | CacheOutcome::Peer)),
             });
             let kind = self.kind;
             let labels = HttpLabels {
@@ -99,7 +99,7 @@ fn declared_length(parts: &Parts, method: &str) -> Option<u64> {
 fn count_outcome(m: &Metrics, outcome: Option<CacheOutcome>) {
     match outcome {
         Some(CacheOutcome::Hit) => m.cache_hits.inc(),
-        Some(CacheOutcome::Miss) => m.cache_misses.inc(),
+        Some(CacheOutcome::Miss | CacheOutcome::Peer) => m.cache_misses.inc(),
         Some(CacheOutcome::Join) => m.cache_coalesced.inc(),
         Some(CacheOutcome::Revalidated) => {
             m.cache_hits.inc();

@@ -40,6 +40,9 @@ pub(super) struct Outbound<'a> {
     pub headers: HeaderMap,
     /// Who the client is, from `headers` (hashed).
     pub cred: Credential,
+    /// The request came from another appliance of the fleet (`X-Regcache-Peer`, removed from
+    /// `headers`): it is never forwarded to a peer again.
+    pub from_peer: bool,
 }
 
 /// Headers about a request body, dropped from the bodiless GETs and HEADs sent upstream.
@@ -134,6 +137,7 @@ impl Proxy {
         };
         let url = format!("{}{}", route.upstream, path);
         let mut headers = forwardable(&parts.headers);
+        let from_peer = headers.remove(super::PEER_HEADER).is_some();
         let method = parts.method;
         if method != Method::GET && method != Method::HEAD {
             // Pushes and deletes: the body streams through, no redirect following, no deadline
@@ -169,6 +173,7 @@ impl Proxy {
             url,
             headers,
             cred,
+            from_peer,
         };
         self.read(out, endpoint).await
     }

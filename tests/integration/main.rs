@@ -10,6 +10,7 @@ mod cli_json;
 mod dns;
 mod fallback;
 mod fallback_outage;
+mod fleet;
 mod listeners;
 mod metrics;
 mod mirror;

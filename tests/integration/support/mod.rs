@@ -4,6 +4,7 @@
 pub mod connect_proxy;
 pub mod dns;
 pub mod registry;
+pub mod relay;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -92,7 +93,11 @@ pub struct Appliance {
 impl Appliance {
     /// Starts the appliance on loopback port 0: `dns_keys` go into the `[dns]` table, `toml` after.
     pub async fn start(dns_keys: &str, toml: &str) -> Self {
-        let state = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), dns_keys, toml).await
+    }
+
+    /// Like `start`, in the state dir `state` (which may hold a CA already, `certs/`).
+    pub async fn start_in(state: tempfile::TempDir, dns_keys: &str, toml: &str) -> Self {
         let text = format!(
             "state_dir = {:?}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n{dns_keys}\n\
              [tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}",
@@ -346,11 +351,7 @@ impl World {
         hub_keys: impl FnOnce(&[u16]) -> String,
         mirrors: usize,
     ) -> (Self, Vec<registry::Registry>) {
-        let mut names = vec!["registry.test", "cdn.test", "auth.test"];
-        names.extend(registry::ODD_HOSTS);
-        let pki = Pki::new(&names);
-        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
-        ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+        let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
         let mut mirror = Vec::new();
         for _ in 0..mirrors {
@@ -358,20 +359,8 @@ impl World {
         }
         let hub_keys = hub_keys(&mirror.iter().map(|m| m.addr.port()).collect::<Vec<_>>());
         let resolver = dns::Upstream::start().await;
-        let dns_keys = format!(
-            "answer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"{}\"]",
-            resolver.addr
-        );
-        let toml = format!(
-            "[upstream]\nextra_ca = [{ca:?}]\n{extra}\n\
-             [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\", \"*.mirror.test\"]\n\
-             upstream = \"https://registry.test:{port}\"\n{hub_keys}\n\
-             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n\
-             [[registry]]\nhost = \"registry.k8s.io\"\nupstream = \"https://k8s.test:{port}\"\n\
-             [[registry]]\nhost = \"quay.io\"\nupstream = \"https://sso.test:{port}\"\n",
-            ca = ca_file.path().display().to_string(),
-            port = registry.addr.port(),
-        );
+        let dns_keys = dns_keys(&resolver);
+        let toml = hub_toml(&ca_file, registry.addr.port(), extra, &hub_keys);
         let app = Appliance::start(&dns_keys, &toml).await;
         let world = Self {
             app,
@@ -381,4 +370,41 @@ impl World {
         };
         (world, mirror)
     }
+}
+
+/// The "public" PKI of the fake upstream's names, and its CA in a file (for `extra_ca`).
+pub fn upstream_pki() -> (Pki, tempfile::NamedTempFile) {
+    let mut names = vec!["registry.test", "cdn.test", "auth.test"];
+    names.extend(registry::ODD_HOSTS);
+    let pki = Pki::new(&names);
+    let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+    ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
+    (pki, ca_file)
+}
+
+/// The `[dns]` keys of an appliance that answers 10.9.8.7 and asks `resolver`.
+pub fn dns_keys(resolver: &dns::Upstream) -> String {
+    format!(
+        "answer_ipv4 = [\"10.9.8.7\"]\nupstream = [\"{}\"]",
+        resolver.addr
+    )
+}
+
+/// The config of an appliance in front of the fake registry on `port` (whose CA is in
+/// `ca_file`): `extra` before the registries, `hub_keys` in Docker Hub's table.
+pub fn hub_toml(
+    ca_file: &tempfile::NamedTempFile,
+    port: u16,
+    extra: &str,
+    hub_keys: &str,
+) -> String {
+    format!(
+            "[upstream]\nextra_ca = [{ca:?}]\n{extra}\n\
+             [[registry]]\nhost = \"registry-1.docker.io\"\naliases = [\"docker.io\", \"*.mirror.test\"]\n\
+             upstream = \"https://registry.test:{port}\"\n{hub_keys}\n\
+             [[registry]]\nhost = \"ghcr.io\"\nupstream = \"https://registry.test:1\"\n\
+             [[registry]]\nhost = \"registry.k8s.io\"\nupstream = \"https://k8s.test:{port}\"\n\
+             [[registry]]\nhost = \"quay.io\"\nupstream = \"https://sso.test:{port}\"\n",
+            ca = ca_file.path().display().to_string(),
+    )
 }

@@ -333,6 +333,28 @@ fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: Option<u
     Reply::Stream(resp.body(StreamBody::new(frames).boxed()).unwrap())
 }
 
+/// The start of an open-ended `Range: bytes=N-` (closed ranges are not served as ranges).
+fn open_range(headers: &HeaderMap) -> Option<usize> {
+    let range = headers
+        .get("range")?
+        .to_str()
+        .ok()?
+        .strip_prefix("bytes=")?;
+    range.strip_suffix('-')?.parse().ok()
+}
+
+/// `reply` as a 206 for bytes `from..` of `total`.
+fn partial(reply: Reply, from: usize, total: usize) -> Reply {
+    let Reply::Stream(mut resp) = reply else {
+        return reply;
+    };
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let range = format!("bytes {from}-{}/{total}", total - 1);
+    resp.headers_mut()
+        .insert("content-range", range.parse().unwrap());
+    Reply::Stream(resp)
+}
+
 async fn route(
     req: Request<Incoming>,
     addr: SocketAddr,
@@ -402,6 +424,17 @@ async fn route(
     if registry_host(&host) && get_or_head {
         let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
         if b("library/big", &big()) {
+            if let Some(from) = open_range(&headers).filter(|from| *from < big().len()) {
+                // The rest from `from`, as a takeover asks for it (`bytes=N-`).
+                let rest = big().slice(from..);
+                let slow = slow(
+                    rest,
+                    8,
+                    std::time::Duration::from_millis(10),
+                    Some(big().len() - from),
+                );
+                return partial(slow, from, big().len());
+            }
             return slow(
                 big(),
                 16,

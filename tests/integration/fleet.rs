@@ -1,0 +1,281 @@
+//! `[fleet]`: appliances on loopback that share one CA and one fake upstream, each behind a TCP
+//! relay that stands for its address in `fleet.peers` (cut to kill it as the others see it).
+//! One upstream fetch across them, takeover with Range, refusals relayed, no forwarding loops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::registry::{self, big, blob2, digest_of, secret, TOKEN};
+use crate::support::relay::Relay;
+use crate::support::{admin_get, dns, dns_keys, hub_toml, sha256_hex, upstream_pki, Appliance};
+
+const HUB: &str = "registry-1.docker.io";
+
+/// Two or three appliances of one fleet in front of one fake upstream.
+struct Fleet {
+    apps: Vec<Arc<Appliance>>,
+    relays: Vec<Relay>,
+    peers: Vec<String>,
+    registry: registry::Registry,
+    _resolver: dns::Upstream,
+    _ca_file: tempfile::NamedTempFile,
+}
+
+impl Fleet {
+    /// `n` appliances with `fleet.peer_timeout` = `timeout` seconds (long where a test must not
+    /// depend on the machine's load: a timeout would send a request upstream).
+    async fn start(n: usize, timeout: u64) -> Self {
+        let (pki, ca_file) = upstream_pki();
+        let registry = registry::Registry::start(&pki).await;
+        let resolver = dns::Upstream::start().await;
+        let mut relays = Vec::new();
+        for _ in 0..n {
+            relays.push(Relay::bind().await);
+        }
+        let peers: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
+        let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+        let mut apps: Vec<Arc<Appliance>> = Vec::new();
+        for (relay, node) in relays.iter().zip(&peers) {
+            let fleet = format!(
+                "[fleet]\npeers = [{}]\nnode = {node:?}\npeer_timeout = \"{timeout}s\"\n",
+                list.join(", ")
+            );
+            let state = tempfile::tempdir().unwrap();
+            if let Some(first) = apps.first() {
+                share_ca(&first.state_dir(), state.path());
+            }
+            let toml = hub_toml(&ca_file, registry.addr.port(), &fleet, "");
+            let app = Appliance::start_in(state, &dns_keys(&resolver), &toml).await;
+            relay.point_to(app.https);
+            apps.push(Arc::new(app));
+        }
+        Self {
+            apps,
+            relays,
+            peers,
+            registry,
+            _resolver: resolver,
+            _ca_file: ca_file,
+        }
+    }
+
+    /// The index of the appliance that owns `digest`.
+    fn owner(&self, digest: &str) -> usize {
+        let owner = regcache::proxy::owner_of(&self.peers, digest).unwrap();
+        self.peers.iter().position(|p| p == owner).unwrap()
+    }
+
+    /// Upstream GETs of `path` for the whole object (no Range).
+    fn whole_gets(&self, path: &str) -> usize {
+        let seen = self.registry.seen(path).into_iter();
+        seen.filter(|s| s.method == "GET" && !s.headers.contains_key("range"))
+            .count()
+    }
+
+    /// `regcache_peer_fetches_total` of appliance `i` for its fetches from `owner`.
+    async fn peer_fetches(&self, i: usize, owner: usize, result: &str) -> usize {
+        let text = admin_get(self.apps[i].admin, "/metrics").await;
+        let series = format!(
+            "regcache_peer_fetches_total{{peer=\"{}\",result=\"{result}\"}} ",
+            self.peers[owner]
+        );
+        let line = text.lines().find(|l| l.starts_with(&series));
+        line.map_or(0, |l| l[series.len()..].trim().parse().unwrap())
+    }
+}
+
+/// Copies `from`'s CA (`certs/`, the key's permissions kept) into the state dir `to`, as a
+/// fleet shares one CA.
+fn share_ca(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("certs")).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(from.join("certs").join(file), to.join("certs").join(file)).unwrap();
+    }
+}
+
+fn x_cache(resp: &http::Response<bytes::Bytes>) -> &str {
+    resp.headers()
+        .get("x-cache")
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
+#[tokio::test]
+async fn concurrent_cold_gets_through_three_appliances_cause_one_upstream_fetch() {
+    let f = Fleet::start(3, 30).await;
+    let digest = digest_of(&big());
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let owner = f.owner(&digest);
+    // Three clients on each appliance, all at once.
+    let gets: Vec<_> = (0..9)
+        .map(|n| {
+            let i = n % 3;
+            let (app, path) = (f.apps[i].clone(), path.clone());
+            tokio::spawn(async move { (i, app.get(HUB, &path, &[]).await) })
+        })
+        .collect();
+    let mut kinds = Vec::new();
+    for get in gets {
+        let (i, resp) = get.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(sha256_hex(resp.body()), sha256_hex(&big()));
+        kinds.push((i, x_cache(&resp).to_owned()));
+    }
+    assert_eq!(f.whole_gets(&path), 1, "one upstream fetch: {kinds:?}");
+    let d = regcache::cache::Digest::parse(&digest).unwrap();
+    eventually("every appliance stores it", async || {
+        f.apps.iter().all(|a| a.cache.contains(&d))
+    })
+    .await;
+    for other in (0..3).filter(|i| *i != owner) {
+        let peer = (other, "PEER".to_owned());
+        assert!(
+            kinds.contains(&peer),
+            "{other} read the owner's fill: {kinds:?}"
+        );
+        assert_eq!(f.peer_fetches(other, owner, "served").await, 1, "one each");
+    }
+}
+
+#[tokio::test]
+async fn an_owner_killed_mid_body_is_taken_over_from_the_upstream_with_range() {
+    let f = Fleet::start(2, 30).await;
+    let digest = digest_of(&big());
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    let app = f.apps[other].clone();
+    let get = tokio::spawn({
+        let path = path.clone();
+        async move { app.get(HUB, &path, &[]).await }
+    });
+    // The big blob comes in 16 pieces, 40 ms apart: cut the owner off part-way.
+    eventually("the owner fetches", async || f.whole_gets(&path) == 1).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    f.relays[owner].cut();
+    let resp = tokio::time::timeout(Duration::from_secs(20), get)
+        .await
+        .expect("the client is served within the bound")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(x_cache(&resp), "PEER");
+    assert_eq!(sha256_hex(resp.body()), sha256_hex(&big()));
+    let ranges: Vec<String> = (f.registry.seen(&path).iter())
+        .filter_map(|s| Some(s.headers.get("range")?.to_str().ok()?.to_owned()))
+        .collect();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    let from: usize = ranges[0]
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(from > 0 && from < big().len(), "resumed from {from}");
+    assert_eq!(f.whole_gets(&path), 1, "only the owner's");
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+    let d = regcache::cache::Digest::parse(&digest).unwrap();
+    eventually("the non-owner stores it", async || {
+        f.apps[other].cache.contains(&d)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_the_refusal_through_a_peer_and_no_more() {
+    let f = Fleet::start(2, 30).await;
+    let digest = digest_of(&secret());
+    let path = format!("/v2/private/app/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    let refused = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    assert_eq!(f.peer_fetches(other, owner, "refused").await, 1);
+    let d = regcache::cache::Digest::parse(&digest).unwrap();
+    assert!(!f.apps[other].cache.contains(&d));
+
+    // Alice's token reads it, through the owner, verified.
+    let alice = [("authorization", TOKEN)];
+    let served = f.apps[other].get(HUB, &path, &alice).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!((x_cache(&served), served.body()), ("PEER", &secret()));
+    eventually("stored", async || f.apps[other].cache.contains(&d)).await;
+    // Stored here now, but a client without the token is still refused: this appliance asks
+    // its own upstream, and the peer's answer to alice unlocks nothing.
+    let again = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_request_from_a_peer_is_never_forwarded_again() {
+    let f = Fleet::start(2, 30).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    let from_peer = [("x-regcache-peer", f.peers[owner].as_str())];
+    let resp = f.apps[other].get(HUB, &path, &from_peer).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.body(), &blob2());
+    assert_eq!(x_cache(&resp), "MISS", "fetched upstream here");
+    let d = regcache::cache::Digest::parse(&digest).unwrap();
+    assert!(!f.apps[owner].cache.contains(&d), "the owner was not asked");
+    assert_eq!(f.peer_fetches(other, owner, "served").await, 0);
+    // The header marks a hop between appliances: it never reaches the upstream.
+    let seen = f.registry.seen(&path);
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("x-regcache-peer"));
+}
+
+#[tokio::test]
+async fn an_unreachable_owner_is_taken_over_from_the_upstream() {
+    let f = Fleet::start(3, 30).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let owner = f.owner(&digest);
+    let other = (owner + 1) % 3;
+    f.relays[owner].cut();
+    let resp = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.body(), &blob2());
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+}
+
+#[tokio::test]
+async fn a_silent_owner_is_given_up_after_peer_timeout() {
+    let f = Fleet::start(2, 1).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    f.relays[owner].stall();
+    let started = std::time::Instant::now();
+    let resp = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+    // Passed over now: another object it owns is asked of the upstream here, not of it.
+    let owned = (0u32..)
+        .map(|i| format!("sha256:{i:064x}"))
+        .find(|d| f.owner(d) == owner)
+        .unwrap();
+    let path = format!("/v2/library/small/blobs/{owned}");
+    let missing = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.relays[owner].accepted(),
+        1,
+        "the silent owner was asked once"
+    );
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+}
