@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub(super) registry: Option<Vec<RawRegistry>>,
     #[serde(default)]
     pub(super) warm: Vec<super::warm::RawWarm>,
+    pub(super) storage: Option<super::storage::RawStorage>,
 }
 
 #[derive(Deserialize, Default)]

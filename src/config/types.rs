@@ -32,6 +32,8 @@ pub struct Config {
     pub registries: Vec<Registry>,
     /// `[[warm]]`: images the running appliance keeps warm.
     pub warm: Vec<super::WarmJob>,
+    /// `[storage]`: the shared tier, if any.
+    pub storage: super::StorageConfig,
 }
 
 #[derive(Clone, Debug)]

@@ -26,6 +26,8 @@ use crate::access::AccessList;
 pub(super) struct Validator<'a> {
     text: &'a str,
     pub(super) problems: Vec<Problem>,
+    /// The environment `[storage]` reads its credentials from (tests pass their own).
+    pub(super) env: super::storage::Env<'a>,
 }
 
 impl<'a> Validator<'a> {
@@ -33,6 +35,7 @@ impl<'a> Validator<'a> {
         Self {
             text,
             problems: Vec::new(),
+            env: &super::storage::process_env,
         }
     }
 
@@ -126,6 +129,7 @@ impl<'a> Validator<'a> {
             log,
             registry,
             warm,
+            storage,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
@@ -154,6 +158,7 @@ impl<'a> Validator<'a> {
             access: AccessList::new(self.each("access.allow", &access.allow, parse_cidr)),
             registries,
             warm: self.warm_jobs(warm),
+            storage: self.storage(storage),
         }
     }
 
