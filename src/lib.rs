@@ -22,6 +22,9 @@
 //!   typed endpoint, handled in the endpoint's file, with authorization and offline policy in
 //!   files of their own; one `Upstream` for every request to a registry or CDN; the cache outcome
 //!   travels with the response to the access log, metrics and status page.
+//! - [`tier`]: the shared tier (`[storage]`): the fleet's S3-compatible store behind the local
+//!   cache, over `object_store`: keys by digest, verified uploads in the background, the
+//!   store's health and backoff.
 //! - [`admin`]: the admin listener over plain HTTP: status page, `/healthz`, `/metrics`,
 //!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
 //! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text
@@ -64,4 +67,5 @@ pub mod proxy;
 pub mod reference;
 pub mod status;
 pub mod sync;
+pub mod tier;
 pub mod warm;

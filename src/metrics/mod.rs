@@ -3,7 +3,7 @@
 //!
 //! The parts: this file holds [`Metrics`] (the metric handles and the small recorders the
 //! subsystems call); `labels` the label sets and their values; `register` every name and HELP
-//! text; `text` the conversion of the exposition to the classic Prometheus format.
+//! text; `tier` the storage tiers' metrics; `text` the conversion of the exposition to the classic Prometheus format.
 //!
 //! A leaf: it imports nothing else from the crate.
 
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 mod labels;
 mod register;
 mod text;
+mod tier;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
@@ -26,6 +27,8 @@ pub use labels::{
     Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source, SourceLabels, TagAnswer,
     TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
+
+pub use tier::{Tier, TierMetrics, TierOp, UploadResult};
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
 /// and `promtool check metrics` read.
@@ -75,6 +78,8 @@ pub struct Metrics {
     pub warm_runs: Family<WarmLabels, Counter>,
     pub warm_objects: Family<WarmObjectLabels, Counter>,
     pub warm_bytes: Family<WarmJobLabels, Counter>,
+    /// The storage tiers (local, shared) and the shared store's health.
+    pub tier: TierMetrics,
 }
 
 impl Default for Metrics {
@@ -119,6 +124,7 @@ impl Metrics {
             warm_runs: Family::default(),
             warm_objects: Family::default(),
             warm_bytes: Family::default(),
+            tier: TierMetrics::default(),
         };
         let mut registry = std::mem::take(&mut m.registry);
         m.register(&mut registry);

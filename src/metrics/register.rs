@@ -17,6 +17,7 @@ impl Metrics {
         self.register_dns_tls(r);
         self.register_connections(r);
         self.register_warm(r);
+        self.tier.register(r);
     }
 
     /// Client requests: `http_*`.
