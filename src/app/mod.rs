@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod bind;
+mod tier;
 
 use crate::admin::{self, Admin};
 use crate::ca::{Ca, CertResolver};
@@ -107,6 +108,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         status: status.clone(),
         limits: config.limits.clone(),
     })?);
+    tier::open_shared(&config, &metrics, &proxy)?;
     let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
     let addrs = sockets.addresses()?;
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
@@ -355,6 +357,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("cache.max_size", old.cache.max_size == new.cache.max_size);
     check("log.format", old.log.format == new.log.format);
     check("warm", old.warm == new.warm);
+    check("storage", old.storage == new.storage);
     notes
 }
 

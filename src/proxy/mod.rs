@@ -6,7 +6,8 @@
 //! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
 //!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
 //!   manifests by digest; `download.rs` fills the cache from the upstream, `fallback.rs` from
-//!   the registry's verified `mirrors`), `tag.rs`, `tag_list.rs`;
+//!   the registry's verified `mirrors`, `shared.rs` from the fleet's shared tier before the
+//!   upstream, and queues verified upstream fills for it), `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
 //!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
@@ -37,6 +38,7 @@ mod report;
 mod request;
 mod response;
 mod root;
+mod shared;
 mod tag;
 mod tag_list;
 mod tokens;
@@ -130,6 +132,8 @@ pub struct Proxy {
     slots: Arc<Slots>,
     /// Read when a connection starts; swapped on reload. std RwLock, never held across .await.
     limits: RwLock<LimitsConfig>,
+    /// The fleet's shared tier (`[storage] backend = "s3"`), set once at start ([`shared`]).
+    shared: std::sync::OnceLock<Arc<crate::tier::SharedTier>>,
 }
 
 impl Proxy {
@@ -162,6 +166,7 @@ impl Proxy {
             status: setup.status,
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
+            shared: std::sync::OnceLock::new(),
         })
     }
 

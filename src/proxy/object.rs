@@ -1,6 +1,7 @@
 //! Blobs and manifests by digest: immutable, stored once, shared by every repository that the
 //! upstream says this client may read. A stored object is a HIT, a download under way is joined
-//! (JOIN), anything else starts one ([`super::download`]) that this client reads as it grows (MISS),
+//! (JOIN), anything else is read from the fleet's shared tier when it has it (SHARED,
+//! [`super::shared`]) or starts one ([`super::download`]) that this client reads as it grows (MISS),
 //! or, when the upstream cannot answer or `mirrors_first` is set, one from the registry's mirrors
 //! that is served only once verified ([`super::fallback`]).
 
@@ -16,6 +17,7 @@ use super::download::{Download, Started};
 use super::outcome::CacheOutcome;
 use super::request::Outbound;
 use super::response::{relay, serve_fill, serve_reader};
+use super::shared::Shared;
 use super::{Body, Error, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader};
 
@@ -98,6 +100,10 @@ impl Proxy {
         repo: &str,
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
+        let writer = match self.from_shared(out, repo, writer).await {
+            Shared::Served(answer) => return answer,
+            Shared::Miss(writer) => writer,
+        };
         let fill = writer.fill().clone();
         // Started before the download: a body that outgrows the cache is relayed to it.
         let body = fill.clone().stream();

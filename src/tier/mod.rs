@@ -251,12 +251,6 @@ impl SharedTier {
         Ok(out)
     }
 
-    /// Counts a served object.
-    pub fn served(&self, bytes: u64) {
-        self.metrics.tier.hit(Tier::Shared);
-        self.metrics.tier.served(Tier::Shared, bytes);
-    }
-
     /// Counts an object from the store that did not verify.
     pub fn refused(&self, digest: &Digest, why: &str) {
         self.metrics.tier.error(Tier::Shared, TierOp::Write);

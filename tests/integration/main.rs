@@ -16,6 +16,7 @@ mod onboarding;
 mod private_cache;
 mod proxy;
 mod rules;
+mod shared_tier;
 mod status_page;
 mod trust;
 mod upstream_proxy;
