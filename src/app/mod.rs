@@ -108,8 +108,8 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         status: status.clone(),
         limits: config.limits.clone(),
     })?);
-    tier::open_shared(&config, &metrics, &proxy)?;
     let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
+    tier::open_shared(&config, &proxy, &admin)?;
     let addrs = sockets.addresses()?;
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
     let reloader = Reloader {
@@ -173,6 +173,7 @@ fn admin_handler(
         metrics,
         status,
         cache: cache.clone(),
+        shared: std::sync::OnceLock::new(),
         ca_fingerprint: ca.fingerprint(),
         ca_expires: expiry.as_secs(),
     }

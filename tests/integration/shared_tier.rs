@@ -105,6 +105,19 @@ async fn what_one_appliance_fetched_the_other_serves_with_no_upstream_get() {
         metrics.contains("regcache_tier_hits_total{tier=\"shared\"} 2"),
         "{metrics}"
     );
+    let status = crate::support::admin_get(two.admin, "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let (local, shared) = (&status["tiers"][0], &status["tiers"][1]);
+    assert_eq!(
+        (&shared["tier"], &shared["hits"]),
+        (&"shared".into(), &2.into())
+    );
+    assert_eq!(shared["up"], true);
+    assert_eq!(shared["bytes"], (blob2().len() + body.len()) as u64);
+    assert_eq!(
+        (&local["tier"], &local["hits"]),
+        (&"local".into(), &1.into())
+    );
     two.stop().await;
 }
 
@@ -210,6 +223,14 @@ async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     assert_eq!(tier.pending(), 1, "waiting for the store");
     let metrics = crate::support::admin_get(w.app.admin, "/metrics").await;
     assert!(metrics.contains("regcache_tier_store_up 0"), "{metrics}");
+    let status = crate::support::admin_get(w.app.admin, "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let shared = &status["tiers"][1];
+    assert_eq!(
+        (&shared["up"], &shared["pending_uploads"]),
+        (&false.into(), &1.into())
+    );
+    assert!(shared["errors"].as_u64().unwrap() >= 1);
 
     flaky.down.store(false, Ordering::SeqCst);
     uploaded(&flaky.inner, &blob2()).await;
