@@ -12,9 +12,9 @@
 //! the same accepted risk: the store holds only what an appliance of this fleet verified from an
 //! upstream), a manifest is read whole and checked before anything is served, its media type
 //! taken from the verified bytes. An object that does not match is refused, counted, never
-//! stored; the client's request then goes on to the upstream (a manifest) or fails (a blob whose
-//! bytes were already under way: the client retries and the store is skipped for its digest by
-//! the local fill's failure… or, the object deleted, by the miss).
+//! stored, and deleted from the store (it is not the object; the next upstream fill uploads the
+//! right one); the request then goes on to the upstream (a manifest), or fails before its last
+//! byte (a blob already under way: the client retries, misses the store, gets the upstream's).
 //!
 //! # When the store is slow or down
 //! Its HEAD waits a few seconds at most; a store marked down is not asked (see `tier/`). Either
