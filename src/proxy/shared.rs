@@ -42,6 +42,15 @@ const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Stream = BoxStream<'static, Result<Bytes, tier::Error>>;
 
+/// The store's answer for an admitted client: the object's size and bytes, for whom.
+struct Found<'a> {
+    tier: &'a Arc<SharedTier>,
+    size: u64,
+    body: Stream,
+    registry: &'a str,
+    repo: &'a str,
+}
+
 /// What the shared tier did for a local miss.
 pub(super) enum Shared {
     /// Answered: the object (or the upstream's refusal).
@@ -96,28 +105,24 @@ impl Proxy {
             Ok((got, body)) if got == size => body,
             Ok(_) | Err(_) => return Shared::Miss(writer),
         };
-        let (registry, repo) = (out.route.host.as_str(), repo);
+        let found = Found {
+            tier,
+            size,
+            body,
+            registry: &out.route.host,
+            repo,
+        };
         match out.url.contains("/manifests/") {
-            true => {
-                self.shared_manifest(tier, writer, size, body, registry, repo)
-                    .await
-            }
-            false => shared_blob(tier, writer, size, body, registry, repo),
+            true => self.shared_manifest(found, writer).await,
+            false => shared_blob(found, writer),
         }
     }
 
     /// A manifest from the store, read whole and verified before it is stored and served.
-    async fn shared_manifest(
-        &self,
-        tier: &SharedTier,
-        mut writer: FillWriter,
-        size: u64,
-        body: Stream,
-        registry: &str,
-        repo: &str,
-    ) -> Shared {
+    async fn shared_manifest(&self, found: Found<'_>, mut writer: FillWriter) -> Shared {
+        let (tier, size, registry, repo) = (found.tier, found.size, found.registry, found.repo);
         let digest = writer.fill().digest.clone();
-        let read = read_manifest(body, size).await;
+        let read = read_manifest(found.body, size).await;
         let checked = read.and_then(|data| match Digest::of(&data) == digest {
             true => media_type_of(&data)
                 .map(|media_type| (data, media_type))
@@ -156,14 +161,9 @@ impl Proxy {
 
 /// A blob from the store: the fill starts at once and the client follows it as it grows; the
 /// last byte is held until the digest matched.
-fn shared_blob(
-    tier: &Arc<SharedTier>,
-    mut writer: FillWriter,
-    size: u64,
-    body: Stream,
-    registry: &str,
-    repo: &str,
-) -> Shared {
+fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
+    let (tier, size, body) = (found.tier, found.size, found.body);
+    let (registry, repo) = (found.registry, found.repo);
     if !writer.reserve(size) {
         // Larger than the cache can hold now: the upstream path relays it.
         return Shared::Miss(writer);

@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 use crate::cache::Digest;
 use crate::metrics::{Metrics, Tier, TierOp};
 
+#[doc(hidden)]
+pub mod failing;
 mod health;
 mod s3;
 mod upload;

@@ -1,89 +1,18 @@
-//! The tier against `object_store`'s `InMemory`, and a wrapper that fails on demand for the
+//! The tier against `object_store`'s `InMemory`, and one that fails on demand (`failing.rs`) for the
 //! down, backoff and catch-up logic (with the clock paused).
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures_util::stream::{BoxStream, TryStreamExt};
+use futures_util::stream::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::failing::Flaky;
 use super::*;
 use crate::metrics::UploadResult;
-
-/// An `InMemory` store that fails every call while `down` is set, counting its calls.
-#[derive(Debug, Default)]
-pub struct Flaky {
-    pub inner: InMemory,
-    pub down: AtomicBool,
-    pub calls: AtomicUsize,
-}
-
-impl fmt::Display for Flaky {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Flaky")
-    }
-}
-
-impl Flaky {
-    fn check(&self) -> object_store::Result<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        match self.down.load(Ordering::SeqCst) {
-            true => Err(object_store::Error::Generic {
-                store: "Flaky",
-                source: "the store is down".into(),
-            }),
-            false => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Flaky {
-    async fn put_opts(
-        &self,
-        k: &Key,
-        p: PutPayload,
-        o: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check()?;
-        self.inner.put_opts(k, p, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        k: &Key,
-        o: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check()?;
-        self.inner.put_multipart_opts(k, o).await
-    }
-    async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
-        self.check()?;
-        self.inner.get_opts(k, o).await
-    }
-    fn delete_stream(
-        &self,
-        keys: BoxStream<'static, object_store::Result<Key>>,
-    ) -> BoxStream<'static, object_store::Result<Key>> {
-        self.inner.delete_stream(keys)
-    }
-    fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(&self, from: &Key, to: &Key, o: CopyOptions) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, o).await
-    }
-}
 
 fn tier_over(store: Arc<dyn ObjectStore>) -> (Arc<SharedTier>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());

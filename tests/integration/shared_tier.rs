@@ -3,22 +3,17 @@
 //! serves without an upstream GET, to the clients the upstream admits, verified; a store that
 //! fails costs nothing but sharing, and the uploads catch up when it returns.
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use http::StatusCode;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use regcache::cache::Digest;
+use regcache::tier::failing::Flaky;
 
 use crate::support::registry::{blob, blob2, digest_of, mutable, secret, MANIFEST_TYPE, TOKEN};
 use crate::support::{Appliance, World};
@@ -237,71 +232,6 @@ async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     assert_eq!(tier.pending(), 0);
     let metrics = crate::support::admin_get(w.app.admin, "/metrics").await;
     assert!(metrics.contains("regcache_tier_store_up 1"), "{metrics}");
-}
-
-/// An in-memory store that fails every call while `down` is set.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: InMemory,
-    down: AtomicBool,
-}
-
-impl fmt::Display for Flaky {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Flaky")
-    }
-}
-
-impl Flaky {
-    fn check(&self) -> object_store::Result<()> {
-        match self.down.load(Ordering::SeqCst) {
-            true => Err(object_store::Error::Generic {
-                store: "Flaky",
-                source: "the store is down".into(),
-            }),
-            false => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Flaky {
-    async fn put_opts(
-        &self,
-        k: &Key,
-        p: PutPayload,
-        o: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check()?;
-        self.inner.put_opts(k, p, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        k: &Key,
-        o: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check()?;
-        self.inner.put_multipart_opts(k, o).await
-    }
-    async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
-        self.check()?;
-        self.inner.get_opts(k, o).await
-    }
-    fn delete_stream(
-        &self,
-        keys: BoxStream<'static, object_store::Result<Key>>,
-    ) -> BoxStream<'static, object_store::Result<Key>> {
-        self.inner.delete_stream(keys)
-    }
-    fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(&self, from: &Key, to: &Key, o: CopyOptions) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, o).await
-    }
 }
 
 #[tokio::test]
