@@ -90,7 +90,7 @@ impl Admin {
         }];
         if let Some(shared) = self.shared.get() {
             let (hits, bytes, errors) = totals(Tier::Shared);
-            let health = shared.health.view();
+            let health = shared.health();
             rows.push(TierRow {
                 tier: "shared",
                 store: shared.label().to_owned(),

@@ -27,6 +27,11 @@ pub(super) fn open_shared(config: &Config, proxy: &Proxy, admin: &Admin) -> anyh
 }
 
 impl Bound {
+    /// The shared tier, when there is one.
+    pub fn shared_tier(&self) -> Option<Arc<SharedTier>> {
+        self.proxy.shared_tier().cloned()
+    }
+
     /// Puts a shared tier over `store` behind the cache (tests: an in-memory store shared by
     /// several appliances).
     pub fn set_shared_store(&self, store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<SharedTier> {

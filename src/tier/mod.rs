@@ -44,7 +44,7 @@ mod upload;
 #[cfg(test)]
 mod tests;
 
-pub use health::Health;
+pub use health::{Health, HealthView};
 pub use s3::open_s3;
 
 /// A HEAD that takes longer is a miss (the upstream is asked instead).
@@ -106,7 +106,7 @@ pub struct SharedTier {
     prefix: String,
     /// Where the store is, for logs and the status page (no secret in it).
     label: String,
-    pub(crate) health: Health,
+    health: Health,
     metrics: Arc<Metrics>,
     queue: mpsc::Sender<Upload>,
     /// Taken by [`SharedTier::start_uploads`]; std Mutex, never held across .await.
@@ -148,6 +148,11 @@ impl SharedTier {
     /// Where the store is (`s3://bucket/prefix at endpoint`).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Whether the store answers, or is down within a backoff.
+    pub fn health(&self) -> HealthView {
+        self.health.view()
     }
 
     /// The object's key: `{prefix}/sha256/<hex>`.

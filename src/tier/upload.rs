@@ -105,8 +105,9 @@ impl SharedTier {
         }
     }
 
-    /// Uploads the verified file `path` of `digest` unless the store has it already.
-    pub(super) async fn upload(&self, digest: &Digest, path: &Path) -> Result<UploadResult, Error> {
+    /// Uploads the verified file `path` of `digest` unless the store has it already (the
+    /// uploader's work; public for tests against a real store).
+    pub async fn upload(&self, digest: &Digest, path: &Path) -> Result<UploadResult, Error> {
         let key = self.key(digest);
         match self.store.head(&key).await {
             Ok(_) => return Ok(UploadResult::Present),

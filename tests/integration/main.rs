@@ -17,6 +17,7 @@ mod private_cache;
 mod proxy;
 mod rules;
 mod shared_tier;
+mod shared_tier_s3;
 mod status_page;
 mod trust;
 mod upstream_proxy;

@@ -119,7 +119,8 @@ impl Appliance {
         let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
         let cache = bound.cache.clone();
         let http = bound.http_addrs.first().copied();
-        let tier = store.map(|store| bound.set_shared_store(store, "fleet"));
+        let tier = (store.map(|store| bound.set_shared_store(store, "fleet")))
+            .or_else(|| bound.shared_tier());
         let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(regcache::app::run(bound, shutdown.clone()));
