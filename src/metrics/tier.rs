@@ -22,8 +22,10 @@ pub enum TierOp {
     Put,
     Delete,
     List,
-    /// The local tier could not write (caching paused), or an object read back did not verify.
+    /// The local tier could not write (caching paused).
     Write,
+    /// An object read from the shared store did not match its digest.
+    Verify,
 }
 
 /// What became of an object queued for the shared store.
@@ -74,6 +76,7 @@ impl TierOp {
             Self::Delete => "delete",
             Self::List => "list",
             Self::Write => "write",
+            Self::Verify => "verify",
         }
     }
 }
@@ -108,8 +111,9 @@ pub struct TierMetrics {
     pub bytes: Family<TierLabels, Counter>,
     pub errors: Family<TierErrorLabels, Counter>,
     pub uploads: Family<UploadLabels, Counter>,
-    /// 1 while the shared store answers, 0 while it is marked down; absent without one.
-    pub store_up: Gauge,
+    /// `{tier="shared"}`: 1 while the shared store answers, 0 while it is marked down; absent
+    /// without one.
+    pub store_up: Family<TierLabels, Gauge>,
     pub pending_uploads: Gauge,
 }
 
@@ -148,6 +152,14 @@ impl TierMetrics {
         self.errors.get_or_create(&labels).inc();
     }
 
+    /// Whether the shared store answers.
+    pub fn set_store_up(&self, up: bool) {
+        let gauge = self
+            .store_up
+            .get_or_create(&TierLabels { tier: Tier::Shared });
+        gauge.set(i64::from(up));
+    }
+
     pub fn upload(&self, result: UploadResult) {
         self.uploads.get_or_create(&UploadLabels { result }).inc();
     }
@@ -163,6 +175,7 @@ impl TierMetrics {
             TierOp::Delete,
             TierOp::List,
             TierOp::Write,
+            TierOp::Verify,
         ];
         let errors = (ops.iter())
             .map(|&op| {
@@ -187,7 +200,7 @@ mod tests {
         m.tier.served(Tier::Shared, 42);
         m.tier.error(Tier::Shared, TierOp::Put);
         m.tier.upload(UploadResult::Uploaded);
-        m.tier.store_up.set(1);
+        m.tier.set_store_up(true);
         let text = m.encode();
         for want in [
             "regcache_tier_hits_total{tier=\"shared\"} 1",
@@ -195,7 +208,7 @@ mod tests {
             "regcache_tier_bytes_total{tier=\"shared\"} 42",
             "regcache_tier_errors_total{tier=\"shared\",op=\"put\"} 1",
             "regcache_tier_uploads_total{result=\"uploaded\"} 1",
-            "regcache_tier_store_up 1",
+            "regcache_tier_store_up{tier=\"shared\"} 1",
         ] {
             assert!(text.contains(want), "{want}: {text}");
         }

@@ -132,7 +132,7 @@ impl SharedTier {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        metrics.tier.store_up.set(1);
+        metrics.tier.set_store_up(true);
         Arc::new(Self {
             store,
             prefix: prefix.trim_matches('/').to_owned(),
@@ -260,13 +260,13 @@ impl SharedTier {
 
     /// Counts an object from the store that did not verify.
     pub fn refused(&self, digest: &Digest, why: &str) {
-        self.metrics.tier.error(Tier::Shared, TierOp::Write);
+        self.metrics.tier.error(Tier::Shared, TierOp::Verify);
         tracing::warn!(%digest, store = %self.label, why, "shared store's object refused: not stored, not served");
     }
 
     fn ok(&self) {
         if self.health.succeeded() {
-            self.metrics.tier.store_up.set(1);
+            self.metrics.tier.set_store_up(true);
             tracing::info!(store = %self.label, "shared store answers again");
         }
     }
@@ -279,7 +279,7 @@ impl SharedTier {
     fn failed_err(&self, op: TierOp, e: Error) -> Error {
         self.metrics.tier.error(Tier::Shared, op);
         let backoff = self.health.failed();
-        self.metrics.tier.store_up.set(0);
+        self.metrics.tier.set_store_up(false);
         tracing::warn!(store = %self.label, error = %e, ?backoff, "shared store failed: marked down");
         e
     }

@@ -194,7 +194,7 @@ async fn a_corrupt_object_in_the_tier_is_refused_and_never_stored() {
     assert_eq!(resp.body(), &body);
     let metrics = crate::support::admin_get(w.app.admin, "/metrics").await;
     assert!(
-        metrics.contains("regcache_tier_errors_total{tier=\"shared\",op=\"write\"} 2"),
+        metrics.contains("regcache_tier_errors_total{tier=\"shared\",op=\"verify\"} 2"),
         "{metrics}"
     );
 }
@@ -217,7 +217,10 @@ async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     }
     assert_eq!(tier.pending(), 1, "waiting for the store");
     let metrics = crate::support::admin_get(w.app.admin, "/metrics").await;
-    assert!(metrics.contains("regcache_tier_store_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("regcache_tier_store_up{tier=\"shared\"} 0"),
+        "{metrics}"
+    );
     let status = crate::support::admin_get(w.app.admin, "/api/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let shared = &status["tiers"][1];
@@ -231,7 +234,10 @@ async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     uploaded(&flaky.inner, &blob2()).await;
     assert_eq!(tier.pending(), 0);
     let metrics = crate::support::admin_get(w.app.admin, "/metrics").await;
-    assert!(metrics.contains("regcache_tier_store_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("regcache_tier_store_up{tier=\"shared\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
