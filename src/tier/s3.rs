@@ -107,6 +107,16 @@ mod tests {
         let digest = crate::cache::Digest::of(b"x");
         assert_eq!(tier.head(&digest).await, None);
         assert!(tier.health.is_down());
+        // A private CA for the endpoint is read at start.
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let mut with_ca = config();
+        with_ca.ca_file = Some(dir.path().join("ca.pem"));
+        std::fs::write(with_ca.ca_file.as_ref().unwrap(), pem).unwrap();
+        assert!(open_s3(&with_ca, Arc::new(Metrics::new())).is_ok());
         let mut bad = config();
         bad.ca_file = Some("/nonexistent/ca.pem".into());
         let err = open_s3(&bad, Arc::new(Metrics::new())).unwrap_err();
