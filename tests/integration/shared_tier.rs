@@ -262,6 +262,9 @@ async fn with_the_upstream_down_the_tier_serves_clients_whose_access_was_establi
     let resp = two.get(HUB, &blob_path, &[]).await;
     assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "SHARED"));
     assert_eq!(resp.body(), &blob());
+    // The manifest the second appliance fetched by tag went to the store too.
+    let manifest = crate::support::registry::manifest();
+    uploaded(store.as_ref(), &manifest).await;
     // A digest no manifest of the repository lists is not served offline, even from the tier.
     let other = format!("/v2/library/other/blobs/{}", digest_of(&blob()));
     let refused = two.get(HUB, &other, &[]).await;
