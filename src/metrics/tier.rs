@@ -136,6 +136,13 @@ impl TierMetrics {
             let _ = self.hits.get_or_create(&TierLabels { tier });
             let _ = self.bytes.get_or_create(&TierLabels { tier });
         }
+        // The local tier's write errors exist on every appliance; the shared store's appear
+        // with their first.
+        let local_writes = TierErrorLabels {
+            tier: Tier::Local,
+            op: TierOp::Write,
+        };
+        let _ = self.errors.get_or_create(&local_writes);
     }
 
     /// One object served from `tier`.
