@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::tier::{open_s3, SharedTier};
 
+/// A stored object's body that yields nothing for this long is unreadable.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The shared store, with the runtime its client needs.
 pub struct SharedStore {
     tier: Arc<SharedTier>,
@@ -97,13 +100,15 @@ impl SharedStore {
             Err(e) => return Some(e.to_string()),
         };
         let (mut hasher, mut read) = (Hasher::new(), 0u64);
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) => {
+        loop {
+            match tokio::time::timeout(BODY_IDLE, body.next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => {
                     hasher.update(&chunk);
                     read += chunk.len() as u64;
                 }
-                Err(e) => return Some(e.to_string()),
+                Ok(Some(Err(e))) => return Some(e.to_string()),
+                Err(_) => return Some(format!("no data from the store for {BODY_IDLE:?}")),
             }
         }
         if read != size {

@@ -14,13 +14,16 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-/// An `InMemory` store that fails every call while `down` is set, counting its calls.
+/// An `InMemory` store that fails every put and get while `down` is set, and never answers
+/// them while `stalled` is, counting them.
 #[derive(Debug, Default)]
 pub struct Flaky {
     /// What it holds.
     pub inner: InMemory,
     /// While set, puts and gets fail.
     pub down: AtomicBool,
+    /// While set, puts and gets never answer.
+    pub stalled: AtomicBool,
     /// Puts and gets asked.
     pub calls: AtomicUsize,
 }
@@ -32,8 +35,11 @@ impl fmt::Display for Flaky {
 }
 
 impl Flaky {
-    fn check(&self) -> object_store::Result<()> {
+    async fn check(&self) -> object_store::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         match self.down.load(Ordering::SeqCst) {
             true => Err(object_store::Error::Generic {
                 store: "Flaky",
@@ -52,7 +58,7 @@ impl ObjectStore for Flaky {
         p: PutPayload,
         o: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.check()?;
+        self.check().await?;
         self.inner.put_opts(k, p, o).await
     }
     async fn put_multipart_opts(
@@ -60,11 +66,11 @@ impl ObjectStore for Flaky {
         k: &Key,
         o: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check()?;
+        self.check().await?;
         self.inner.put_multipart_opts(k, o).await
     }
     async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
-        self.check()?;
+        self.check().await?;
         self.inner.get_opts(k, o).await
     }
     fn delete_stream(

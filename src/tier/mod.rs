@@ -49,7 +49,8 @@ pub use s3::open_s3;
 
 /// A HEAD that takes longer is a miss (the upstream is asked instead).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
-/// A GET whose response head takes longer fails (the body has its own idle timeout).
+/// A GET whose response head takes longer fails (the body has its own idle timeout); so does
+/// a DELETE, or a page of a listing.
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Objects larger than this are uploaded in parts of this size.
 pub const MULTIPART_OVER: u64 = 16 << 20;
@@ -231,9 +232,16 @@ impl SharedTier {
     /// Removes the object (absent is fine).
     pub async fn delete(&self, digest: &Digest) -> Result<(), Error> {
         let key = self.key(digest);
-        match self.store.delete(&key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(self.failed_err(TierOp::Delete, store_err("DELETE", &key, source))),
+        match tokio::time::timeout(GET_TIMEOUT, self.store.delete(&key)).await {
+            Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(source)) => {
+                let e = store_err("DELETE", &key, source);
+                Err(self.failed_err(TierOp::Delete, e))
+            }
+            Err(_) => {
+                let e = timeout_err("DELETE", &key, GET_TIMEOUT);
+                Err(self.failed_err(TierOp::Delete, e))
+            }
         }
     }
 
@@ -242,9 +250,19 @@ impl SharedTier {
         let dir = self.dir();
         let mut listing = self.store.list(Some(&dir));
         let mut out = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta
-                .map_err(|source| self.failed_err(TierOp::List, store_err("LIST", &dir, source)))?;
+        loop {
+            let next = tokio::time::timeout(GET_TIMEOUT, listing.next()).await;
+            let meta = match next {
+                Ok(None) => break,
+                Ok(Some(Ok(meta))) => meta,
+                Ok(Some(Err(source))) => {
+                    return Err(self.failed_err(TierOp::List, store_err("LIST", &dir, source)))
+                }
+                Err(_) => {
+                    let e = timeout_err("LIST", &dir, GET_TIMEOUT);
+                    return Err(self.failed_err(TierOp::List, e));
+                }
+            };
             let name = meta.location.filename().unwrap_or_default();
             if let Some(digest) = Digest::parse(&format!("sha256:{name}")) {
                 out.push(Listed {

@@ -171,3 +171,19 @@ async fn a_full_queue_spills_to_the_pending_set_and_never_blocks() {
     }
     panic!("the uploader never sent the object");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_store_costs_a_request_a_few_seconds_once_then_is_skipped() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, _) = tier_over(flaky.clone());
+    flaky.stalled.store(true, Ordering::SeqCst);
+    let digest = Digest::of(b"x");
+    let began = tokio::time::Instant::now();
+    assert_eq!(tier.head(&digest).await, None);
+    assert_eq!(began.elapsed(), HEAD_TIMEOUT);
+    assert!(!tier.health().up);
+    let began = tokio::time::Instant::now();
+    assert_eq!(tier.head(&digest).await, None);
+    assert!(matches!(tier.get(&digest).await, Err(Error::Down)));
+    assert_eq!(began.elapsed(), Duration::ZERO, "skipped while down");
+}

@@ -12,7 +12,8 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{store_err, timeout_err, Error, SharedTier, Upload, MAX_PENDING, MULTIPART_OVER};
+use super::{store_err, timeout_err, Error, SharedTier, Upload};
+use super::{HEAD_TIMEOUT, MAX_PENDING, MULTIPART_OVER};
 use crate::cache::{Digest, Hasher};
 use crate::metrics::{TierOp, UploadResult};
 use crate::sync::Locked;
@@ -109,11 +110,15 @@ impl SharedTier {
     /// uploader's work; public for tests against a real store).
     pub async fn upload(&self, digest: &Digest, path: &Path) -> Result<UploadResult, Error> {
         let key = self.key(digest);
-        match self.store.head(&key).await {
-            Ok(_) => return Ok(UploadResult::Present),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) => {
+        match tokio::time::timeout(HEAD_TIMEOUT, self.store.head(&key)).await {
+            Ok(Ok(_)) => return Ok(UploadResult::Present),
+            Ok(Err(object_store::Error::NotFound { .. })) => {}
+            Ok(Err(source)) => {
                 return Err(self.failed_err(TierOp::Head, store_err("HEAD", &key, source)));
+            }
+            Err(_) => {
+                let e = timeout_err("HEAD", &key, HEAD_TIMEOUT);
+                return Err(self.failed_err(TierOp::Head, e));
             }
         }
         let local = |source| Error::Local {
