@@ -25,8 +25,9 @@ use tracing::{debug, info, warn};
 use crate::access::AccessList;
 use crate::cache::Store;
 use crate::conn::{self, Activity, Slot, Slots, Tracked, Watched};
+use crate::metrics::Tier;
 use crate::metrics::{self, Listener, Metrics, Rejected};
-use crate::status::{Facts, Status};
+use crate::status::{Facts, Status, TierRow};
 use crate::sync::ReadWrite;
 
 /// Admin connections open at once. Scrapers and people need few: at the cap, the connection idle
@@ -53,6 +54,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub cache: Arc<Store>,
+    /// The fleet's shared tier, when there is one (set once at start).
+    pub shared: std::sync::OnceLock<Arc<crate::tier::SharedTier>>,
     pub ca_fingerprint: String,
     /// Unix seconds.
     pub ca_expires: u64,
@@ -68,7 +71,39 @@ impl Admin {
             ca_fingerprint: self.ca_fingerprint.clone(),
             ca_expires: self.ca_expires,
             version: concat!("regcache ", env!("CARGO_PKG_VERSION")),
+            tiers: self.tier_rows(),
         })
+    }
+
+    /// The local tier, then the shared one.
+    fn tier_rows(&self) -> Vec<TierRow> {
+        let totals = |tier| self.metrics.tier.totals(tier);
+        let (hits, bytes, errors) = totals(Tier::Local);
+        let mut rows = vec![TierRow {
+            tier: "local",
+            store: self.cache.dir().display().to_string(),
+            hits,
+            bytes,
+            errors,
+            up: !self.cache.writes_failing(),
+            ..TierRow::default()
+        }];
+        if let Some(shared) = self.shared.get() {
+            let (hits, bytes, errors) = totals(Tier::Shared);
+            let health = shared.health();
+            rows.push(TierRow {
+                tier: "shared",
+                store: shared.label().to_owned(),
+                hits,
+                bytes,
+                errors,
+                up: health.up,
+                failures: health.failures,
+                retry_in_s: health.retry_in.map(|d| d.as_secs()),
+                pending_uploads: shared.pending() as u64,
+            });
+        }
+        rows
     }
 }
 

@@ -104,13 +104,19 @@ pub enum CacheCommand {
         /// Only objects referenced from matching repositories ("*" matches any run, e.g. "library/*").
         #[arg(long, value_name = "PATTERN")]
         repo: Option<String>,
+        /// Which tier: local (the cache directory) or shared (the [storage] store); default both.
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
     },
-    /// Show how much the cache holds against cache.max_size.
+    /// Show how much the cache holds against cache.max_size (and the shared store).
     Du {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         output: OutputArg,
+        /// Which tier: local (the cache directory) or shared (the [storage] store); default both.
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
     },
     /// Remove objects (and the tags that point at them).
     #[command(group = clap::ArgGroup::new("what").required(true))]
@@ -126,6 +132,9 @@ pub enum CacheCommand {
         /// Everything.
         #[arg(long, group = "what")]
         all: bool,
+        /// Which tier: local (the cache directory) or shared (the [storage] store); default both.
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
     },
     /// Re-hash every object; report and drop those whose size or hash is wrong (exit 65 when
     /// any was).
@@ -134,10 +143,30 @@ pub enum CacheCommand {
         config: ConfigArg,
         #[command(flatten)]
         output: OutputArg,
+        /// Which tier: local (default) or shared (reads every object of the [storage] store).
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
     },
 }
 
+/// A storage tier, for `regcache cache … --tier`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierArg {
+    /// The cache directory.
+    Local,
+    /// The fleet's shared store (`[storage] backend = "s3"`).
+    Shared,
+}
+
 impl CacheCommand {
+    /// The `--tier` of any `cache` command.
+    pub fn tier(&self) -> Option<TierArg> {
+        match self {
+            Self::Ls { tier, .. } | Self::Du { tier, .. } => *tier,
+            Self::Purge { tier, .. } | Self::Verify { tier, .. } => *tier,
+        }
+    }
+
     /// The `--config` of any `cache` command.
     pub fn config(&self) -> &ConfigArg {
         match self {

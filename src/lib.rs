@@ -24,6 +24,9 @@
 //!   travels with the response to the access log, metrics and status page; `peer` forwards a
 //!   cold object to its owner among the fleet's appliances (`[fleet]`) and takes over when it
 //!   fails.
+//! - [`tier`]: the shared tier (`[storage]`): the fleet's S3-compatible store behind the local
+//!   cache, over `object_store`: keys by digest, verified uploads in the background, the
+//!   store's health and backoff.
 //! - [`admin`]: the admin listener over plain HTTP: status page, `/healthz`, `/metrics`,
 //!   `/ca.crt`, `/registries`; its connections bounded by [`conn`] like the proxy's.
 //! - [`metrics`]: the metric handles and their recorders; `labels`, every name with its HELP text
@@ -66,4 +69,5 @@ pub mod proxy;
 pub mod reference;
 pub mod status;
 pub mod sync;
+pub mod tier;
 pub mod warm;

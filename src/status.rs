@@ -1,7 +1,8 @@
 //! What the status page shows: totals, a per-minute ring buffer for the last hour, per-registry
 //! traffic and upstream health, top repositories by bytes served. Fed by the proxy, read as JSON
 //! at `/api/status` and rendered by the page at `/` (`status.html`, self-contained). Which
-//! freshness rule answered each tag request is counted in `tag_rules`.
+//! freshness rule answered each tag request is counted in `tag_rules`; the storage tiers' rows
+//! are `tiers`.
 //!
 //! A leaf: of the crate it imports only the lock helper [`crate::sync`].
 
@@ -14,7 +15,9 @@ use serde::Serialize;
 use crate::sync::Locked;
 
 mod tag_rules;
+mod tiers;
 pub use tag_rules::{RuleStatus, TagServed};
+pub use tiers::TierRow;
 
 /// Minutes of history kept for the chart.
 const MINUTES: usize = 60;
@@ -123,6 +126,8 @@ pub struct Facts {
     /// Unix seconds.
     pub ca_expires: u64,
     pub version: &'static str,
+    /// The storage tiers: local, then shared when there is one.
+    pub tiers: Vec<TierRow>,
 }
 
 #[derive(Serialize)]
@@ -285,6 +290,7 @@ mod tests {
             ca_fingerprint: "AB".into(),
             ca_expires: 0,
             version: "test",
+            tiers: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod bind;
+mod tier;
 
 use crate::admin::{self, Admin};
 use crate::ca::{Ca, CertResolver};
@@ -109,6 +110,7 @@ pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
         limits: config.limits.clone(),
     })?);
     let admin = Arc::new(admin_handler(&config, &ca, metrics, status, &cache));
+    tier::open_shared(&config, &proxy, &admin)?;
     let addrs = sockets.addresses()?;
     info!(fingerprint = %ca.fingerprint(), registries = config.registries.len(), "ready");
     let reloader = Reloader {
@@ -187,6 +189,7 @@ fn admin_handler(
         metrics,
         status,
         cache: cache.clone(),
+        shared: std::sync::OnceLock::new(),
         ca_fingerprint: ca.fingerprint(),
         ca_expires: expiry.as_secs(),
     }
@@ -372,6 +375,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("log.format", old.log.format == new.log.format);
     check("warm", old.warm == new.warm);
     check("fleet", old.fleet == new.fleet);
+    check("storage", old.storage == new.storage);
     notes
 }
 

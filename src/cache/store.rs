@@ -173,7 +173,7 @@ impl Store {
         (state.objects.len(), state.total)
     }
 
-    pub(super) fn object_path(&self, d: &Digest) -> PathBuf {
+    pub fn object_path(&self, d: &Digest) -> PathBuf {
         object_path(&self.dir, d)
     }
 
@@ -374,6 +374,7 @@ impl Store {
     /// Pauses caching after a write error; logs once per episode.
     pub(super) fn write_failed(&self, error: &Error) {
         self.metrics.cache_write_errors.inc();
+        (self.metrics.tier).error(crate::metrics::Tier::Local, crate::metrics::TierOp::Write);
         self.health.failed(error);
     }
 

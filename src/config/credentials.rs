@@ -123,7 +123,7 @@ impl Validator<'_> {
 }
 
 /// A password file's content, without a trailing newline.
-fn read_secret(path: &str) -> Result<Secret, CredentialError> {
+pub(super) fn read_secret(path: &str) -> Result<Secret, CredentialError> {
     let text = read_credential_file(path)?;
     let secret = text.strip_suffix('\n').unwrap_or(&text);
     let secret = secret.strip_suffix('\r').unwrap_or(secret);

@@ -9,6 +9,7 @@
 //!   embedded default one; `mirrors`: a registry's verified fallback sources; `credentials`:
 //!   password files, Docker `config.json`, [`Secret`];
 //! - `fleet`: `[fleet]` (peers, node, peer_timeout), [`FleetConfig`];
+//! - `storage`: `[storage]`, the shared tier's store and its credentials;
 //! - `proxy`: `upstream.proxy` / `upstream.no_proxy` (or `HTTPS_PROXY` / `NO_PROXY`), [`ProxyUrl`];
 //! - `values`: single-value parsers (sizes, durations, addresses, URLs) and [`ValueError`];
 //! - `problem`: [`Problem`], and the [`Error`] printed as `file:line: why` by `config check`.
@@ -25,6 +26,7 @@ mod proxy;
 mod raw;
 mod registry;
 mod rules;
+mod storage;
 mod tag_regex;
 mod types;
 mod validate;
@@ -38,6 +40,7 @@ pub use mirrors::Mirrors;
 pub use problem::{Error, Located, Problem, Source};
 pub use proxy::{mask as mask_proxy_url, ProxyError, ProxyUrl};
 pub use rules::{rule_for, ManifestTtl, TagPattern, TagRule, FOREVER};
+pub use storage::{S3Config, S3Credentials, StorageConfig};
 pub use tag_regex::{RegexError, TagRegex};
 pub use types::{
     AccessFormat, AdminConfig, CacheConfig, Config, DnsConfig, LimitsConfig, LogConfig, LogFormat,
@@ -82,6 +85,15 @@ pub fn load(path: Option<&Path>) -> Result<Config, Error> {
 
 /// Parses and validates config text. All validation problems are reported together.
 pub fn parse(text: &str, source: Source) -> Result<Config, Error> {
+    parse_env(text, source, &storage::process_env)
+}
+
+/// [`parse`], reading the environment through `env` (`[storage]`'s AWS variables).
+pub(crate) fn parse_env(
+    text: &str,
+    source: Source,
+    env: storage::Env<'_>,
+) -> Result<Config, Error> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Invalid {
         problems: vec![Problem {
             line: e.span().map_or(0, |s| line_of(text, s.start)),
@@ -90,6 +102,7 @@ pub fn parse(text: &str, source: Source) -> Result<Config, Error> {
         origin: source.clone(),
     })?;
     let mut v = Validator::new(text);
+    v.env = env;
     let config = v.config(raw);
     v.problems.sort_by_key(|p| p.line);
     if v.problems.is_empty() {

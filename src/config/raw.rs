@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) warm: Vec<super::warm::RawWarm>,
     #[serde(default)]
     pub(super) fleet: super::fleet::RawFleet,
+    pub(super) storage: Option<super::storage::RawStorage>,
 }
 
 #[derive(Deserialize, Default)]

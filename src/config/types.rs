@@ -34,6 +34,8 @@ pub struct Config {
     pub warm: Vec<super::WarmJob>,
     /// `[fleet]`: the appliances sharing one upstream fetch per object.
     pub fleet: super::FleetConfig,
+    /// `[storage]`: the shared tier, if any.
+    pub storage: super::StorageConfig,
 }
 
 #[derive(Clone, Debug)]

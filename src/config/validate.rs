@@ -26,6 +26,8 @@ use crate::access::AccessList;
 pub(super) struct Validator<'a> {
     text: &'a str,
     pub(super) problems: Vec<Problem>,
+    /// The environment `[storage]` reads its credentials from (tests pass their own).
+    pub(super) env: super::storage::Env<'a>,
 }
 
 impl<'a> Validator<'a> {
@@ -33,6 +35,7 @@ impl<'a> Validator<'a> {
         Self {
             text,
             problems: Vec::new(),
+            env: &super::storage::process_env,
         }
     }
 
@@ -127,6 +130,7 @@ impl<'a> Validator<'a> {
             registry,
             warm,
             fleet,
+            storage,
         } = raw;
         let registries = match registry {
             Some(list) => self.registries(list),
@@ -156,6 +160,7 @@ impl<'a> Validator<'a> {
             registries,
             warm: self.warm_jobs(warm),
             fleet: self.fleet(fleet),
+            storage: self.storage(storage),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Object {
     pub last_used_unix: u64,
     /// Where it was pulled from (several places can share one object).
     pub refs: Vec<Ref>,
+    /// `"local"` (the cache directory) or `"shared"` (the `[storage]` store).
+    pub tier: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +58,7 @@ impl From<&ObjectInfo> for Object {
             media_type: o.media_type.clone(),
             last_used_unix: unix(o.last_used),
             refs,
+            tier: "local",
         }
     }
 }
@@ -72,6 +75,21 @@ impl Listing {
     }
 }
 
+impl Listing {
+    /// With the shared tier's objects after the local ones.
+    pub fn with_shared(mut self, shared: &[ObjectInfo]) -> Self {
+        for o in shared {
+            self.objects.push(Object {
+                tier: "shared",
+                ..Object::from(o)
+            });
+        }
+        self.total.objects += shared.len();
+        self.total.bytes += shared.iter().map(|o| o.size).sum::<u64>();
+        self
+    }
+}
+
 /// One line per object, then `N objects, SIZE`.
 pub fn listing_text(listing: &Listing) -> String {
     let now = unix(SystemTime::now());
@@ -83,11 +101,14 @@ pub fn listing_text(listing: &Listing) -> String {
             .map(|r| format!("{}/{}", r.registry, r.repo))
             .collect();
         out.push_str(&format!(
-            "{}  {:>10}  {:<48}  used {} ago  {}\n",
+            "{}  {:>10}  {:<48}  {}  {}\n",
             o.digest,
             human(o.size),
             o.media_type,
-            ago(now.saturating_sub(o.last_used_unix)),
+            match o.tier {
+                "shared" => "in the shared store".to_owned(),
+                _ => format!("used {} ago", ago(now.saturating_sub(o.last_used_unix))),
+            },
             refs.join(", ")
         ));
     }
@@ -114,6 +135,18 @@ pub struct Usage {
     /// By registry name, sorted; an object pulled from two registries counts in both, one with
     /// no recorded registry only in the totals.
     pub registries: Vec<RegistryUsage>,
+    /// The shared tier (`[storage]`), when there is one and it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedUsage>,
+}
+
+/// The shared store's totals.
+#[derive(Debug, Serialize)]
+pub struct SharedUsage {
+    /// `s3://bucket/prefix at endpoint`.
+    pub store: String,
+    pub objects: usize,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,20 +192,28 @@ impl Usage {
             max_size,
             used_percent,
             registries,
+            shared: None,
         }
     }
 }
 
-/// `N objects, SIZE of MAX (P%) in DIR`.
+/// `N objects, SIZE of MAX (P%) in DIR`, and `shared: N objects, SIZE in STORE`.
 pub fn usage_text(u: &Usage) -> String {
-    format!(
+    let local = format!(
         "{} objects, {} of {} ({:.1}%) in {}\n",
         u.objects,
         human(u.bytes),
         human(u.max_size),
         u.used_percent,
         u.dir
-    )
+    );
+    match &u.shared {
+        None => local,
+        Some(s) => {
+            let (n, bytes) = (s.objects, human(s.bytes));
+            format!("{local}shared: {n} objects, {bytes} in {}\n", s.store)
+        }
+    }
 }
 
 /// `cache verify`: each object's verdict and a summary. Bad objects have been dropped.

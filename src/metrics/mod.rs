@@ -3,7 +3,7 @@
 //!
 //! The parts: this file holds [`Metrics`] (the metric handles and the small recorders the
 //! subsystems call); `labels` the label sets and their values; `register` every name and HELP
-//! text; `text` the conversion of the exposition to the classic Prometheus format.
+//! text; `tier` the storage tiers' metrics; `text` the conversion of the exposition to the classic Prometheus format.
 //!
 //! A leaf: it imports nothing else from the crate.
 
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 mod labels;
 mod register;
 mod text;
+mod tier;
 
 pub use labels::{
     DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
@@ -28,6 +29,8 @@ pub use labels::{
     WarmObjectLabels,
 };
 pub use labels::{PeerLabels, PeerResult};
+
+pub use tier::{Tier, TierMetrics, TierOp, UploadResult};
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper
 /// and `promtool check metrics` read.
@@ -80,6 +83,8 @@ pub struct Metrics {
     pub warm_bytes: Family<WarmJobLabels, Counter>,
     /// Fetches from objects' owners in the fleet, by owner and result.
     pub peer_fetches: Family<PeerLabels, Counter>,
+    /// The storage tiers (local, shared) and the shared store's health.
+    pub tier: TierMetrics,
 }
 
 impl Default for Metrics {
@@ -126,6 +131,7 @@ impl Metrics {
             warm_objects: Family::default(),
             warm_bytes: Family::default(),
             peer_fetches: Family::default(),
+            tier: TierMetrics::default(),
         };
         let mut registry = std::mem::take(&mut m.registry);
         m.register(&mut registry);

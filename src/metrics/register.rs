@@ -18,6 +18,7 @@ impl Metrics {
         self.register_connections(r);
         self.register_warm(r);
         self.register_fleet(r);
+        self.tier.register(r);
     }
 
     /// Client requests: `http_*`.

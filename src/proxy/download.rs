@@ -87,7 +87,10 @@ impl Download {
         };
         let digest = writer.fill().digest.clone();
         match writer.finish() {
-            Ok(()) => info!(%digest, registry = %self.registry, repo = %self.repo, "cached"),
+            Ok(()) => {
+                info!(%digest, registry = %self.registry, repo = %self.repo, "cached");
+                self.proxy.share(&digest);
+            }
             Err(e) => {
                 warn!(%digest, url = %redact(&self.url), error = %e, "not cached");
                 return;

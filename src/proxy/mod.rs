@@ -5,9 +5,10 @@
 //! - `listen.rs`: accept, TLS, HTTP/1.1 and HTTP/2 within `[limits]` → [`Proxy::handle`];
 //! - `request.rs`: route and classify ([`endpoint`]), writes straight through, reads to
 //!   `endpoint.rs`, which hands each endpoint to its file: `root.rs`, `object.rs` (blobs and
-//!   manifests by digest; `download.rs` fills the cache from the upstream, `peer.rs` from the
-//!   object's owner in the fleet, `fallback.rs` from the registry's verified `mirrors`),
-//!   `tag.rs`, `tag_list.rs`;
+//!   manifests by digest; `download.rs` fills the cache from the upstream, `shared.rs` from the
+//!   fleet's shared tier before the upstream (and queues verified upstream fills for it),
+//!   `peer.rs` from the object's owner in the fleet, `fallback.rs` from the registry's verified
+//!   `mirrors`), `tag.rs`, `tag_list.rs`;
 //! - policy: `authorize.rs` (who may read a stored object; evidence from `confirm.rs`),
 //!   `offline.rs` (who is served while the upstream is down), tag freshness in `tag.rs` with the
 //!   `[[cache.rule]]` deciding each tag's TTL in `freshness.rs`;
@@ -39,6 +40,7 @@ mod report;
 mod request;
 mod response;
 mod root;
+mod shared;
 mod tag;
 mod tag_list;
 mod tokens;
@@ -140,6 +142,8 @@ pub struct Proxy {
     limits: RwLock<LimitsConfig>,
     /// The mirrors' recent mismatches and failures ([`fallback`]); forgotten on reload.
     mirror_memory: fallback::MirrorMemory,
+    /// The fleet's shared tier (`[storage] backend = "s3"`), set once at start ([`shared`]).
+    shared: std::sync::OnceLock<Arc<crate::tier::SharedTier>>,
 }
 
 impl Proxy {
@@ -174,6 +178,7 @@ impl Proxy {
             slots: Slots::new(setup.limits.max_connections),
             limits: RwLock::new(setup.limits),
             mirror_memory: fallback::MirrorMemory::default(),
+            shared: std::sync::OnceLock::new(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Blobs and manifests by digest: immutable, stored once, shared by every repository that the
 //! upstream says this client may read. A stored object is a HIT, a download under way is joined
-//! (JOIN), anything else starts one ([`super::download`]) that this client reads as it grows (MISS),
+//! (JOIN), anything else is read from the fleet's shared tier when it has it (SHARED,
+//! [`super::shared`]) or starts one ([`super::download`]) that this client reads as it grows (MISS),
 //! or, when the upstream cannot answer or `mirrors_first` is set, one from the registry's mirrors
 //! that is served only once verified ([`super::fallback`]).
 
@@ -17,6 +18,7 @@ use super::outcome::CacheOutcome;
 use super::peer::Owner;
 use super::request::Outbound;
 use super::response::{relay, serve_fill, serve_reader};
+use super::shared::Shared;
 use super::{Body, Error, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader};
 
@@ -63,7 +65,11 @@ impl Proxy {
                 Ok(serve_fill(fill.clone(), fill.stream(), CacheOutcome::Join))
             }
             Claim::Lead(writer) if out.route.mirrors.first => {
-                self.from_mirrors(out, repo, writer, None).await
+                // The fleet's own verified copy comes before a third party's.
+                match self.from_shared(out, repo, writer).await {
+                    Shared::Served(answer) => answer,
+                    Shared::Miss(writer) => self.from_mirrors(out, repo, writer, None).await,
+                }
             }
             Claim::Lead(writer) => self.lead(out, repo, writer).await,
             Claim::Bypass => self.pass(out).await,
@@ -99,6 +105,10 @@ impl Proxy {
         repo: &str,
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
+        let writer = match self.from_shared(out, repo, writer).await {
+            Shared::Served(answer) => return answer,
+            Shared::Miss(writer) => writer,
+        };
         // The object's owner in the fleet, when that is another appliance ([`super::peer`]).
         let writer = match self.via_owner(out, repo, writer).await {
             Owner::Answered(answer) => return answer,

@@ -23,6 +23,8 @@ pub enum CacheOutcome {
     Revalidated,
     /// Served from the store while the upstream is unavailable.
     Stale,
+    /// Read from the fleet's shared tier (verified) while being stored locally.
+    Shared,
     /// The upstream's answer, neither stored nor vouched for (not a manifest, a digest mismatch).
     Bypass,
     /// Answered by the appliance itself (`/v2/` for clients it authenticates upstream).
@@ -40,6 +42,7 @@ impl CacheOutcome {
             Self::Join => "JOIN",
             Self::Revalidated => "REVALIDATED",
             Self::Stale => "STALE",
+            Self::Shared => "SHARED",
             Self::Bypass => "BYPASS",
             Self::Local => "LOCAL",
             Self::Peer => "PEER",
@@ -49,7 +52,9 @@ impl CacheOutcome {
     /// Where the response's bytes come from.
     pub fn source(outcome: Option<Self>) -> Source {
         match outcome {
-            Some(Self::Hit | Self::Join | Self::Revalidated | Self::Stale) => Source::Cache,
+            Some(Self::Hit | Self::Join | Self::Revalidated | Self::Stale | Self::Shared) => {
+                Source::Cache
+            }
             Some(Self::Local) => Source::Local,
             Some(Self::Peer) => Source::Peer,
             Some(Self::Miss | Self::Bypass) | None => Source::Upstream,
@@ -81,6 +86,7 @@ mod tests {
             CacheOutcome::Join,
             CacheOutcome::Revalidated,
             CacheOutcome::Stale,
+            CacheOutcome::Shared,
             CacheOutcome::Bypass,
             CacheOutcome::Local,
             CacheOutcome::Peer,

@@ -14,6 +14,7 @@ use super::outcome::CacheOutcome;
 use super::{Body, Proxy};
 use crate::metrics::{
     HttpLabels, Kind, KindLabels, Metrics, Revalidation, RevalidationLabels, Source, SourceLabels,
+    Tier,
 };
 use crate::status::RequestRecord;
 
@@ -82,6 +83,11 @@ impl Report {
                 .http_response_bytes
                 .get_or_create(&SourceLabels { source }))
             .inc_by(bytes);
+            match outcome {
+                Some(CacheOutcome::Hit) => metrics.tier.served(Tier::Local, bytes),
+                Some(CacheOutcome::Shared) => metrics.tier.served(Tier::Shared, bytes),
+                _ => {}
+            }
         })
     }
 }
@@ -98,7 +104,14 @@ fn declared_length(parts: &Parts, method: &str) -> Option<u64> {
 /// Counts what the cache did for a response.
 fn count_outcome(m: &Metrics, outcome: Option<CacheOutcome>) {
     match outcome {
-        Some(CacheOutcome::Hit) => m.cache_hits.inc(),
+        Some(CacheOutcome::Hit) => {
+            m.tier.hit(Tier::Local);
+            m.cache_hits.inc()
+        }
+        Some(CacheOutcome::Shared) => {
+            m.tier.hit(Tier::Shared);
+            m.cache_misses.inc()
+        }
         Some(CacheOutcome::Miss | CacheOutcome::Peer) => m.cache_misses.inc(),
         Some(CacheOutcome::Join) => m.cache_coalesced.inc(),
         Some(CacheOutcome::Revalidated) => {

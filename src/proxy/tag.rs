@@ -313,7 +313,11 @@ impl Proxy {
                     writer.fail(e.to_string());
                     return false;
                 }
-                writer.finish().is_ok()
+                let stored = writer.finish().is_ok();
+                if stored {
+                    self.share(digest); // verified, from the upstream: for the fleet too
+                }
+                stored
             }
             // Someone else is writing the same bytes: the mapping will find them.
             Ok(Claim::Join(_)) => true,

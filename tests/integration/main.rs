@@ -18,6 +18,8 @@ mod onboarding;
 mod private_cache;
 mod proxy;
 mod rules;
+mod shared_tier;
+mod shared_tier_s3;
 mod status_page;
 mod trust;
 mod upstream_proxy;

@@ -101,6 +101,10 @@ async fn the_status_page_renders_the_figures_in_chromium() {
     );
     assert!(dom.contains(&w.app_fingerprint()), "CA fingerprint shown");
     assert!(
+        dom.contains("<td>local</td>") && !dom.contains("<td>shared</td>"),
+        "the storage tiers table: the local tier alone"
+    );
+    assert!(
         dom.contains("<td>cache.manifest_ttl</td><td>**</td><td>*</td><td>1m</td>")
             && dom.contains("<td>registry-1.docker.io/library/small:1 ("),
         "the tag freshness rules table: the default's row and its last tag"

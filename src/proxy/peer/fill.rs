@@ -142,7 +142,10 @@ impl PeerFill {
             }
             // The upstream's bytes after the owner failed: this appliance uploads them to the
             // shared tier (a fill the owner served, marked `from_peer`, is the owner's to upload).
-            Ok(()) => info!(%digest, %owner, %registry, %repo, "cached, taken over from the owner"),
+            Ok(()) => {
+                info!(%digest, %owner, %registry, %repo, "cached, taken over from the owner");
+                self.proxy.share(&digest);
+            }
             Err(e) => {
                 warn!(%digest, %owner, error = %e, "not cached");
                 let wrong = matches!(

@@ -85,19 +85,36 @@ pub struct Appliance {
     pub cache: std::sync::Arc<regcache::cache::Store>,
     /// The configuration it was started with.
     pub config: regcache::config::Config,
+    /// The shared tier, when started over a shared store.
+    pub tier: Option<Arc<regcache::tier::SharedTier>>,
     pub state: tempfile::TempDir,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Appliance {
-    /// Starts the appliance on loopback port 0: `dns_keys` go into the `[dns]` table, `toml` after.
-    pub async fn start(dns_keys: &str, toml: &str) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), dns_keys, toml).await
+    /// Like `start_with_store` without a store, in the state dir `state` (which may hold a CA
+    /// already, `certs/`).
+    pub async fn start_in(state: tempfile::TempDir, dns_keys: &str, toml: &str) -> Self {
+        Self::start_in_with(state, dns_keys, toml, None).await
     }
 
-    /// Like `start`, in the state dir `state` (which may hold a CA already, `certs/`).
-    pub async fn start_in(state: tempfile::TempDir, dns_keys: &str, toml: &str) -> Self {
+    /// Starts the appliance on loopback port 0: `dns_keys` go into the `[dns]` table, `toml` after;
+    /// with a shared tier over `store` (under the prefix "fleet") when there is one.
+    pub async fn start_with_store(
+        dns_keys: &str,
+        toml: &str,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+    ) -> Self {
+        Self::start_in_with(tempfile::tempdir().unwrap(), dns_keys, toml, store).await
+    }
+
+    async fn start_in_with(
+        state: tempfile::TempDir,
+        dns_keys: &str,
+        toml: &str,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+    ) -> Self {
         let text = format!(
             "state_dir = {:?}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n{dns_keys}\n\
              [tls]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{toml}",
@@ -117,6 +134,8 @@ impl Appliance {
         let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
         let cache = bound.cache.clone();
         let http = bound.http_addrs.first().copied();
+        let tier = (store.map(|store| bound.set_shared_store(store, "fleet")))
+            .or_else(|| bound.shared_tier());
         let ca_pem = std::fs::read_to_string(state.path().join("certs/ca.crt")).unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(regcache::app::run(bound, shutdown.clone()));
@@ -129,6 +148,7 @@ impl Appliance {
             log,
             cache,
             config: started_with,
+            tier,
             state,
             shutdown,
             task: Some(task),
@@ -297,12 +317,22 @@ pub struct World {
     pub app: Appliance,
     pub registry: registry::Registry,
     pub resolver: dns::Upstream,
+    /// The appliance's `[dns]` keys and the rest of its config, to start a second one like it.
+    pub dns_keys: String,
+    pub toml: String,
     _extra_ca: tempfile::NamedTempFile,
 }
 
 impl World {
     pub async fn start() -> Self {
         Self::start_with("").await
+    }
+
+    /// With a shared tier over `store`.
+    pub async fn start_shared(store: Arc<dyn object_store::ObjectStore>) -> Self {
+        Self::start_fixture("", |_| String::new(), 0, Some(store))
+            .await
+            .0
     }
 
     /// `extra` is appended to the config (e.g. an `[access]` table).
@@ -321,7 +351,7 @@ impl World {
 
     /// Also `hub_keys`, added to the Docker Hub `[[registry]]` table (e.g. credentials).
     pub async fn start_full(extra: &str, hub_keys: &str) -> Self {
-        Self::start_fixture(extra, |_| hub_keys.to_owned(), 0)
+        Self::start_fixture(extra, |_| hub_keys.to_owned(), 0, None)
             .await
             .0
     }
@@ -332,7 +362,7 @@ impl World {
         extra: &str,
         hub_keys: impl FnOnce(u16) -> String,
     ) -> (Self, registry::Registry) {
-        let (world, mut mirrors) = Self::start_fixture(extra, |p| hub_keys(p[0]), 1).await;
+        let (world, mut mirrors) = Self::start_fixture(extra, |p| hub_keys(p[0]), 1, None).await;
         (world, mirrors.remove(0))
     }
 
@@ -341,7 +371,7 @@ impl World {
         extra: &str,
         hub_keys: impl FnOnce(u16, u16) -> String,
     ) -> (Self, registry::Registry, registry::Registry) {
-        let (world, mut m) = Self::start_fixture(extra, |p| hub_keys(p[0], p[1]), 2).await;
+        let (world, mut m) = Self::start_fixture(extra, |p| hub_keys(p[0], p[1]), 2, None).await;
         let second = m.remove(1);
         (world, m.remove(0), second)
     }
@@ -350,6 +380,7 @@ impl World {
         extra: &str,
         hub_keys: impl FnOnce(&[u16]) -> String,
         mirrors: usize,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
     ) -> (Self, Vec<registry::Registry>) {
         let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
@@ -361,11 +392,13 @@ impl World {
         let resolver = dns::Upstream::start().await;
         let dns_keys = dns_keys(&resolver);
         let toml = hub_toml(&ca_file, registry.addr.port(), extra, &hub_keys);
-        let app = Appliance::start(&dns_keys, &toml).await;
+        let app = Appliance::start_with_store(&dns_keys, &toml, store).await;
         let world = Self {
             app,
             registry,
             resolver,
+            dns_keys,
+            toml,
             _extra_ca: ca_file,
         };
         (world, mirror)

@@ -1,0 +1,91 @@
+//! A store for tests that fails on demand: `object_store`'s `InMemory` behind a switch. Used by
+//! the tier's unit tests and the integration tests of the proxy (a store that goes down and
+//! comes back); not part of the appliance's behaviour.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path as Key;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+/// An `InMemory` store that fails every put and get while `down` is set, and never answers
+/// them while `stalled` is, counting them.
+#[derive(Debug, Default)]
+pub struct Flaky {
+    /// What it holds.
+    pub inner: InMemory,
+    /// While set, puts and gets fail.
+    pub down: AtomicBool,
+    /// While set, puts and gets never answer.
+    pub stalled: AtomicBool,
+    /// Puts and gets asked.
+    pub calls: AtomicUsize,
+}
+
+impl fmt::Display for Flaky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Flaky")
+    }
+}
+
+impl Flaky {
+    async fn check(&self) -> object_store::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(object_store::Error::Generic {
+                store: "Flaky",
+                source: "the store is down".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        k: &Key,
+        p: PutPayload,
+        o: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check().await?;
+        self.inner.put_opts(k, p, o).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        k: &Key,
+        o: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check().await?;
+        self.inner.put_multipart_opts(k, o).await
+    }
+    async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
+        self.check().await?;
+        self.inner.get_opts(k, o).await
+    }
+    fn delete_stream(
+        &self,
+        keys: BoxStream<'static, object_store::Result<Key>>,
+    ) -> BoxStream<'static, object_store::Result<Key>> {
+        self.inner.delete_stream(keys)
+    }
+    fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(&self, from: &Key, to: &Key, o: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, o).await
+    }
+}
