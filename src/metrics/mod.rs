@@ -21,11 +21,11 @@ mod register;
 mod text;
 
 pub use labels::{
-    DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, MirrorSkip, MirrorSkipLabels,
-    Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source,
-    SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
-    WarmObjectLabels,
+    status_class, DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels,
+    HttpLabels, Kind, KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, MirrorSkip,
+    MirrorSkipLabels, Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation,
+    RevalidationLabels, Source, SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels,
+    WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
 
 /// The content type of the exposition: the classic Prometheus text format, which every scraper

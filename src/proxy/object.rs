@@ -44,8 +44,7 @@ impl Proxy {
         };
         match claim {
             Claim::Hit(reader) => {
-                let (expect, confirmed) = self.stored_evidence(out, repo, digest, &reader);
-                if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
+                if let Err(refused) = self.authorize_stored(out, repo, digest, &reader).await {
                     return Ok(refused);
                 }
                 let (range, head) = (out.headers.get(header::RANGE), out.method == Method::HEAD);
@@ -69,24 +68,29 @@ impl Proxy {
         }
     }
 
-    /// What the upstream must show for a stored object (its size and bytes at two offsets), and
-    /// whether it already confirmed that this repository has it.
-    fn stored_evidence(
-        &self,
+    /// Whether this client may read a stored object in `repo` ([`Proxy::authorize`]): at once
+    /// when the upstream already confirmed that this repository has the digest and the client's
+    /// access (or the repository's being public) is remembered; otherwise the upstream must show
+    /// the object's size and its bytes at two offsets, which are read from the file only then.
+    async fn authorize_stored(
+        self: &Arc<Self>,
         out: &Outbound<'_>,
         repo: &str,
         digest: Digest,
         reader: &Reader,
-    ) -> (Expect, bool) {
-        let at = random_offset(reader.size);
+    ) -> Result<(), Response<Body>> {
         let confirmed = self.cache.has_ref(&digest, &out.route.host, repo);
+        if confirmed && self.remembered(out, repo) {
+            return Ok(());
+        }
+        let at = random_offset(reader.size);
         let expect = Expect {
             digest: Some(digest),
             size: Some(reader.size),
             first: reader.byte_at(0),
             sample: reader.byte_at(at).map(|b| (at, b)),
         };
-        (expect, confirmed)
+        self.authorize(out, repo, &expect, confirmed).await
     }
 
     /// Starts the upstream download in its own task (it goes on for the cache and the other

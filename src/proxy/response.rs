@@ -98,15 +98,22 @@ fn stream_body(
     BodyExt::boxed_unsync(StreamBody::new(frames))
 }
 
-/// The headers that describe a stored object: type, digest, ETag.
+/// The headers that describe a stored object: type, digest, ETag (the digest and the ETag
+/// share one buffer: `"sha256:<hex>"`).
 pub(super) fn object_headers(h: &mut HeaderMap, media_type: &str, digest: &Digest) {
     if let Ok(v) = HeaderValue::try_from(media_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    if let Ok(v) = HeaderValue::try_from(digest.to_string()) {
+    let mut quoted = Vec::with_capacity(73);
+    quoted.extend_from_slice(b"\"sha256:");
+    quoted.extend_from_slice(digest.hex().as_bytes());
+    quoted.push(b'"');
+    let quoted = Bytes::from(quoted);
+    let bare = quoted.slice(1..quoted.len() - 1);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bare) {
         h.insert(DOCKER_CONTENT_DIGEST, v);
     }
-    if let Ok(v) = HeaderValue::try_from(format!("\"{digest}\"")) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(quoted) {
         h.insert(header::ETAG, v);
     }
 }
