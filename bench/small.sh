@@ -7,7 +7,8 @@
 # BENCH_SMALL_RUNS (default 5, at most 9) interleaved runs of BENCH_SMALL_SECS (default 10) seconds
 # (regcache, nginx, regcache, nginx...). Prints per server and method the median req/s with every
 # run's figure, the median p99, the server's user + system CPU per request (nginx: master and
-# workers), the ratios, and the load average before and after. Every response must be a 200.
+# workers), the client's (hey or wrk) CPU per request, the ratios, and the load average before
+# and after. Every response must be a 200.
 # Neither client verifies the certificate (hey and wrk cannot be given a CA); both connect to the
 # bench's own namespace only.
 #
@@ -50,21 +51,22 @@ small_p99_ms() {
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; printf "%.2f", n }'
 }
 
-# small_run SERVER METHOD LOG PID: one run; prints "req/s p99_ms cpu_us_per_request"
+# small_run SERVER METHOD LOG PID: one run; prints "req/s p99_ms cpu_us_per_request client_cpu_us_per_request"
+# (the client's: user + system time of hey or wrk)
 small_run() {
-    local url=$1 method=$2 log=$LOGS/$3.log pid=$4 c0 c1 rps p99 n bad
+    local url=$1 method=$2 log=$LOGS/$3.log pid=$4 c0 c1 rps p99 n bad TIMEFORMAT='%U %S'
     c0=$(tree_cpu_secs "$pid")
     if [[ $method == HEAD ]]; then
-        cli timeout $((SMALL_SECS + 30)) hey -z "${SMALL_SECS}s" -c "$SMALL_CONNS" -m HEAD -H "$SMALL_ACCEPT" \
-            "$url" >"$log" 2>&1 || die "hey (logs/$3.log)"
+        { time cli timeout $((SMALL_SECS + 30)) hey -z "${SMALL_SECS}s" -c "$SMALL_CONNS" -m HEAD -H "$SMALL_ACCEPT" \
+            "$url" >"$log" 2>&1; } 2>"$log.time" || die "hey (logs/$3.log)"
         c1=$(tree_cpu_secs "$pid")
         rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$log")
         p99=$(awk '/ 99% in / { printf "%.2f", $3 * 1000 }' "$log")
         n=$(awk '/\[200\]/ { print $2 }' "$log")
         bad=$(awk '/^ *\[[0-9]+\]/ && !/\[200\]/ { s += $2 } END { print s + 0 }' "$log")
     else
-        cli timeout $((SMALL_SECS + 30)) wrk -t 2 -c "$SMALL_CONNS" -d "${SMALL_SECS}s" --latency \
-            -H "$SMALL_ACCEPT" "$url" >"$log" 2>&1 || die "wrk (logs/$3.log)"
+        { time cli timeout $((SMALL_SECS + 30)) wrk -t 2 -c "$SMALL_CONNS" -d "${SMALL_SECS}s" --latency \
+            -H "$SMALL_ACCEPT" "$url" >"$log" 2>&1; } 2>"$log.time" || die "wrk (logs/$3.log)"
         c1=$(tree_cpu_secs "$pid")
         rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$log")
         p99=$(small_p99_ms "$(awk '$1 == "99%" { print $2 }' "$log")")
@@ -72,7 +74,8 @@ small_run() {
         bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$log")
     fi
     [[ ${bad:-0} == 0 && ${n:-0} -gt 0 ]] || die "$method $url: ${bad:-?} responses not 200, ${n:-0} in all (logs/$3.log)"
-    echo "${rps:-0} ${p99:-nan} $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')"
+    echo "${rps:-0} ${p99:-nan} $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')" \
+        "$(awk -v n="$n" '{ printf "%.1f", ($1 + $2) * 1e6 / n }' "$log.time")"
 }
 
 small_ratio() { # ARRAY METHOD: regcache's median over nginx's
@@ -83,7 +86,7 @@ small_ratio() { # ARRAY METHOD: regcache's median over nginx's
 
 small_section() {
     local r method server pid got load0 load1 size
-    declare -A RPS=() P99=() CPU=()
+    declare -A RPS=() P99=() CPU=() CCPU=()
     small_warm regcache
     small_warm nginx
     size=$(cli curl -ksS --max-time 10 -o /dev/null -H "$SMALL_ACCEPT" -w '%{size_download}' "$(small_url regcache)")
@@ -96,6 +99,7 @@ small_section() {
                 [[ $server == nginx ]] && pid=$NGINX_PID
                 read -r -a got < <(small_run "$(small_url "$server")" "$method" "small-$method-$server-$r" "$pid")
                 RPS[$method$server]+=" ${got[0]}" P99[$method$server]+=" ${got[1]}" CPU[$method$server]+=" ${got[2]}"
+                CCPU[$method$server]+=" ${got[3]}"
             done
         done
         info "small round $r: HEAD ${RPS[HEADregcache]##* } vs ${RPS[HEADnginx]##* }, GET ${RPS[GETregcache]##* } vs ${RPS[GETnginx]##* } req/s"
@@ -111,8 +115,9 @@ small_section() {
                 "$(stats median ${RPS[$method$server]})" "${RPS[$method$server]}" \
                 "$(stats median ${P99[$method$server]})" "${P99[$method$server]}")"
             # shellcheck disable=SC2086
-            say "$(printf '  %-4s %-8s server CPU per request median %s us (runs:%s)' "$method" "$server" \
-                "$(stats median ${CPU[$method$server]})" "${CPU[$method$server]}")"
+            say "$(printf '  %-4s %-8s server CPU per request median %s us (runs:%s); client CPU per request median %s us' \
+                "$method" "$server" "$(stats median ${CPU[$method$server]})" "${CPU[$method$server]}" \
+                "$(stats median ${CCPU[$method$server]})")"
         done
         say "  $method: regcache / nginx req/s = $(small_ratio RPS "$method"), p99 = $(small_ratio P99 "$method"), CPU per request = $(small_ratio CPU "$method")"
     done
