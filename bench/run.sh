@@ -57,7 +57,7 @@
 # small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
 # (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
-# PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
+# BENCH_NS (namespace prefix, default rcbench), PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 
@@ -78,8 +78,12 @@ W='' LOGS='' OK=0
 . "$LIB/upstream.sh"
 hermetic_mounts rcbench
 
-APP_NS=rcbench-app
-CLI_NS=rcbench-cli
+# BENCH_NS (default rcbench): the namespaces' prefix, so that two worktrees' benches do not tear
+# down each other's namespaces (the lock below is per script file).
+NS_PREFIX=${BENCH_NS:-rcbench}
+[[ $NS_PREFIX =~ ^[a-z][a-z0-9-]{0,8}$ ]] || { echo "BENCH_NS must be 1-9 of [a-z0-9-]" >&2; exit 2; }
+APP_NS=$NS_PREFIX-app
+CLI_NS=$NS_PREFIX-cli
 APP_IP=10.78.0.1
 CLI_IP=10.78.0.2
 DNSMASQ_PORT=5353
