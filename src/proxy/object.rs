@@ -15,7 +15,7 @@ use super::confirm::{random_offset, Expect};
 use super::download::{Download, Started};
 use super::outcome::CacheOutcome;
 use super::request::Outbound;
-use super::response::{relay, serve_fill, serve_reader};
+use super::response::{relay, serve_fill, serve_head, serve_reader};
 use super::{Body, Error, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader};
 
@@ -27,7 +27,13 @@ impl Proxy {
         repo: &str,
         digest: Digest,
     ) -> Result<Response<Body>, Error> {
-        let partial = out.method == Method::HEAD || out.headers.contains_key(header::RANGE);
+        let ranged = out.headers.contains_key(header::RANGE);
+        if out.method == Method::HEAD && !ranged {
+            if let Some(resp) = self.head_from_index(out, repo, &digest) {
+                return Ok(resp);
+            }
+        }
+        let partial = out.method == Method::HEAD || ranged;
         // Partial and HEAD requests are served from the cache only when it has the object.
         let claim = match partial {
             true => match self.cache.get(&digest) {
@@ -66,6 +72,20 @@ impl Proxy {
             Claim::Lead(writer) => self.lead(out, repo, writer).await,
             Claim::Bypass => self.pass(out).await,
         }
+    }
+
+    /// A HEAD of a stored object that this client may read without asking the upstream (the
+    /// repository is confirmed to have it and the client's access is remembered: the first
+    /// test of [`Proxy::authorize`]), answered from the index without opening the file.
+    fn head_from_index(
+        &self,
+        out: &Outbound<'_>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Option<Response<Body>> {
+        let (size, media_type) = self.cache.stored_in(digest, &out.route.host, repo)?;
+        let allowed = self.remembered(out, repo);
+        allowed.then(|| serve_head(size, &media_type, digest, CacheOutcome::Hit))
     }
 
     /// Whether this client may read a stored object in `repo` ([`Proxy::authorize`]): at once

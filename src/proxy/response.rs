@@ -118,6 +118,23 @@ pub(super) fn object_headers(h: &mut HeaderMap, media_type: &str, digest: &Diges
     }
 }
 
+/// The answer to a HEAD of a stored object (type, digest, ETag, cache outcome, length), and the
+/// head of its whole GET.
+pub(super) fn serve_head(
+    size: u64,
+    media_type: &str,
+    digest: &Digest,
+    outcome: CacheOutcome,
+) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    object_headers(resp.headers_mut(), media_type, digest);
+    outcome.mark(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp
+}
+
 /// A stored object: whole (200), a byte range (206) or an unsatisfiable range (416).
 pub(super) fn serve_reader(
     reader: Reader,
@@ -126,11 +143,7 @@ pub(super) fn serve_reader(
     outcome: CacheOutcome,
 ) -> Response<Body> {
     let size = reader.size;
-    let mut resp = Response::new(empty());
-    object_headers(resp.headers_mut(), &reader.media_type, &reader.digest);
-    outcome.mark(&mut resp);
-    resp.headers_mut()
-        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let mut resp = serve_head(size, &reader.media_type, &reader.digest, outcome);
     let span = match range.map(|r| parse_range(r, size)) {
         None => None,
         Some(Some(span)) => Some(span),
@@ -138,6 +151,7 @@ pub(super) fn serve_reader(
             *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             let v = HeaderValue::try_from(format!("bytes */{size}")).expect("ASCII");
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
             return resp;
         }
     };
