@@ -29,6 +29,11 @@
 #   0. DNS (bench/dns.sh): dnsperf against regcache and against dnsmasq in the same namespace, for the
 #      intercepted name and for a forwarded one, interleaved runs; medians, ranges, p99, ratios and the
 #      load average before and after. Skipped when dnsperf is not installed (apt-get install dnsperf).
+#   4. small requests (bench/small.sh): the manifest by digest, warm, through regcache and through nginx,
+#      HEAD with hey and GET with wrk, 32 connections, TLS, interleaved runs; medians with every run, p99,
+#      server CPU per request, ratios and the load average before and after (needs hey, wrk and nginx:
+#      apt-get install hey wrk nginx-light). BENCH_CALLGRIND=N also counts regcache's instructions per
+#      request under valgrind (apt-get install valgrind).
 #
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
@@ -48,9 +53,11 @@
 # used by sections 2 and 3), BENCH_STREAMS (default 4; 2..8 parallel streams in section 3, 0 skips it),
 # BENCH_DOCKERD (default 1), BENCH_NGINX (default 1; needs Debian's nginx or nginx-light, whose packaged
 # service is never used: the bench starts its own nginx in its namespace and stops it by PID),
-# BENCH_ONLY=dns (only the DNS section: no image, no upstream registry), BENCH_DNS_RUNS (default 5),
+# BENCH_ONLY=dns (only the DNS section: no image, no upstream registry), BENCH_ONLY=small (only the
+# small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
+# (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
-# PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
+# BENCH_NS (namespace prefix, default rcbench), PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 
@@ -71,8 +78,12 @@ W='' LOGS='' OK=0
 . "$LIB/upstream.sh"
 hermetic_mounts rcbench
 
-APP_NS=rcbench-app
-CLI_NS=rcbench-cli
+# BENCH_NS (default rcbench): the namespaces' prefix, so that two worktrees' benches do not tear
+# down each other's namespaces (the lock below is per script file).
+NS_PREFIX=${BENCH_NS:-rcbench}
+[[ $NS_PREFIX =~ ^[a-z][a-z0-9-]{0,8}$ ]] || { echo "BENCH_NS must be 1-9 of [a-z0-9-]" >&2; exit 2; }
+APP_NS=$NS_PREFIX-app
+CLI_NS=$NS_PREFIX-cli
 APP_IP=10.78.0.1
 CLI_IP=10.78.0.2
 DNSMASQ_PORT=5353
@@ -109,13 +120,20 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY == dns ]] || die "BENCH_ONLY must be empty or dns"
+[[ -z $BENCH_ONLY || $BENCH_ONLY == dns || $BENCH_ONLY == small ]] || die "BENCH_ONLY must be empty, dns or small"
+[[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
-[[ $BENCH_ONLY == dns ]] && tools+=(dnsperf) || tools+=(skopeo docker-registry)
+case $BENCH_ONLY in
+dns) tools+=(dnsperf) ;;
+small) tools+=(hey wrk docker-registry) ;;
+*) tools+=(skopeo docker-registry) ;;
+esac
+[[ -n ${BENCH_CALLGRIND:-} ]] && tools+=(valgrind callgrind_control)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DNS=1
+[[ $BENCH_ONLY == small ]] && BENCH_DNS=0
 command -v dnsperf >/dev/null || { info "no dnsperf (apt-get install dnsperf): no DNS section"; BENCH_DNS=0; }
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
@@ -213,14 +231,14 @@ mkdir -p "$RC/state"
 render "$HERE/regcache.toml.in" "$RC/config.toml" STATE_DIR="$RC/state" CACHE_DIR="$RC/cache" APP_IP="$APP_IP" \
     CLI_IP="$CLI_IP" DNSMASQ_PORT="$DNSMASQ_PORT" PUBLIC_CA="$PKI/ca.crt" ADMIN_PORT="$ADMIN_PORT"
 app "$BIN" ca cert --config "$RC/config.toml" >"$W/regcache-ca.crt"
-REGCACHE_PID='' NSTART=0
+REGCACHE_PID='' NSTART=0 REGCACHE_WRAP=() REGCACHE_WAIT=150
 start_regcache() {
     NSTART=$((NSTART + 1))
-    ip netns exec "$APP_NS" "$BIN" serve --config "$RC/config.toml" >>"$LOGS/regcache.access.log" \
+    ip netns exec "$APP_NS" "${REGCACHE_WRAP[@]}" "$BIN" serve --config "$RC/config.toml" >>"$LOGS/regcache.access.log" \
         2>"$LOGS/regcache.$NSTART.log" </dev/null 9<&- &
     REGCACHE_PID=$!
     track_pid "$REGCACHE_PID" "regcache.$NSTART"
-    wait_for regcache "$REGCACHE_PID" 150 0.2 grep -q 'listening for https on' "$LOGS/regcache.$NSTART.log" \
+    wait_for regcache "$REGCACHE_PID" "$REGCACHE_WAIT" 0.2 grep -q 'listening for https on' "$LOGS/regcache.$NSTART.log" \
         || die "regcache did not start (logs/regcache.$NSTART.log)"
 }
 stop_regcache() { stop_forget "$REGCACHE_PID"; REGCACHE_PID=''; }
@@ -231,12 +249,40 @@ empty_cache() { # restart regcache with an empty cache (its CA, in state/, stays
 }
 start_regcache
 
+# nginx proxy_cache in front of the same upstream, in the appliance namespace; stopped by PID (cleanup)
+NGINX_PID=''
+start_nginx() {
+    NG=$W/nginx
+    mkdir -p "$NG/tmp" "$NG/cache"
+    render "$HERE/nginx.conf.in" "$NG/nginx.conf" DIR="$NG" UP_IP="$UP_IP" UP_NAME="$DIRECT_HOST" \
+        LISTEN="$APP_IP:$NGINX_PORT" NAME="$NGINX_HOST" CERT="$PKI/nginx.crt" KEY="$PKI/nginx.key" CA="$PKI/ca.crt"
+    app "$NGINX_BIN" -t -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf" >"$LOGS/nginx-t.log" 2>&1 \
+        || { cat "$LOGS/nginx-t.log" >&2; die "nginx -t"; }
+    bg nginx "$APP_NS" "$NGINX_BIN" -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf"
+    NGINX_PID=$!
+    nginx_v2() { cli curl -sS --max-time 2 --cacert "$PKI/ca.crt" --resolve "$NGINX_HOST:$NGINX_PORT:$APP_IP" \
+        "https://$NGINX_HOST:$NGINX_PORT/v2/" "$@"; }
+    wait_for nginx "$NGINX_PID" 100 0.1 http_code_in 200 nginx_v2 || die "nginx (logs/nginx.log, nginx/error.log)"
+}
+
 # ---------------------------------------------------------------------------------------------------
 # 0. DNS
 
 if [[ $BENCH_DNS == 1 ]]; then dns_section; fi
 if [[ $BENCH_ONLY == dns ]]; then
     info "finished after $((SECONDS - T0)) s (BENCH_ONLY=dns)"
+    OK=1
+    exit 0
+fi
+# shellcheck source=small.sh
+. "$HERE/small.sh"
+if [[ $BENCH_ONLY == small ]]; then
+    [[ $BENCH_NGINX == 1 ]] || die "BENCH_ONLY=small needs nginx (apt-get install nginx-light)"
+    start_nginx
+    small_section
+    stop_forget "$NGINX_PID"
+    [[ -n ${BENCH_CALLGRIND:-} ]] && small_callgrind "$BENCH_CALLGRIND"
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=small)"
     OK=1
     exit 0
 fi
@@ -337,21 +383,8 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # 2. warm 512 MiB blob, one curl stream, interleaved
 
+[[ $BENCH_NGINX == 1 ]] && start_nginx
 # nginx proxy_cache in front of the same upstream, in the appliance namespace; stopped by PID (cleanup)
-NGINX_PID=''
-if [[ $BENCH_NGINX == 1 ]]; then
-    NG=$W/nginx
-    mkdir -p "$NG/tmp" "$NG/cache"
-    render "$HERE/nginx.conf.in" "$NG/nginx.conf" DIR="$NG" UP_IP="$UP_IP" UP_NAME="$DIRECT_HOST" \
-        LISTEN="$APP_IP:$NGINX_PORT" NAME="$NGINX_HOST" CERT="$PKI/nginx.crt" KEY="$PKI/nginx.key" CA="$PKI/ca.crt"
-    app "$NGINX_BIN" -t -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf" >"$LOGS/nginx-t.log" 2>&1 \
-        || { cat "$LOGS/nginx-t.log" >&2; die "nginx -t"; }
-    bg nginx "$APP_NS" "$NGINX_BIN" -p "$NG/" -e "$NG/error.log" -c "$NG/nginx.conf"
-    NGINX_PID=$!
-    nginx_v2() { cli curl -sS --max-time 2 --cacert "$PKI/ca.crt" --resolve "$NGINX_HOST:$NGINX_PORT:$APP_IP" \
-        "https://$NGINX_HOST:$NGINX_PORT/v2/" "$@"; }
-    wait_for nginx "$NGINX_PID" 100 0.1 http_code_in 200 nginx_v2 || die "nginx (logs/nginx.log, nginx/error.log)"
-fi
 nginx_url() { echo "https://$NGINX_HOST:$NGINX_PORT/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
 NGINX_RESOLVE="--resolve $NGINX_HOST:$NGINX_PORT:$APP_IP"
 
@@ -469,6 +502,13 @@ if ((STREAMS > 0)); then
             info "parallel run $i $path: $STREAMS streams, $mbs MB/s aggregate in $wall s, server CPU $cpu s/GET, curl CPU $ccpu s/GET, machine busy $busy %"
         done
     done
+fi
+
+# 4. small requests (bench/small.sh), while nginx is still up
+if [[ $BENCH_NGINX == 1 ]] && command -v hey >/dev/null && command -v wrk >/dev/null; then
+    small_section
+else
+    info "no small-request section (needs nginx, hey and wrk)"
 fi
 
 NGINX_VERSION=''

@@ -310,12 +310,14 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let log = AccessLog::open(&config.log).context("cannot open log.access_file")?;
-        let mut bound = app::build(config, log).await?;
+        let mut bound = app::build(config, log.clone()).await?;
         let reloader = bound.reloader.take().expect("build makes a reloader");
         let shutdown = CancellationToken::new();
         let handlers = (term, hup);
         tokio::spawn(signals(shutdown.clone(), handlers, reloader, path, levels));
         app::run(bound, shutdown).await;
+        // Lines still in the access log's buffer (it writes them out within 100 ms otherwise).
+        log.flush();
         Ok(())
     })
 }

@@ -182,9 +182,16 @@ impl Status {
     fn request_at(&self, r: &RequestRecord<'_>, now: SystemTime) {
         let mut inner = self.inner.locked();
         inner.total.add(r);
-        let reg = inner.registries.entry(r.registry.to_owned()).or_default();
-        reg.requests += 1;
-        reg.bytes += r.bytes;
+        // Looked up before inserting: no key is allocated for a registry seen before.
+        if !inner.registries.contains_key(r.registry) {
+            inner
+                .registries
+                .insert(r.registry.to_owned(), Default::default());
+        }
+        if let Some(reg) = inner.registries.get_mut(r.registry) {
+            reg.requests += 1;
+            reg.bytes += r.bytes;
+        }
         if let Some(repo) = r.repo {
             let key = (r.registry.to_owned(), repo.to_owned());
             *inner.repos.entry(key).or_default() += r.bytes;

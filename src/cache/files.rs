@@ -31,7 +31,14 @@ pub(super) fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
 
 /// Where the object `d` is stored under the store's folder `dir`.
 pub(super) fn object_path(dir: &Path, d: &Digest) -> PathBuf {
-    dir.join("objects/sha256").join(&d.hex()[..2]).join(d.hex())
+    // One allocation (this is on every cache hit): room for `/objects/sha256/xx/<hex>`.
+    let hex = d.hex();
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 20 + hex.len());
+    path.push(dir);
+    path.push("objects/sha256");
+    path.push(&hex[..2]);
+    path.push(hex);
+    path
 }
 
 pub(super) fn meta_path(object: &Path) -> PathBuf {

@@ -10,6 +10,19 @@ use super::Digest;
 pub const MAX_REFS: usize = 1024;
 
 impl Store {
+    /// The size and media type of `digest` when it is stored and the upstream confirmed that
+    /// `registry`/`repo` has it (as [`Store::has_ref`]), from the index alone (a HEAD needs no
+    /// file); counts as a use for eviction.
+    pub fn stored_in(&self, digest: &Digest, registry: &str, repo: &str) -> Option<(u64, String)> {
+        let mut state = self.lock();
+        let entry = state.objects.get_mut(digest)?;
+        if !entry.refs.iter().any(|(r, p)| r == registry && p == repo) {
+            return None;
+        }
+        entry.last_used = std::time::SystemTime::now();
+        Some((entry.size, entry.media_type.clone()))
+    }
+
     /// Whether the upstream confirmed that `registry`/`repo` has `digest` (it was fetched from
     /// there, or a check there succeeded).
     pub fn has_ref(&self, digest: &Digest, registry: &str, repo: &str) -> bool {

@@ -1,6 +1,8 @@
 //! The label sets of the metrics, and their values in lower case (`intercepted`, `5xx`), as
 //! Prometheus convention has them.
 
+use std::borrow::Cow;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 /// What a registry request was for.
@@ -15,10 +17,19 @@ pub enum Kind {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub registry: String,
-    pub method: String,
+    /// Borrowed for the standard methods (no allocation per request).
+    pub method: Cow<'static, str>,
     pub kind: Kind,
-    /// "2xx", "3xx", "4xx", "5xx".
-    pub status: String,
+    /// "2xx", "3xx", "4xx", "5xx" ([`status_class`]).
+    pub status: &'static str,
+}
+
+/// A status code's class as the `status` label has it ("2xx"; HTTP codes are 100..=999).
+pub fn status_class(code: u16) -> &'static str {
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    CLASSES[usize::from(code / 100).min(9)]
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -22,11 +22,11 @@ mod text;
 mod tier;
 
 pub use labels::{
-    DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels, HttpLabels, Kind,
-    KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, MirrorSkip, MirrorSkipLabels,
-    Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation, RevalidationLabels, Source,
-    SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels, WarmJobLabels, WarmLabels,
-    WarmObjectLabels,
+    status_class, DnsLabels, DnsOutcome, Expired, ExpiredLabels, Handshake, HandshakeLabels,
+    HttpLabels, Kind, KindLabels, Listener, ListenerLabels, MirrorLabels, MirrorResult, MirrorSkip,
+    MirrorSkipLabels, Reason, RegistryLabels, Rejected, RejectedLabels, Revalidation,
+    RevalidationLabels, Source, SourceLabels, TagAnswer, TagRuleLabels, UpstreamErrorLabels,
+    WarmJobLabels, WarmLabels, WarmObjectLabels,
 };
 pub use labels::{PeerLabels, PeerResult};
 

@@ -14,6 +14,7 @@ use super::confirm::{Expect, Verdict};
 use super::request::Outbound;
 use super::response::{challenge_response, error_response, relay};
 use super::{Body, Error, Proxy};
+use crate::sync::ReadWrite;
 
 impl Proxy {
     /// Whether the upstream would serve this object (`expect`) in `repo` to this client.
@@ -31,10 +32,7 @@ impl Proxy {
         confirmed: bool,
     ) -> Result<(), Response<Body>> {
         let (registry, cred) = (&out.route.host, &out.cred);
-        let ttl = self.policy().auth_ttl;
-        let remembered =
-            self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl);
-        if confirmed && remembered {
+        if confirmed && self.remembered(out, repo) {
             return Ok(());
         }
         let outage = match self.check(&out.url, &out.headers, expect).await {
@@ -67,6 +65,14 @@ impl Proxy {
             true => error_response(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", &message),
             false => error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &message),
         })
+    }
+
+    /// Whether the upstream served `repo` to this client (or to anyone: public) within
+    /// `auth_ttl`. Alone it proves nothing about a digest: see [`Proxy::authorize`].
+    pub(super) fn remembered(&self, out: &Outbound<'_>, repo: &str) -> bool {
+        let (registry, cred) = (&out.route.host, &out.cred);
+        let ttl = self.policy.read_now().auth_ttl;
+        self.auth.public(registry, repo, ttl) || self.auth.granted(cred, registry, repo, ttl)
     }
 
     /// The upstream did not serve the object: for a HEAD, its own first answer when there is one

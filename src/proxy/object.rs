@@ -17,7 +17,7 @@ use super::download::{Download, Started};
 use super::outcome::CacheOutcome;
 use super::peer::Owner;
 use super::request::Outbound;
-use super::response::{relay, serve_fill, serve_reader};
+use super::response::{relay, serve_fill, serve_head, serve_reader};
 use super::shared::Shared;
 use super::{Body, Error, Proxy};
 use crate::cache::{Claim, Digest, Fill, FillState, FillWriter, Reader};
@@ -30,7 +30,13 @@ impl Proxy {
         repo: &str,
         digest: Digest,
     ) -> Result<Response<Body>, Error> {
-        let partial = out.method == Method::HEAD || out.headers.contains_key(header::RANGE);
+        let ranged = out.headers.contains_key(header::RANGE);
+        if out.method == Method::HEAD && !ranged {
+            if let Some(resp) = self.head_from_index(out, repo, &digest) {
+                return Ok(resp);
+            }
+        }
+        let partial = out.method == Method::HEAD || ranged;
         // Partial and HEAD requests are served from the cache only when it has the object.
         let claim = match partial {
             true => match self.cache.get(&digest) {
@@ -47,8 +53,7 @@ impl Proxy {
         };
         match claim {
             Claim::Hit(reader) => {
-                let (expect, confirmed) = self.stored_evidence(out, repo, digest, &reader);
-                if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
+                if let Err(refused) = self.authorize_stored(out, repo, digest, &reader).await {
                     return Ok(refused);
                 }
                 let (range, head) = (out.headers.get(header::RANGE), out.method == Method::HEAD);
@@ -76,24 +81,43 @@ impl Proxy {
         }
     }
 
-    /// What the upstream must show for a stored object (its size and bytes at two offsets), and
-    /// whether it already confirmed that this repository has it.
-    fn stored_evidence(
+    /// A HEAD of a stored object that this client may read without asking the upstream (the
+    /// repository is confirmed to have it and the client's access is remembered: the first
+    /// test of [`Proxy::authorize`]), answered from the index without opening the file.
+    fn head_from_index(
         &self,
+        out: &Outbound<'_>,
+        repo: &str,
+        digest: &Digest,
+    ) -> Option<Response<Body>> {
+        let (size, media_type) = self.cache.stored_in(digest, &out.route.host, repo)?;
+        let allowed = self.remembered(out, repo);
+        allowed.then(|| serve_head(size, &media_type, digest, CacheOutcome::Hit))
+    }
+
+    /// Whether this client may read a stored object in `repo` ([`Proxy::authorize`]): at once
+    /// when the upstream already confirmed that this repository has the digest and the client's
+    /// access (or the repository's being public) is remembered; otherwise the upstream must show
+    /// the object's size and its bytes at two offsets, which are read from the file only then.
+    async fn authorize_stored(
+        self: &Arc<Self>,
         out: &Outbound<'_>,
         repo: &str,
         digest: Digest,
         reader: &Reader,
-    ) -> (Expect, bool) {
-        let at = random_offset(reader.size);
+    ) -> Result<(), Response<Body>> {
         let confirmed = self.cache.has_ref(&digest, &out.route.host, repo);
+        if confirmed && self.remembered(out, repo) {
+            return Ok(());
+        }
+        let at = random_offset(reader.size);
         let expect = Expect {
             digest: Some(digest),
             size: Some(reader.size),
             first: reader.byte_at(0),
             sample: reader.byte_at(at).map(|b| (at, b)),
         };
-        (expect, confirmed)
+        self.authorize(out, repo, &expect, confirmed).await
     }
 
     /// Starts the upstream download in its own task (it goes on for the cache and the other

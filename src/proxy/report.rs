@@ -1,10 +1,11 @@
 //! What a finished request tells the rest of the appliance: the access-log line, the request
 //! metrics and the status page's counts, all from the response's typed [`CacheOutcome`].
 
+use std::borrow::Cow;
 use std::time::Instant;
 
-use http::header;
 use http::response::Parts;
+use http::{header, Method};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
@@ -13,8 +14,8 @@ use super::endpoint::Endpoint;
 use super::outcome::CacheOutcome;
 use super::{Body, Proxy};
 use crate::metrics::{
-    HttpLabels, Kind, KindLabels, Metrics, Revalidation, RevalidationLabels, Source, SourceLabels,
-    Tier,
+    status_class, HttpLabels, Kind, KindLabels, Metrics, Revalidation, RevalidationLabels, Source,
+    SourceLabels, Tier,
 };
 use crate::status::RequestRecord;
 
@@ -23,7 +24,7 @@ pub(super) struct Report {
     /// The registry (route) name; `None` for names that are not ours.
     registry: Option<String>,
     repo: Option<String>,
-    method: String,
+    method: Method,
     kind: Kind,
     started: Instant,
 }
@@ -33,7 +34,7 @@ impl Report {
         Self {
             registry,
             repo: endpoint.repo().map(str::to_owned),
-            method: req.method().as_str().to_owned(),
+            method: req.method().clone(),
             kind: endpoint.kind(req.uri().path()),
             started: Instant::now(),
         }
@@ -70,9 +71,9 @@ impl Report {
             let kind = self.kind;
             let labels = HttpLabels {
                 registry: registry.clone(),
-                method: self.method,
+                method: method_label(&self.method),
                 kind,
-                status: format!("{}xx", status.as_u16() / 100),
+                status: status_class(status.as_u16()),
             };
             metrics.http_requests.get_or_create(&labels).inc();
             (metrics
@@ -92,9 +93,28 @@ impl Report {
     }
 }
 
+/// The `method` label: borrowed for the standard methods, so no allocation per request.
+fn method_label(method: &Method) -> Cow<'static, str> {
+    static STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    match STANDARD.iter().find(|m| *m == method) {
+        Some(m) => Cow::Borrowed(m.as_str()),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
 /// The body length a response declares: 0 for HEAD, 204 and 304, else its Content-Length.
-fn declared_length(parts: &Parts, method: &str) -> Option<u64> {
-    if method == "HEAD" || matches!(parts.status.as_u16(), 204 | 304) {
+fn declared_length(parts: &Parts, method: &Method) -> Option<u64> {
+    if *method == Method::HEAD || matches!(parts.status.as_u16(), 204 | 304) {
         return Some(0);
     }
     let length = parts.headers.get(header::CONTENT_LENGTH);

@@ -131,11 +131,10 @@ impl Proxy {
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let path = match mirror {
-            true => without_namespace(path),
-            false => path.to_owned(),
+        let url = match mirror {
+            true => format!("{}{}", route.upstream, without_namespace(path)),
+            false => [route.upstream.as_str(), path].concat(),
         };
-        let url = format!("{}{}", route.upstream, path);
         let mut headers = forwardable(&parts.headers);
         let from_peer = headers.remove(super::PEER_HEADER).is_some();
         let method = parts.method;
@@ -203,12 +202,10 @@ fn without_namespace(path_and_query: &str) -> String {
 
 /// The Host the client asked for: the `Host` header (HTTP/1) or the URI authority (HTTP/2).
 fn request_host(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
+    let host = (req.headers().get(header::HOST))
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-        .map(|h| super::strip_port(&h).to_ascii_lowercase())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    Some(super::strip_port(host).to_ascii_lowercase())
 }
 
 /// The request headers minus hop-by-hop ones (and those the `Connection` header names).

@@ -98,17 +98,41 @@ fn stream_body(
     BodyExt::boxed_unsync(StreamBody::new(frames))
 }
 
-/// The headers that describe a stored object: type, digest, ETag.
+/// The headers that describe a stored object: type, digest, ETag (the digest and the ETag
+/// share one buffer: `"sha256:<hex>"`).
 pub(super) fn object_headers(h: &mut HeaderMap, media_type: &str, digest: &Digest) {
     if let Ok(v) = HeaderValue::try_from(media_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    if let Ok(v) = HeaderValue::try_from(digest.to_string()) {
+    let mut quoted = Vec::with_capacity(73);
+    quoted.extend_from_slice(b"\"sha256:");
+    quoted.extend_from_slice(digest.hex().as_bytes());
+    quoted.push(b'"');
+    let quoted = Bytes::from(quoted);
+    let bare = quoted.slice(1..quoted.len() - 1);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bare) {
         h.insert(DOCKER_CONTENT_DIGEST, v);
     }
-    if let Ok(v) = HeaderValue::try_from(format!("\"{digest}\"")) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(quoted) {
         h.insert(header::ETAG, v);
     }
+}
+
+/// The answer to a HEAD of a stored object (type, digest, ETag, cache outcome, length), and the
+/// head of its whole GET.
+pub(super) fn serve_head(
+    size: u64,
+    media_type: &str,
+    digest: &Digest,
+    outcome: CacheOutcome,
+) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    object_headers(resp.headers_mut(), media_type, digest);
+    outcome.mark(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp
 }
 
 /// A stored object: whole (200), a byte range (206) or an unsatisfiable range (416).
@@ -119,11 +143,7 @@ pub(super) fn serve_reader(
     outcome: CacheOutcome,
 ) -> Response<Body> {
     let size = reader.size;
-    let mut resp = Response::new(empty());
-    object_headers(resp.headers_mut(), &reader.media_type, &reader.digest);
-    outcome.mark(&mut resp);
-    resp.headers_mut()
-        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let mut resp = serve_head(size, &reader.media_type, &reader.digest, outcome);
     let span = match range.map(|r| parse_range(r, size)) {
         None => None,
         Some(Some(span)) => Some(span),
@@ -131,6 +151,7 @@ pub(super) fn serve_reader(
             *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             let v = HeaderValue::try_from(format!("bytes */{size}")).expect("ASCII");
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
             return resp;
         }
     };

@@ -65,6 +65,13 @@ async fn blobs_are_fetched_once_then_served_from_disk_with_ranges() {
         .await;
     assert_eq!((head.status(), x_cache(&head)), (StatusCode::OK, "HIT"));
     assert!(head.body().is_empty());
+    // Answered from the index (the grant is remembered): the same head as a GET's.
+    let length = blob().len().to_string();
+    assert_eq!(head.headers()["content-length"], length.as_str());
+    assert_eq!(
+        head.headers()["docker-content-digest"],
+        digest_of(&blob()).as_str()
+    );
     assert_eq!(w.registry.count("GET", &path), 1);
 }
 

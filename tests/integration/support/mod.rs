@@ -73,6 +73,19 @@ impl SharedBuf {
     }
 }
 
+/// The appliance's access log as a test reads it: lines still buffered are written out first.
+pub struct LogText {
+    buf: SharedBuf,
+    log: AccessLog,
+}
+
+impl LogText {
+    pub fn text(&self) -> String {
+        self.log.flush();
+        self.buf.text()
+    }
+}
+
 /// The appliance, running in-process.
 pub struct Appliance {
     pub dns: SocketAddr,
@@ -81,7 +94,7 @@ pub struct Appliance {
     pub http: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub ca_pem: String,
-    pub log: SharedBuf,
+    pub log: LogText,
     pub cache: std::sync::Arc<regcache::cache::Store>,
     /// The configuration it was started with.
     pub config: regcache::config::Config,
@@ -128,7 +141,8 @@ impl Appliance {
         }
         let log = SharedBuf::default();
         let started_with = config.clone();
-        let bound = regcache::app::build(config, AccessLog::to_writer(Box::new(log.clone())))
+        let access = AccessLog::to_writer(Box::new(log.clone()));
+        let bound = regcache::app::build(config, access.clone())
             .await
             .expect("appliance starts");
         let (dns, https, admin) = (bound.dns_addrs[0], bound.https_addrs[0], bound.admin_addr);
@@ -145,7 +159,10 @@ impl Appliance {
             http,
             admin,
             ca_pem,
-            log,
+            log: LogText {
+                buf: log,
+                log: access,
+            },
             cache,
             config: started_with,
             tier,

@@ -1,122 +1,39 @@
 //! The access log: one line per request in nginx's `main` format with the registry host last (or
 //! JSON with the same fields and more),
-//! written when the response body ends (or is abandoned), so `$body_bytes_sent` is what was sent.
+//! made when the response body ends (or is abandoned), so `$body_bytes_sent` is what was sent,
+//! formatted straight into the buffer of [`AccessLog`] (`sink.rs`), which writes it out within
+//! [`FLUSH_DELAY`].
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, REFERER, USER_AGENT};
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use time::OffsetDateTime;
 
+mod sink;
+
+pub use sink::{AccessLog, FLUSH_DELAY};
+
 use super::outcome::CacheOutcome;
 use super::{Body, BoxError};
-use crate::config::{AccessFormat, LogConfig};
-use crate::sync::Locked;
 
-/// Where access-log lines go, and in which format. Cloning shares the sink.
-#[derive(Clone)]
-pub struct AccessLog {
-    /// std Mutex, never held across .await: one whole line is written under the lock.
-    sink: Arc<Mutex<Sink>>,
-}
-
-struct Sink {
-    writer: Box<dyn Write + Send>,
-    /// The file behind `writer`, reopened by [`AccessLog::reopen`]; `None` for stdout.
-    path: Option<PathBuf>,
-    format: AccessFormat,
-}
-
-impl AccessLog {
-    pub fn stdout() -> Self {
-        Self::to_writer(Box::new(std::io::stdout()))
-    }
-
-    pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
-        Self::with(writer, None, AccessFormat::Main)
-    }
-
-    fn with(writer: Box<dyn Write + Send>, path: Option<PathBuf>, format: AccessFormat) -> Self {
-        Self {
-            sink: Arc::new(Mutex::new(Sink {
-                writer,
-                path,
-                format,
-            })),
-        }
-    }
-
-    /// The access log `log` asks for: stdout or an appended file, main or JSON.
-    pub fn open(log: &LogConfig) -> std::io::Result<Self> {
-        let this = Self::stdout();
-        this.configure(log)?;
-        Ok(this)
-    }
-
-    /// Switches format and target (on reload); a file is opened for appending.
-    pub fn configure(&self, log: &LogConfig) -> std::io::Result<()> {
-        let writer: Box<dyn Write + Send> = match &log.access_file {
-            Some(path) => Box::new(append(path)?),
-            None => Box::new(std::io::stdout()),
-        };
-        let mut sink = self.sink.locked();
-        let _ = sink.writer.flush();
-        *sink = Sink {
-            writer,
-            path: log.access_file.clone(),
-            format: log.access_format,
-        };
-        Ok(())
-    }
-
-    /// Reopens the file (after logrotate moved it away); nothing for stdout.
-    pub fn reopen(&self) -> std::io::Result<()> {
-        let mut sink = self.sink.locked();
-        if let Some(path) = sink.path.clone() {
-            let _ = sink.writer.flush();
-            sink.writer = Box::new(append(&path)?);
-        }
-        Ok(())
-    }
-
-    fn write(&self, entry: &Entry, status: StatusCode, bytes: u64) {
-        let mut sink = self.sink.locked();
-        let line = match sink.format {
-            AccessFormat::Main => entry.line(status, bytes),
-            AccessFormat::Json => entry.json(status, bytes),
-        };
-        if let Err(e) = writeln!(sink.writer, "{line}").and_then(|()| sink.writer.flush()) {
-            tracing::warn!(error = %e, "cannot write the access log");
-        }
-    }
-}
-
-fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-}
-
-/// The request half of a log line, captured before the request is forwarded (raw values;
-/// each format escapes them its own way).
+/// The request half of a log line, captured before the request is forwarded (raw values, most
+/// of them shared with the request rather than copied; each format escapes them its own way).
 pub struct Entry {
     remote: IpAddr,
     user: Option<String>,
     time: OffsetDateTime,
     started: std::time::Instant,
-    method: String,
-    uri: String,
-    protocol: String,
-    referer: Option<String>,
-    user_agent: Option<String>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
     host: String,
     /// What the cache did, once the response head is known.
     cache: Option<CacheOutcome>,
@@ -133,20 +50,16 @@ impl Entry {
         headers: &HeaderMap,
         host: &str,
     ) -> Self {
-        let header = |name| {
-            (headers.get(name))
-                .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
         Self {
             remote: remote.to_canonical(),
             user: basic_user(headers),
             time: OffsetDateTime::now_utc(),
             started: std::time::Instant::now(),
-            method: method.to_string(),
-            uri: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            protocol: format!("{version:?}"),
-            referer: header(REFERER),
-            user_agent: header(USER_AGENT),
+            method: method.clone(),
+            uri: uri.clone(),
+            version,
+            referer: headers.get(REFERER).cloned(),
+            user_agent: headers.get(USER_AGENT).cloned(),
             host: host.to_owned(),
             cache: None,
             upstream_time: None,
@@ -161,23 +74,56 @@ impl Entry {
         }
     }
 
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_11 => "HTTP/1.1",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/?",
+        }
+    }
+
     /// The full `main`-format line.
     pub fn line(&self, status: StatusCode, bytes: u64) -> String {
-        const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-            "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
-        );
-        let time = self.time.format(FORMAT).unwrap_or_default();
-        let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "-".to_owned(), escape);
-        format!(
-            "{} - {} [{time}] \"{}\" {} {bytes} \"{}\" \"{}\" \"{}\"",
-            self.remote,
-            dash(&self.user),
-            escape(&format!("{} {} {}", self.method, self.uri, self.protocol)),
-            status.as_u16(),
-            dash(&self.referer),
-            dash(&self.user_agent),
-            escape(&self.host)
-        )
+        let mut out = Vec::with_capacity(256);
+        self.write_line(&mut out, status, bytes);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Appends the `main`-format line (without its newline) to `out`, allocating nothing else.
+    fn write_line(&self, out: &mut Vec<u8>, status: StatusCode, bytes: u64) {
+        let dash = |out: &mut Vec<u8>, v: Option<&[u8]>| match v {
+            Some(v) => escape_into(out, v),
+            None => out.push(b'-'),
+        };
+        push_ip(out, self.remote);
+        out.extend_from_slice(b" - ");
+        dash(out, self.user.as_deref().map(str::as_bytes));
+        out.extend_from_slice(b" [");
+        push_time(out, self.time);
+        out.extend_from_slice(b"] \"");
+        escape_into(out, self.method.as_str().as_bytes());
+        out.push(b' ');
+        escape_into(out, self.path().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.protocol().as_bytes());
+        out.extend_from_slice(b"\" ");
+        push_u64(out, u64::from(status.as_u16()));
+        out.push(b' ');
+        push_u64(out, bytes);
+        out.extend_from_slice(b" \"");
+        dash(out, self.referer.as_ref().map(HeaderValue::as_bytes));
+        out.extend_from_slice(b"\" \"");
+        dash(out, self.user_agent.as_ref().map(HeaderValue::as_bytes));
+        out.extend_from_slice(b"\" \"");
+        escape_into(out, self.host.as_bytes());
+        out.push(b'"');
     }
 
     /// The same fields as one JSON object, plus cache status, request and upstream time.
@@ -185,18 +131,23 @@ impl Entry {
         let time = (self.time)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
+        let text = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let (method, uri, protocol) = (self.method.as_str(), self.path(), self.protocol());
         serde_json::json!({
             "time": time,
             "remote_addr": self.remote.to_string(),
             "remote_user": self.user,
-            "request": format!("{} {} {}", self.method, self.uri, self.protocol),
-            "method": self.method,
-            "uri": self.uri,
-            "protocol": self.protocol,
+            "request": format!("{method} {uri} {protocol}"),
+            "method": method,
+            "uri": uri,
+            "protocol": protocol,
             "status": status.as_u16(),
             "body_bytes_sent": bytes,
-            "http_referer": self.referer,
-            "http_user_agent": self.user_agent,
+            "http_referer": text(&self.referer),
+            "http_user_agent": text(&self.user_agent),
             "host": self.host,
             "cache": self.cache.map(CacheOutcome::as_str),
             "request_time": self.started.elapsed().as_secs_f64(),
@@ -316,17 +267,72 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
     (!user.is_empty()).then(|| user.to_owned())
 }
 
-/// nginx-style escaping: `"`, `\`, control and non-ASCII bytes become `\xHH`.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("\\x{b:02X}"));
-        } else {
-            out.push(b as char);
+/// `n` in decimal, without the formatting machinery.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    out
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// The client's address: IPv4 by hand (nearly every line), IPv6 through `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => drop(write!(out, "{v6}")),
+    }
+}
+
+/// `02/Sep/2025:15:00:21 +0000`, formatted once per second per thread and copied after that.
+fn push_time(out: &mut Vec<u8>, time: OffsetDateTime) {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+    );
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, Vec<u8>)> = const { std::cell::RefCell::new((i64::MIN, Vec::new())) };
+    }
+    LAST.with_borrow_mut(|(second, text)| {
+        if *second != time.unix_timestamp() {
+            text.clear();
+            if time.format_into(text, FORMAT).is_err() {
+                text.clear();
+            }
+            *second = time.unix_timestamp();
+        }
+        out.extend_from_slice(text);
+    });
+}
+
+/// nginx-style escaping onto `out`: `"`, `\\`, control and non-ASCII bytes become `\\xHH`.
+fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.push(b);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -379,5 +385,31 @@ mod tests {
         assert!(line.contains("\"HEAD /v2/ HTTP/2.0\" 401 0"), "{line}");
         assert!(line.contains("evil\\x22agent"), "{line}");
         assert!(!line.contains("secret"));
+    }
+
+    #[test]
+    fn numbers_addresses_and_times_written_by_hand_match_display() {
+        for n in [0, 7, 10, 546, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "10.255.0.19",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+        // The per-second cache gives each second its own text.
+        let mut out = Vec::new();
+        push_time(&mut out, time::macros::datetime!(2025-09-02 15:00:21 UTC));
+        push_time(&mut out, time::macros::datetime!(2025-09-02 15:00:22 UTC));
+        assert_eq!(out, b"02/Sep/2025:15:00:21 +000002/Sep/2025:15:00:22 +0000");
     }
 }
