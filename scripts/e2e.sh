@@ -8,7 +8,8 @@
 # This file is the driver. The world (namespaces APP and CLI, the upstream registries, token service, CDN
 # and resolver, the seeded images; everything minted and generated at run time, no internet) is set up by
 # scripts/e2e/world.sh, the appliance and the client dockerd by scripts/e2e/appliance.sh, with the shared
-# scripts/lib/ (processes, namespaces, PKI, upstreams, checks, stats.py; bench/run.sh uses it too).
+# scripts/lib/ (processes, namespaces, PKI, upstreams, checks, a Garage cluster and a fleet's LAN,
+# stats.py; bench/run.sh uses it too).
 # Then the phases run in order, each a file scripts/e2e/phases/NN-NAME.sh that says what it checks:
 #
 #   world        the upstreams on their own, before the appliance starts
@@ -25,6 +26,7 @@
 #   compose      docker-compose.yml with the image of scripts/docker-image.sh
 #   corporate-proxy  a second appliance whose only way out is tinyproxy (upstream.proxy; skopeo, dockerd)
 #   mirrors      blobs by digest from verified mirrors while the upstream answers 429; bad copies remembered
+#   fleet        three appliances sharing one CA, a Garage S3 bucket and a [fleet] peer list (issue 11)
 #
 # A phase declares what it needs in PHASE_NEEDS and the driver provides it (need): appliance (the first
 # appliance running; its start makes the setup checks: config rejected, ca cert, listening lines, admin),
@@ -44,7 +46,8 @@
 # names, or main = every phase but attacks and faults, trust = attacks,faults), E2E_KEEP=1, E2E_WORKDIR
 # (parent of the work dir, default /tmp), PYTHON (default /usr/bin/python3), RUST_LOG (passed to regcache
 # when set). Tools besides those checked at start (a missing one fails or skips its checks):
-# docker-compose (v1), setcap/getcap (libcap2-bin), promtool (prometheus), ctr (containerd).
+# docker-compose (v1), setcap/getcap (libcap2-bin), promtool (prometheus), ctr (containerd), garage (Garage
+# 2.5 at /opt/garage/bin/garage or GARAGE_BIN; scripts/test.sh builds it), tc (iproute2).
 set -Eeuo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 
@@ -65,6 +68,10 @@ W='' LOGS=''
 . "$LIB/upstream.sh"
 # shellcheck source=lib/check.sh
 . "$LIB/check.sh"
+# shellcheck source=lib/garage.sh
+. "$LIB/garage.sh"
+# shellcheck source=lib/fleet.sh
+. "$LIB/fleet.sh"
 # shellcheck source=e2e/world.sh
 . "$ASSETS/world.sh"
 # shellcheck source=e2e/appliance.sh
@@ -134,7 +141,8 @@ for tool in ip dig curl openssl jq skopeo podman dockerd docker docker-registry 
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 single_run "${BASH_SOURCE[0]}"
-trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS"' EXIT
+EXTRA_NS=()   # namespaces a phase adds (removed at the end even when the phase did not finish)
+trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS" "${EXTRA_NS[@]}"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 # report setup errors of the main shell (checks run in subshells and report for themselves)

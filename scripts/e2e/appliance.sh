@@ -61,19 +61,19 @@ admin_checks() {
         <(openssl x509 -in "$W/regcache-ca.crt" -noout -fingerprint -sha256)
 }
 # the client namespace trusts the appliance CA only (system store and certs.d/<host> for every
-# intercepted host, as the README's client setup does)
+# intercepted host, as the README's client setup does); [NS CA-FILE]: another namespace and CA (fleet)
 setup_client_trust() {
-    local d=/etc/netns/$CLI_NS host
+    local d=/etc/netns/${1:-$CLI_NS} ca=${2:-$W/regcache-ca.crt} host
     mkdir -p "$d/docker/certs.d"
     cp -a /etc/containers "$d/containers"
     mkdir -p "$d/containers/certs.d"
     for host in "${INTERCEPTED[@]}"; do
         mkdir -p "$d/docker/certs.d/$host" "$d/containers/certs.d/$host"
-        cp "$W/regcache-ca.crt" "$d/docker/certs.d/$host/ca.crt"
-        cp "$W/regcache-ca.crt" "$d/containers/certs.d/$host/ca.crt"
+        cp "$ca" "$d/docker/certs.d/$host/ca.crt"
+        cp "$ca" "$d/containers/certs.d/$host/ca.crt"
     done
     cp -a /etc/ssl "$d/ssl"
-    cat "$W/regcache-ca.crt" >>"$d/ssl/certs/ca-certificates.crt"
+    cat "$ca" >>"$d/ssl/certs/ca-certificates.crt"
 }
 
 # appliance_up: config.toml (a copy of config-plain.toml; config-creds.toml carries the appliance's own
