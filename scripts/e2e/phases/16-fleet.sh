@@ -19,7 +19,8 @@
 #     refused to anonymous and wrong-password clients through 2 and 3, and to a client forging the peer
 #     header; Docker Hub's private repository refused anonymously through 2;
 #   - appliance 1 stopped: the client (resolver list = the three, answers list all three) moves on;
-#   - Garage stopped: pulls keep working; Garage back: objects are uploaded again and shared.
+#   - Garage stopped: pulls keep working, /metrics counts the store down and its errors; Garage back:
+#     objects are uploaded again and shared, and what was filled meanwhile is uploaded.
 # FLEET_BIG_MIB (default 512) sizes the concurrent blob. Everything the phase starts is stopped, its
 # namespaces removed, at its end.
 PHASE_NEEDS=(upstreams)
@@ -178,7 +179,7 @@ fl_seed_blob() { # KEY REPO MIB: a random blob, no manifest; DIGEST[KEY]
     local f=$FW/blob.bin d
     head -c "$(($3 << 20))" /dev/urandom >"$f"
     d=sha256:$(sha256sum "$f" | cut -d' ' -f1)
-    push_blob "$NVCR_HOST" "$2" "$f" "$d"
+    push_blob "$NVCR_HOST" "$2" "$f" "$d" || { rm -f "$f"; echo "push of $2's $3 MiB blob failed"; return 1; }
     rm -f "$f"
     DIGEST[$1]=$d
 }
@@ -432,6 +433,12 @@ fl_client_moves_on() { # appliance 1 stopped: the client resolves through the ot
     expect_eq "$got" "${DIGEST[fleet-app]}" "skopeo inspect through the fleet"
 }
 
+fl_metrics() { ip netns exec "${FL_NS[$1 - 1]}" curl -sSf --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics"; } # N
+# fl_store_metrics N: appliance N's shared-store series; prints "UP ERRORS" (store_up, errors summed)
+fl_store_metrics() {
+    fl_metrics "$1" | awk '/^regcache_tier_store_up\{tier="shared"\}/ { up = $2 }
+        /^regcache_tier_errors_total\{tier="shared"/ { e += $2 } END { print up + 0, e + 0 }'
+}
 fl_store_down_pulls() { # Garage stopped: an image not seen yet, and one seen, pulled through 2 and 3
     fl_copy_ok 2 "$NVCR_HOST/fleet/down:1" fleet-down
     fl_copy_ok 3 "$NVCR_HOST/fleet/app:1" fleet-app
@@ -441,6 +448,12 @@ fl_store_down_pulls() { # Garage stopped: an image not seen yet, and one seen, p
         http_code_in 200 ip netns exec "${FL_NS[n - 1]}" curl -sS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/healthz"
     done
     echo "every appliance's /healthz is 200 with the store down"
+    # the failure is counted: the store marked down, its errors counted (on appliance 2, which asked it)
+    local up errors
+    read -r up errors < <(fl_store_metrics 2)
+    fl_metrics 2 | grep -E '^regcache_tier_(store_up|errors_total)' || true
+    expect_eq "$up" 0 "appliance 2's regcache_tier_store_up{tier=\"shared\"}"
+    ((errors > 0)) || { echo "no regcache_tier_errors_total{tier=\"shared\"} counted"; return 1; }
 }
 fl_sharing_resumes() { # Garage back: a new image through 1 reaches the bucket, then 3 pulls it without the upstream
     local m
@@ -451,6 +464,15 @@ fl_sharing_resumes() { # Garage back: a new image through 1 reaches the bucket, 
     fl_copy_ok 3 "$NVCR_HOST/fleet/after:1" fleet-after
     fl_settle
     expect_eq "$(fl_blob_gets nvcr "$m" fleet/after)" 0 "upstream blob GETs of fleet/after through appliance 3"
+    # the appliances that used the store since see it up again (one marked down and not asked since
+    # keeps its mark until its next request)
+    local n up errors ups=0
+    for n in 1 2 3; do
+        read -r up errors < <(fl_store_metrics "$n")
+        echo "appliance $n: regcache_tier_store_up{tier=\"shared\"} $up, shared-store errors so far $errors"
+        ups=$((ups + up))
+    done
+    ((ups >= 1)) || { echo "no appliance sees the store up again"; return 1; }
 }
 fl_catches_up() { # what was filled while the store was down is uploaded once it is back
     # shellcheck disable=SC2046
@@ -464,6 +486,8 @@ fl_teardown() {
     stop_forget "$FL_FWD_PID" "$FL_DOCKERD_PID"
     FL_FWD_PID='' FL_DOCKERD_PID=''
     for n in "$FCLI_NS" "${FL_NS[@]}" "$LAN_NS"; do remove_ns "$n"; done
+    # the bulk (caches, Garage's data, the clients' stores: about 4 GB), not the configs and logs
+    rm -rf "$FW"/f[123]/state/cache "$FW"/garage/n[123]/data "$FW/docker/data" "$FW/podman" "$FW"/oci-* "$FW"/big "$FW"/kill
 }
 
 phase_run() {
@@ -502,7 +526,8 @@ phase_run() {
     run_check "fleet: appliance 1 stopped: a client resolving through the fleet moves on to appliance 2" fl_client_moves_on
     run_check_here "fleet: appliance 1 starts again" fl_start 1 -again
     garage_stop
-    run_check "fleet: Garage stopped: pulls through each appliance keep working" fl_store_down_pulls
+    run_check "fleet: Garage stopped: pulls through each appliance keep working; the store is counted down (/metrics)" \
+        fl_store_down_pulls
     run_check_here "fleet: Garage starts again" garage_start_ready
     run_check "fleet: Garage back: a new image reaches the bucket and is shared (no upstream blob GET)" fl_sharing_resumes
     run_check "fleet: what was filled while Garage was down is uploaded once it is back" fl_catches_up
