@@ -26,6 +26,10 @@
 #      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
 #      x-cache-status: HIT.
 #
+#   5. unless BENCH_FLEET=0, the fleet (bench/fleet.sh; needs Garage, /opt/garage/bin/garage, else skipped):
+#      three appliances sharing a three-node Garage bucket; a warm blob from the shared tier vs the local
+#      disk vs direct, and the cold fleet fill (upstream GETs, wall time) for N = 1, 2, 3 appliances.
+#
 #   0. DNS (bench/dns.sh): dnsperf against regcache and against dnsmasq in the same namespace, for the
 #      intercepted name and for a forwarded one, interleaved runs; medians, ranges, p99, ratios and the
 #      load average before and after. Skipped when dnsperf is not installed (apt-get install dnsperf).
@@ -55,7 +59,9 @@
 # service is never used: the bench starts its own nginx in its namespace and stops it by PID),
 # BENCH_ONLY=dns (only the DNS section: no image, no upstream registry), BENCH_ONLY=small (only the
 # small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
-# (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_DNS_RUNS (default 5),
+# (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_ONLY=fleet
+# (only the fleet section: no image; FLEET_WARM_MIB, FLEET_COLD_MIB, FLEET_CLIENTS, see bench/fleet.sh),
+# BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
 # BENCH_NS (namespace prefix, default rcbench), PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
@@ -76,6 +82,10 @@ W='' LOGS='' OK=0
 . "$LIB/pki.sh"
 # shellcheck source=../scripts/lib/upstream.sh
 . "$LIB/upstream.sh"
+# shellcheck source=../scripts/lib/garage.sh
+. "$LIB/garage.sh"
+# shellcheck source=../scripts/lib/fleet.sh
+. "$LIB/fleet.sh"
 hermetic_mounts rcbench
 
 # BENCH_NS (default rcbench): the namespaces' prefix, so that two worktrees' benches do not tear
@@ -120,7 +130,8 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY == dns || $BENCH_ONLY == small ]] || die "BENCH_ONLY must be empty, dns or small"
+[[ -z $BENCH_ONLY || $BENCH_ONLY == dns || $BENCH_ONLY == small || $BENCH_ONLY == fleet ]] ||
+    die "BENCH_ONLY must be empty, dns, small or fleet"
 [[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
 case $BENCH_ONLY in
@@ -144,7 +155,8 @@ if [[ $BENCH_NGINX == 1 && -z $NGINX_BIN ]]; then
     info "no nginx (apt-get install nginx-light): no nginx contestant"; BENCH_NGINX=0
 fi
 single_run "${BASH_SOURCE[0]}"
-trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS"' EXIT
+EXTRA_NS=()   # the fleet section's namespaces
+trap 'on_exit keep_workdir "$CLI_NS" "$APP_NS" "${EXTRA_NS[@]}"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap '[[ $- == *e* && $BASHPID == "$$" ]] && say "bench: error at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -203,6 +215,14 @@ bg upstream "$APP_NS" docker-registry serve "$UP/config.yml"
 UP_PID=$!
 app_curl() { app curl -sS --max-time 120 --cacert "$PKI/ca.crt" --resolve "$UP_HOST:443:$UP_IP" "$@"; }
 wait_for upstream "$UP_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "https://$UP_HOST/v2/" || die "upstream registry"
+# shellcheck source=fleet.sh
+. "$HERE/fleet.sh"
+if [[ $BENCH_ONLY == fleet ]]; then
+    fleet_section
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=fleet)"
+    OK=1
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # the image: generated locally, pushed through the registry API, then the local copy removed
@@ -612,6 +632,11 @@ if ((STREAMS > 0)); then
     say "$line"
 fi
 say ""
+if [[ ${BENCH_FLEET:-1} == 1 ]]; then
+    stop_regcache
+    fleet_section
+    say ""
+fi
 ng_disk=''
 [[ $BENCH_NGINX == 1 ]] && ng_disk=", nginx cache $(du -sh "$NG/cache" | cut -f1)"
 info "finished after $((SECONDS - T0)) s; disk at the end: upstream $(du -sh "$UP/storage" | cut -f1), cache $(du -sh "$RC/cache" | cut -f1)$ng_disk"

@@ -44,6 +44,30 @@ lan_node() {
     echo "nameserver 127.0.0.9" >"/etc/netns/$ns/resolv.conf"
 }
 
+# fleet_node_toml N DIR DNS-UPSTREAM ALLOW ANSWER...: the top of appliance N's config: state in DIR/state,
+# DNS and HTTPS on its address, admin on 127.0.0.1:ADMIN_PORT, the upstreams' CA $PKI/ca.crt, access.allow
+# ALLOW (a TOML list's inside) and dns.answer_ipv4 = the ANSWER addresses
+fleet_node_toml() {
+    local ip=${FLEET_IPS[$1 - 1]} d=$2 up=$3 allow=$4 answers=''; shift 4
+    answers=$(printf '"%s", ' "$@")
+    cat <<EOF
+state_dir = "$d/state"
+[dns]
+listen = ["$ip:53"]
+answer_ipv4 = [${answers%, }]
+answer_ipv6 = []
+upstream = ["$up"]
+[tls]
+listen = ["$ip:443"]
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[upstream]
+extra_ca = ["$PKI/ca.crt"]
+[access]
+allow = [$allow]
+EOF
+}
+
 # fleet_toml N: the [storage] and [fleet] sections of appliance N (1-based): the Garage bucket through
 # node N's S3 endpoint (path-style), the first FLEET_SIZE appliances as peers, itself as node (no
 # [fleet] when FLEET_SIZE is 1: one appliance on the shared tier)

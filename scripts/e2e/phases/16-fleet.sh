@@ -92,41 +92,18 @@ fl_network() { # LAN (bridge, Garage's address), APP on it, the three appliances
 }
 
 fl_config() { # N: $FW/fN/config.toml
-    local n=$1 ip=${FLEET_IPS[$1 - 1]} d=$FW/f$1
+    local n=$1 d=$FW/f$1
     mkdir -p "$d/state"
-    cat >"$d/config.toml" <<EOF
-state_dir = "$d/state"
-[dns]
-listen = ["$ip:53"]
-# every appliance answers with the whole fleet, in one order: clients spread over it and move on
-answer_ipv4 = ["${FLEET_IPS[0]}", "${FLEET_IPS[1]}", "${FLEET_IPS[2]}"]
-answer_ipv6 = []
-upstream = ["$LAN_GW:53"]
-[tls]
-listen = ["$ip:443"]
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[access]
-# the clients and the peers: an owner serves its peers' forwarded requests through this list too
-allow = ["10.79.0.0/24", "127.0.0.0/8"]
-[upstream]
-extra_ca = ["$PKI/ca.crt"]
-[cache]
-manifest_ttl = "2s"
-auth_ttl = "2s"
-$(fleet_toml "$n")
-
-[[registry]]
-host = "registry-1.docker.io"
-aliases = ["docker.io", "index.docker.io"]
-upstream = "https://registry-1.docker.io"
-[[registry]]
-host = "auth.docker.io"
-[[registry]]
-host = "nvcr.io"
-[[registry]]
-host = "quay.io"
-EOF
+    # every appliance answers with the whole fleet, in one order (clients move on from a dead one); the
+    # access list admits the clients and the peers (an owner serves forwarded requests through it too)
+    {
+        fleet_node_toml "$n" "$d" "$LAN_GW:53" '"10.79.0.0/24", "127.0.0.0/8"' "${FLEET_IPS[@]}"
+        printf '[cache]\nmanifest_ttl = "2s"\nauth_ttl = "2s"\n'
+        fleet_toml "$n"
+        printf '\n[[registry]]\nhost = "%s"\naliases = ["docker.io", "index.docker.io"]\nupstream = "https://%s"\n' \
+            "$HUB_HOST" "$HUB_HOST"
+        printf '[[registry]]\nhost = "%s"\n' "$AUTH_HOST" "$NVCR_HOST" "$QUAY_HOST"
+    } >"$d/config.toml"
 }
 
 fl_start() { # N [LOG-SUFFIX]: appliance N in its namespace; FL_PIDS[N-1]
