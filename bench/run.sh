@@ -50,7 +50,7 @@
 #   namespace rcbench-cli 10.78.0.2/24: skopeo, dockerd, curl; resolver regcache; a /32 route to
 #             198.51.100.30 via the appliance namespace, so direct and proxied traffic cross the same veth.
 # The fleet section adds its own LAN namespace and three appliance namespaces (bench/fleet.sh); its disk
-# peak with the defaults is about 10 GB (every cold blob in the upstream and three times in Garage).
+# peak with the defaults is about 13 GB (each of the 9 cold blobs in the upstream and three times in Garage).
 # Both veth ends live in these namespaces; no traffic leaves them. Disk: ~0.7 GB upstream storage,
 # ~0.7 GB regcache cache, dockerd's vfs store up to ~1.4 GB during a pull; the work dir is removed at
 # the end (BENCH_KEEP=1 keeps it).
