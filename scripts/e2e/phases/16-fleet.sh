@@ -475,10 +475,14 @@ phase_run() {
         run_check "fleet: garage installed (/opt/garage/bin/garage; scripts/test.sh's install step builds it)" false
         return
     fi
+    local failed=$FAILED
     run_check_here "fleet: 3 namespaces on a LAN, Garage 2.5 with 3 nodes (replication_factor 3), key and bucket, test images" fl_setup
+    [[ $FAILED == "$failed" ]] || { skip "the fleet's other checks: its setup failed"; fl_teardown; return; }
     run_check "fleet: one CA in every appliance (certs/ copied with cp -a: ca.key 0600 kept, same fingerprint)" fl_share_ca
     run_check "fleet: a copy of certs/ whose ca.key others may read is refused" fl_key_mode_refused
+    failed=$FAILED
     for n in 1 2 3; do run_check_here "fleet: appliance $n starts with [storage] s3 at Garage and [fleet] peers" fl_start "$n"; done
+    [[ $FAILED == "$failed" ]] || { skip "the fleet's other checks: an appliance did not start"; fl_teardown; return; }
     setup_client_trust "$FCLI_NS" "$FW/ca.crt"
     run_check_here "fleet: a client dockerd starts in FCLI (its /etc/hosts names appliance 3)" fl_dockerd_start
     run_check "fleet: each appliance serves the shared CA (/ca.crt) and a leaf that chains to it" fl_same_ca_served
