@@ -6,10 +6,11 @@
 #   scripts/test.sh --no-install --skip e2e   # as a user, when the packages are already there
 #
 # Steps, in order (names for --skip): install (Debian packages, rustup components, the nightly
-# toolchain and cargo-fuzz, Garage 2.5 for the e2e built once with cargo install), fmt, clippy, test
+# toolchain and cargo-fuzz, Garage 2.5 for the S3 tests and the e2e, built once with cargo install), fmt, clippy, test
 # (`cargo test`: green on its own, no outside tool), tools (the tests that need an outside tool,
 # `#[ignore]`d in a plain `cargo test`, run here with `--ignored`: promtool's check of /metrics, the
-# status page in headless Chromium; they FAIL when the tool is missing), fuzz (scripts/fuzz.sh, every
+# status page in headless Chromium, and, through scripts/s3-tests.sh, the shared tier against a one-node
+# Garage; they FAIL when the tool is missing), fuzz (scripts/fuzz.sh, every
 # target briefly), e2e (scripts/e2e.sh, as root).
 # Runs on a fresh Debian 12 machine with the Rust toolchain (rustup); ends with "test.sh: ok".
 set -Eeuo pipefail
@@ -21,7 +22,7 @@ while (($#)); do
     case $1 in
     --skip) skip+=$2,; shift 2 ;;
     --no-install) install=0; shift ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -52,7 +53,7 @@ install_packages() {
         rustup toolchain list | grep '^nightly' >/dev/null || rustup toolchain install nightly --profile minimal
         command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     fi
-    if wanted e2e; then install_garage; fi
+    if wanted e2e || wanted tools; then install_garage; fi
 }
 
 # Garage 2.5 (a distributed S3-compatible object store in Rust), the shared store of the e2e phase
@@ -78,7 +79,9 @@ if wanted tools; then
     for tool in promtool chromium; do
         command -v "$tool" >/dev/null || echo "test.sh: $tool missing: its test will fail (install step skipped?)" >&2
     done
-    cargo test --test integration -- --ignored
+    cargo test --test integration -- --ignored --skip shared_tier_s3
+    step "the shared tier's tests against a real S3 server: a one-node Garage (scripts/s3-tests.sh)"
+    as_root bash scripts/s3-tests.sh
 fi
 if wanted fuzz; then step "scripts/fuzz.sh, every target briefly"; bash scripts/fuzz.sh; fi
 if wanted e2e; then step "scripts/e2e.sh"; as_root bash scripts/e2e.sh; fi
