@@ -443,3 +443,45 @@ async fn an_owner_that_stops_after_the_last_byte_leaves_nothing_to_take_over() {
     assert!(f.apps[other].cache.contains(&d), "verified and stored");
     held.abort();
 }
+
+#[tokio::test]
+async fn past_its_fill_caps_a_non_owner_relays_the_owners_copy() {
+    let setup = Setup {
+        toml: Some(Box::new(|_, _| {
+            "[limits]\nmax_fills_per_registry = 1".into()
+        })),
+        ..Setup::default()
+    };
+    let f = Fleet::start_with(2, 30, setup).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    // A client of the other holds its one fill (an object it owns, whose body ends 10 s late).
+    let n = (0..16)
+        .find(|n| f.owner(&digest_of(&lingering_blob(*n))) == other)
+        .unwrap();
+    let held = format!(
+        "/v2/library/lingers/blobs/{}",
+        digest_of(&lingering_blob(n))
+    );
+    let app = f.apps[other].clone();
+    let held = tokio::spawn({
+        let held = held.clone();
+        async move { app.get(HUB, &held, &[]).await }
+    });
+    eventually("the other's fill", async || {
+        f.registry.seen("/v2/library/lingers/").len() == 1
+    })
+    .await;
+    // Past its cap, the other passes the request through: to the owner, which fetches it once.
+    for _ in 0..2 {
+        let resp = f.apps[other].get(HUB, &path, &[]).await;
+        assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    }
+    assert_eq!(f.whole_gets(&path), 1, "the owner's fetch, for both");
+    let d = Digest::parse(&digest).unwrap();
+    assert!(f.apps[owner].cache.contains(&d), "the owner stored it");
+    assert!(!f.apps[other].cache.contains(&d), "passed through here");
+    assert_eq!(f.peer_fetches(other, owner, "served").await, 2);
+    held.abort();
+}

@@ -254,13 +254,13 @@ fn owner_keeps(headers: &HeaderMap) -> bool {
 /// The owner's answers that are its upstream's word on this client and object, relayed as the
 /// answer: its refusals (401, 403) and the object's absence (404). Anything else (a 429 of its
 /// quota, a 5xx, a 421 of a config that drifted) is the owner's own trouble.
-fn is_refusal(status: StatusCode) -> bool {
+pub(super) fn is_refusal(status: StatusCode) -> bool {
     matches!(status.as_u16(), 401 | 403 | 404)
 }
 
 /// Whether an unusable answer means the owner should not be asked for a while: its 5xx (a
 /// 429 is a quota that passes, another 4xx a disagreement about this one request).
-fn is_dead(status: StatusCode) -> bool {
+pub(super) fn is_dead(status: StatusCode) -> bool {
     status.is_server_error()
 }
 
