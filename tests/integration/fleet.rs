@@ -104,6 +104,15 @@ impl Fleet {
         self.peers.iter().position(|p| p == owner).unwrap()
     }
 
+    /// The path of a blob the upstream does not have, owned by appliance `owner`.
+    fn missing_owned_by(&self, owner: usize) -> String {
+        let owned = (0u32..)
+            .map(|i| format!("sha256:{i:064x}"))
+            .find(|d| self.owner(d) == owner)
+            .unwrap();
+        format!("/v2/library/small/blobs/{owned}")
+    }
+
     /// Upstream GETs of `path` for the whole object (no Range).
     fn whole_gets(&self, path: &str) -> usize {
         let seen = self.registry.seen(path).into_iter();
@@ -120,6 +129,16 @@ impl Fleet {
         );
         let line = text.lines().find(|l| l.starts_with(&series));
         line.map_or(0, |l| l[series.len()..].trim().parse().unwrap())
+    }
+}
+
+/// Appliances that fill one object at a time (`limits.max_fills_per_registry = 1`).
+fn one_fill_each() -> Setup {
+    Setup {
+        toml: Some(Box::new(|_, _| {
+            "[limits]\nmax_fills_per_registry = 1".into()
+        })),
+        ..Setup::default()
     }
 }
 
@@ -302,11 +321,7 @@ async fn a_silent_owner_is_given_up_after_peer_timeout() {
     assert!(took < Duration::from_secs(15), "bounded: {took:?}");
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
     // Passed over now: another object it owns is asked of the upstream here, not of it.
-    let owned = (0u32..)
-        .map(|i| format!("sha256:{i:064x}"))
-        .find(|d| f.owner(d) == owner)
-        .unwrap();
-    let path = format!("/v2/library/small/blobs/{owned}");
+    let path = f.missing_owned_by(owner);
     let missing = f.apps[other].get(HUB, &path, &[]).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(
@@ -362,11 +377,7 @@ async fn an_owner_over_its_upstream_quota_is_taken_over_and_asked_again() {
     assert_eq!(x_cache(&resp), "MISS", "from this appliance's upstream");
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
     // A quota passes: the owner is not passed over, the next object it owns is asked of it.
-    let owned = (0u32..)
-        .map(|i| format!("sha256:{i:064x}"))
-        .find(|d| f.owner(d) == owner)
-        .unwrap();
-    let missing = format!("/v2/library/small/blobs/{owned}");
+    let missing = f.missing_owned_by(owner);
     let resp = f.apps[other].get(HUB, &missing, &[]).await;
     assert_eq!(
         resp.status(),
@@ -409,13 +420,7 @@ async fn what_the_owner_served_uncached_the_other_uploads() {
 #[tokio::test]
 async fn an_owner_that_stops_after_the_last_byte_leaves_nothing_to_take_over() {
     // One fill at a time: the owner passes a second object through as its upstream sends it.
-    let setup = Setup {
-        toml: Some(Box::new(|_, _| {
-            "[limits]\nmax_fills_per_registry = 1".into()
-        })),
-        ..Setup::default()
-    };
-    let f = Fleet::start_with(2, 3, setup).await;
+    let f = Fleet::start_with(2, 3, one_fill_each()).await;
     let digests: Vec<String> = (0..16).map(|n| digest_of(&lingering_blob(n))).collect();
     let owner = f.owner(&digests[0]);
     let b = (1..16).find(|n| f.owner(&digests[*n]) == owner).unwrap();
@@ -446,13 +451,7 @@ async fn an_owner_that_stops_after_the_last_byte_leaves_nothing_to_take_over() {
 
 #[tokio::test]
 async fn past_its_fill_caps_a_non_owner_relays_the_owners_copy() {
-    let setup = Setup {
-        toml: Some(Box::new(|_, _| {
-            "[limits]\nmax_fills_per_registry = 1".into()
-        })),
-        ..Setup::default()
-    };
-    let f = Fleet::start_with(2, 30, setup).await;
+    let f = Fleet::start_with(2, 30, one_fill_each()).await;
     let digest = digest_of(&blob2());
     let path = format!("/v2/library/small/blobs/{digest}");
     let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
