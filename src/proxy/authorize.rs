@@ -23,7 +23,7 @@ impl Proxy {
     /// a repository the client may read must not unlock a digest it does not contain. Otherwise
     /// the upstream is asked ([`Proxy::check`]) with the client's own credentials; its refusals
     /// are relayed (401 with WWW-Authenticate). While the upstream is down, clients whose access
-    /// was established are served (see [`Proxy::offline_allowed`]).
+    /// was established are served (see [`Proxy::offline_allowed`]), except through a peer.
     pub(super) async fn authorize(
         self: &Arc<Self>,
         out: &Outbound<'_>,
@@ -51,6 +51,16 @@ impl Proxy {
             }
             Verdict::Unavailable(outage) => outage,
         };
+        if out.from_peer {
+            // Another appliance asks: it decides with its own upstream (and, if that is down
+            // too, its own offline rule), never with this appliance's grants (peer/fill.rs).
+            let message = Error::Unavailable(outage.why).to_string();
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                &message,
+            ));
+        }
         if confirmed && self.offline_allowed(out, repo, &outage).await {
             warn!(%registry, repo, why = %outage.why, "upstream unavailable: serving from the cache");
             return Ok(());

@@ -77,7 +77,11 @@ impl Proxy {
                 }
             }
             Claim::Lead(writer) => self.lead(out, repo, writer).await,
-            Claim::Bypass => self.pass(out).await,
+            // Not cached here: the owner's copy rather than another upstream fetch.
+            Claim::Bypass => match self.pass_via_owner(out, repo, &digest).await {
+                Some(resp) => Ok(resp),
+                None => self.pass(out).await,
+            },
         }
     }
 

@@ -22,15 +22,26 @@
 //! # Failure
 //! The owner unreachable, silent for `fleet.peer_timeout`, or answering 5xx: this appliance
 //! marks it dead for a short while ([`rank::DEAD_FOR`]; the next requests go to the next in
-//! rank) and fetches from the upstream itself. A body that stops part-way is taken over from
-//! the upstream with `Range: bytes=N-` from the N bytes already received (a 206 goes on; a 200
-//! is read again from its start, the first N bytes skipped), in the same fill, so that the
-//! clients already reading never notice.
+//! rank) and fetches from the upstream itself. Any other answer but a 200, 401, 403 or 404 (a
+//! 429 of the owner's upstream quota, a 421 of a config that drifted) sends this one request
+//! to the upstream too, without passing the owner over. An owner whose upstream cannot answer
+//! never serves a peer's client on its offline rule (it answers 503): this appliance asks its
+//! own upstream, and its own offline rule applies if that is down too. A body that stops
+//! part-way is taken over from the upstream with `Range: bytes=N-` from the N bytes already
+//! received (a 206 goes on; a 200 is read again from its start, the first N bytes skipped; a
+//! 416 means every byte had come), in the same fill, so that the clients already reading
+//! never notice.
+//!
+//! # Past the fill caps
+//! A GET by digest this appliance does not cache (`limits.max_fills_per_registry` reached,
+//! caching paused) is asked of the owner too, and its answer relayed with no local fill
+//! (`peer/pass.rs`), so that a rollout past the caps still costs one upstream fetch.
 //!
 //! # What the link never does
 //! - Widen who is served: the owner decides with the client's own credentials (its upstream's
 //!   401/403/404 is relayed to the client as the answer), this appliance serves a peer's bytes
-//!   only through a fill that is checked against the digest, and records no grant from them
+//!   only checked against the digest (through a fill, or a relay that holds the last piece
+//!   until they match), and records no grant from them
 //!   (its own later requests are checked with the upstream as always).
 //! - Loop: the owner never forwards a request that carries `X-Regcache-Peer`, and that header
 //!   never goes to an upstream.
@@ -38,10 +49,13 @@
 //!   client, so every appliance's `access.allow` must admit the other appliances' addresses.
 //!
 //! A fill that came from a peer is marked ([`FillWriter::set_from_peer`]): the owner uploads the
-//! object to the shared tier, not every appliance that streamed it.
+//! object to the shared tier, not every appliance that streamed it. When the owner's `X-Cache`
+//! says it kept nothing (it passed the object through, or it was too large for its cache),
+//! this appliance uploads it.
 
 mod fill;
 mod link;
+mod pass;
 mod rank;
 
 use std::sync::Arc;

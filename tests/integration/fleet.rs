@@ -2,60 +2,97 @@
 //! relay that stands for its address in `fleet.peers` (cut to kill it as the others see it).
 //! One upstream fetch across them, takeover with Range, refusals relayed, no forwarding loops.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::StatusCode;
+use object_store::memory::InMemory;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
+use regcache::cache::Digest;
+use regcache::proxy::owner_of;
 
-use crate::support::registry::{self, big, blob2, digest_of, secret, TOKEN};
+use crate::support::registry::{self, big, blob2, digest_of, lingering_blob, secret, TOKEN};
 use crate::support::relay::Relay;
-use crate::support::{admin_get, dns, dns_keys, hub_toml, sha256_hex, upstream_pki, Appliance};
+use crate::support::{
+    admin_get, build, dns, dns_keys, hub_toml, sha256_hex, upstream_pki, Appliance, Pki,
+};
 
 const HUB: &str = "registry-1.docker.io";
 
-/// Two or three appliances of one fleet in front of one fake upstream.
+/// Two or three appliances of one fleet in front of one fake upstream, each through a relay of
+/// its own (`upstreams`, to cut or point elsewhere one appliance's upstream).
 struct Fleet {
     apps: Vec<Arc<Appliance>>,
     relays: Vec<Relay>,
+    upstreams: Vec<Relay>,
     peers: Vec<String>,
     registry: registry::Registry,
+    pki: Pki,
     _resolver: dns::Upstream,
     _ca_file: tempfile::NamedTempFile,
+}
+
+/// More configuration for the appliance `node` of `peers` (`[cache]` and the like).
+type Toml = Box<dyn Fn(&str, &[String]) -> String>;
+
+/// What the appliances of a test fleet are started with, besides `[fleet]`.
+#[derive(Default)]
+struct Setup {
+    toml: Option<Toml>,
+    /// One shared tier for all.
+    store: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 impl Fleet {
     /// `n` appliances with `fleet.peer_timeout` = `timeout` seconds (long where a test must not
     /// depend on the machine's load: a timeout would send a request upstream).
     async fn start(n: usize, timeout: u64) -> Self {
+        Self::start_with(n, timeout, Setup::default()).await
+    }
+
+    async fn start_with(n: usize, timeout: u64, setup: Setup) -> Self {
         let (pki, ca_file) = upstream_pki();
         let registry = registry::Registry::start(&pki).await;
         let resolver = dns::Upstream::start().await;
-        let mut relays = Vec::new();
+        let (mut relays, mut upstreams) = (Vec::new(), Vec::new());
         for _ in 0..n {
             relays.push(Relay::bind().await);
+            let upstream = Relay::bind().await;
+            upstream.point_to(registry.addr);
+            upstreams.push(upstream);
         }
         let peers: Vec<String> = relays.iter().map(|r| r.addr.to_string()).collect();
         let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
         let mut apps: Vec<Arc<Appliance>> = Vec::new();
-        for (relay, node) in relays.iter().zip(&peers) {
+        for (i, (relay, node)) in relays.iter().zip(&peers).enumerate() {
+            let extra = (setup.toml.as_ref()).map_or(String::new(), |toml| toml(node, &peers));
             let fleet = format!(
-                "[fleet]\npeers = [{}]\nnode = {node:?}\npeer_timeout = \"{timeout}s\"\n",
+                "[fleet]\npeers = [{}]\nnode = {node:?}\npeer_timeout = \"{timeout}s\"\n{extra}\n",
                 list.join(", ")
             );
             let state = tempfile::tempdir().unwrap();
             if let Some(first) = apps.first() {
                 share_ca(&first.state_dir(), state.path());
             }
-            let toml = hub_toml(&ca_file, registry.addr.port(), &fleet, "");
-            let app = Appliance::start_in(state, &dns_keys(&resolver), &toml).await;
+            let toml = hub_toml(&ca_file, upstreams[i].addr.port(), &fleet, "");
+            let keys = dns_keys(&resolver);
+            let app = match setup.store.clone() {
+                Some(store) => Appliance::start_in_with(state, &keys, &toml, Some(store)).await,
+                None => Appliance::start_in(state, &keys, &toml).await,
+            };
             relay.point_to(app.https);
             apps.push(Arc::new(app));
         }
         Self {
             apps,
             relays,
+            upstreams,
             peers,
             registry,
+            pki,
             _resolver: resolver,
             _ca_file: ca_file,
         }
@@ -65,6 +102,15 @@ impl Fleet {
     fn owner(&self, digest: &str) -> usize {
         let owner = regcache::proxy::owner_of(&self.peers, digest).unwrap();
         self.peers.iter().position(|p| p == owner).unwrap()
+    }
+
+    /// The path of a blob the upstream does not have, owned by appliance `owner`.
+    fn missing_owned_by(&self, owner: usize) -> String {
+        let owned = (0u32..)
+            .map(|i| format!("sha256:{i:064x}"))
+            .find(|d| self.owner(d) == owner)
+            .unwrap();
+        format!("/v2/library/small/blobs/{owned}")
     }
 
     /// Upstream GETs of `path` for the whole object (no Range).
@@ -83,6 +129,16 @@ impl Fleet {
         );
         let line = text.lines().find(|l| l.starts_with(&series));
         line.map_or(0, |l| l[series.len()..].trim().parse().unwrap())
+    }
+}
+
+/// Appliances that fill one object at a time (`limits.max_fills_per_registry = 1`).
+fn one_fill_each() -> Setup {
+    Setup {
+        toml: Some(Box::new(|_, _| {
+            "[limits]\nmax_fills_per_registry = 1".into()
+        })),
+        ..Setup::default()
     }
 }
 
@@ -265,11 +321,7 @@ async fn a_silent_owner_is_given_up_after_peer_timeout() {
     assert!(took < Duration::from_secs(15), "bounded: {took:?}");
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
     // Passed over now: another object it owns is asked of the upstream here, not of it.
-    let owned = (0u32..)
-        .map(|i| format!("sha256:{i:064x}"))
-        .find(|d| f.owner(d) == owner)
-        .unwrap();
-    let path = format!("/v2/library/small/blobs/{owned}");
+    let path = f.missing_owned_by(owner);
     let missing = f.apps[other].get(HUB, &path, &[]).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(
@@ -278,4 +330,157 @@ async fn a_silent_owner_is_given_up_after_peer_timeout() {
         "the silent owner was asked once"
     );
     assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+}
+
+#[tokio::test]
+async fn an_owner_whose_upstream_is_down_vouches_for_no_peers_client() {
+    let setup = Setup {
+        toml: Some(Box::new(|_, _| "[cache]\nauth_ttl = \"1s\"".into())),
+        ..Setup::default()
+    };
+    let f = Fleet::start_with(2, 30, setup).await;
+    let digest = digest_of(&secret());
+    let path = format!("/v2/private/app/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    let alice = [("authorization", TOKEN)];
+    // Alice read it on the owner: stored there, her grant recorded (and past auth_ttl).
+    let first = f.apps[owner].get(HUB, &path, &alice).await;
+    assert_eq!((first.status(), first.body()), (StatusCode::OK, &secret()));
+    let d = Digest::parse(&digest).unwrap();
+    eventually("stored", async || f.apps[owner].cache.contains(&d)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Her token is revoked; the owner's upstream is down, the other's answers.
+    f.registry.revoked.store(true, Ordering::SeqCst);
+    f.upstreams[owner].cut();
+    let resp = f.apps[other].get(HUB, &path, &alice).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "the other's upstream"
+    );
+    assert!(resp.body() != &secret(), "not the owner's offline grant");
+    assert!(!f.apps[other].cache.contains(&d));
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+}
+
+#[tokio::test]
+async fn an_owner_over_its_upstream_quota_is_taken_over_and_asked_again() {
+    let f = Fleet::start(2, 30).await;
+    let quota = registry::Registry::start(&f.pki).await;
+    quota.throttled.store(true, Ordering::SeqCst);
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    f.upstreams[owner].point_to(quota.addr);
+    let resp = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    assert_eq!(x_cache(&resp), "MISS", "from this appliance's upstream");
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+    // A quota passes: the owner is not passed over, the next object it owns is asked of it.
+    let missing = f.missing_owned_by(owner);
+    let resp = f.apps[other].get(HUB, &missing, &[]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "this upstream's answer"
+    );
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 2);
+}
+
+#[tokio::test]
+async fn what_the_owner_served_uncached_the_other_uploads() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let digest = digest_of(&blob2());
+    // The owner's cache is smaller than the object: it relays it, keeping nothing.
+    let d = digest.clone();
+    let small = move |node: &str, peers: &[String]| match owner_of(peers, &d) == Some(node) {
+        true => "[cache]\nmax_size = \"100KB\"".to_owned(),
+        false => String::new(),
+    };
+    let setup = Setup {
+        toml: Some(Box::new(small)),
+        store: Some(store.clone()),
+    };
+    let f = Fleet::start_with(2, 30, setup).await;
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    let resp = f.apps[other].get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    assert_eq!(x_cache(&resp), "PEER");
+    let key = Key::from(format!("fleet/sha256/{}", sha256_hex(&blob2())));
+    eventually("this appliance uploads it", async || {
+        store.head(&key).await.is_ok()
+    })
+    .await;
+    let d = Digest::parse(&digest).unwrap();
+    assert!(!f.apps[owner].cache.contains(&d), "the owner kept nothing");
+    assert_eq!(f.whole_gets(&path), 1);
+}
+
+#[tokio::test]
+async fn an_owner_that_stops_after_the_last_byte_leaves_nothing_to_take_over() {
+    // One fill at a time: the owner passes a second object through as its upstream sends it.
+    let f = Fleet::start_with(2, 3, one_fill_each()).await;
+    let digests: Vec<String> = (0..16).map(|n| digest_of(&lingering_blob(n))).collect();
+    let owner = f.owner(&digests[0]);
+    let b = (1..16).find(|n| f.owner(&digests[*n]) == owner).unwrap();
+    let path = |n: usize| format!("/v2/library/lingers/blobs/{}", digests[n]);
+    // A client of the owner holds its one fill (every byte, then a body that ends 10 s later)...
+    let (app, held) = (f.apps[owner].clone(), path(0));
+    let held = tokio::spawn(async move { app.get(HUB, &held, &[]).await });
+    eventually("the owner's fill", async || f.whole_gets(&path(0)) == 1).await;
+    // ...so the other's request for `b` gets the upstream's body through the owner, every
+    // byte, without a length, and no end: the other asks the upstream for the rest.
+    let other = 1 - owner;
+    let get = build("GET", HUB, &path(b), &[], Bytes::new());
+    let resp = f.apps[other].try_request(HUB, get).await;
+    let resp = resp.expect("the whole body, and its end");
+    let data = lingering_blob(b as u8);
+    assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &data));
+    assert_eq!(x_cache(&resp), "PEER");
+    let ranges: Vec<_> = (f.registry.seen(&path(b)).into_iter())
+        .filter_map(|s| s.headers.get("range").cloned())
+        .collect();
+    let rest = format!("bytes={}-", data.len());
+    assert_eq!(ranges, [rest.as_str()], "asked once for the rest: none");
+    assert_eq!(f.peer_fetches(other, owner, "taken_over").await, 1);
+    let d = Digest::parse(&digests[b]).unwrap();
+    assert!(f.apps[other].cache.contains(&d), "verified and stored");
+    held.abort();
+}
+
+#[tokio::test]
+async fn past_its_fill_caps_a_non_owner_relays_the_owners_copy() {
+    let f = Fleet::start_with(2, 30, one_fill_each()).await;
+    let digest = digest_of(&blob2());
+    let path = format!("/v2/library/small/blobs/{digest}");
+    let (owner, other) = (f.owner(&digest), 1 - f.owner(&digest));
+    // A client of the other holds its one fill (an object it owns, whose body ends 10 s late).
+    let n = (0..16)
+        .find(|n| f.owner(&digest_of(&lingering_blob(*n))) == other)
+        .unwrap();
+    let held = format!(
+        "/v2/library/lingers/blobs/{}",
+        digest_of(&lingering_blob(n))
+    );
+    let app = f.apps[other].clone();
+    let held = tokio::spawn({
+        let held = held.clone();
+        async move { app.get(HUB, &held, &[]).await }
+    });
+    eventually("the other's fill", async || {
+        f.registry.seen("/v2/library/lingers/").len() == 1
+    })
+    .await;
+    // Past its cap, the other passes the request through: to the owner, which fetches it once.
+    for _ in 0..2 {
+        let resp = f.apps[other].get(HUB, &path, &[]).await;
+        assert_eq!((resp.status(), resp.body()), (StatusCode::OK, &blob2()));
+    }
+    assert_eq!(f.whole_gets(&path), 1, "the owner's fetch, for both");
+    let d = Digest::parse(&digest).unwrap();
+    assert!(f.apps[owner].cache.contains(&d), "the owner stored it");
+    assert!(!f.apps[other].cache.contains(&d), "passed through here");
+    assert_eq!(f.peer_fetches(other, owner, "served").await, 2);
+    held.abort();
 }

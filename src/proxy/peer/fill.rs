@@ -1,8 +1,10 @@
 //! One object fetched from its owner into this appliance's fill, in its own task: the owner's
 //! 200 starts the fill (this appliance's clients read it as it arrives; the digest is checked
-//! at the end as for any fill); its other answers are relayed, except a 5xx, which, like no
-//! answer, sends the request to the upstream. A body that stops part-way is taken over: this
-//! appliance asks the upstream for the rest (`Range: bytes=N-`) and goes on with the same fill.
+//! at the end as for any fill); its 401, 403 and 404 (its upstream's word) are relayed; any
+//! other answer, like no answer, sends the request to this appliance's own upstream. A body
+//! that stops part-way is taken over: this appliance asks the upstream for the rest
+//! (`Range: bytes=N-`) and goes on with the same fill; a 416 there (or N the known size) means
+//! the owner had sent every byte, and the digest decides.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +18,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Fleet;
-use crate::cache::{Error as CacheError, FillWriter};
+use crate::cache::{Error as CacheError, FillState, FillWriter};
 use crate::metrics::PeerResult;
 use crate::proxy::auth::Credential;
 use crate::proxy::download::{identity, start_fill, ABANDONED_AFTER, BODY_IDLE_TIMEOUT};
+use crate::proxy::outcome::X_CACHE;
 use crate::proxy::upstream::redact;
 use crate::proxy::Proxy;
 
@@ -67,12 +70,16 @@ impl PeerFill {
         };
         let mut at = 0;
         let timeout = self.fleet.timeout;
+        // The owner stores what it served (and uploads it to the shared tier) unless its
+        // answer says otherwise; then this appliance uploads it.
+        let kept = owner_keeps(resp.headers());
+        writer.set_from_peer(kept);
         match copy(resp.into_body(), &mut writer, 0, timeout, &mut at).await {
-            Ok(()) => self.finish(writer, true),
+            Ok(()) => self.finish(writer, true, !kept),
             Err(Stop::Local(why)) => writer.fail(why),
             Err(Stop::Source(why)) => {
                 warn!(owner = %self.owner, at, %why, digest = %writer.fill().digest, "the owner stopped: taking over from the upstream");
-                self.failed();
+                self.failed(true);
                 writer.set_from_peer(false);
                 self.take_over(writer, at).await;
             }
@@ -87,9 +94,9 @@ impl PeerFill {
     ) -> Option<(Response<Incoming>, FillWriter)> {
         let (owner, link) = (&self.owner, &self.fleet.link);
         let answer = link.get(owner, &self.registry, &self.path, self.peer_headers.clone());
-        let why = match answer.await {
+        let (why, dead) = match answer.await {
             Ok(resp) if resp.status() == StatusCode::OK => return self.start(resp, writer, tx),
-            Ok(resp) if !resp.status().is_server_error() => {
+            Ok(resp) if is_refusal(resp.status()) => {
                 let status = resp.status();
                 info!(%owner, %status, path = %self.path, "the owner's answer, relayed");
                 (self.proxy).forget_if_refused(&self.cred, &self.registry, &self.repo, status);
@@ -98,18 +105,26 @@ impl PeerFill {
                 let _ = tx.send(Begun::Relay(resp));
                 return None;
             }
-            Ok(resp) => format!("answered {}", resp.status()),
-            Err(e) => e.to_string(),
+            // Its upstream's quota, its offline refusal, a config it does not share: the owner
+            // is alive, but this appliance decides with its own upstream.
+            Ok(resp) => (
+                format!("answered {}", resp.status()),
+                is_dead(resp.status()),
+            ),
+            Err(e) => (e.to_string(), true),
         };
-        warn!(%owner, %why, "the owner is unavailable: fetching from the upstream");
-        self.failed();
+        warn!(%owner, %why, "the owner's answer is not usable: fetching from the upstream");
+        self.failed(dead);
         let _ = tx.send(Begun::Upstream(writer));
         None
     }
 
-    /// The owner failed: the next requests go to the next in rank for a while.
-    fn failed(&self) {
-        self.fleet.owners.mark_dead(&self.owner);
+    /// The owner failed: counted, and when `dead` the next requests go to the next in rank for
+    /// a while.
+    fn failed(&self, dead: bool) {
+        if dead {
+            self.fleet.owners.mark_dead(&self.owner);
+        }
         (self.proxy.metrics).peer_fetch(&self.owner, PeerResult::TakenOver);
     }
 
@@ -121,30 +136,29 @@ impl PeerFill {
         tx: oneshot::Sender<Begun>,
     ) -> Option<(Response<Incoming>, FillWriter)> {
         let started = start_fill(&self.proxy, &resp, writer, &self.registry, &self.repo);
-        let Some((mut writer, _)) = started else {
+        let Some((writer, _)) = started else {
             let _ = tx.send(Begun::Relay(resp));
             return None;
         };
-        writer.set_from_peer(true);
         let _ = tx.send(Begun::Streaming);
         Some((resp, writer))
     }
 
     /// Verifies and commits the fill; `served` when the owner sent it all (a takeover was
-    /// counted when it began).
-    fn finish(&self, writer: FillWriter, served: bool) {
+    /// counted when it began), `share` when this appliance uploads it to the shared tier (the
+    /// upstream's bytes after a takeover, or an object the owner did not keep).
+    fn finish(&self, writer: FillWriter, served: bool, share: bool) {
         let digest = writer.fill().digest.clone();
         let (owner, registry, repo) = (&self.owner, &self.registry, &self.repo);
         match writer.finish() {
-            Ok(()) if served => {
-                (self.proxy.metrics).peer_fetch(owner, PeerResult::Served);
-                info!(%digest, %owner, %registry, %repo, "cached from the owner");
-            }
-            // The upstream's bytes after the owner failed: this appliance uploads them to the
-            // shared tier (a fill the owner served, marked `from_peer`, is the owner's to upload).
             Ok(()) => {
-                info!(%digest, %owner, %registry, %repo, "cached, taken over from the owner");
-                self.proxy.share(&digest);
+                if served {
+                    (self.proxy.metrics).peer_fetch(owner, PeerResult::Served);
+                }
+                info!(%digest, %owner, %registry, %repo, served, "cached, from the owner");
+                if share {
+                    self.proxy.share(&digest);
+                }
             }
             Err(e) => {
                 warn!(%digest, %owner, error = %e, "not cached");
@@ -160,35 +174,21 @@ impl PeerFill {
         }
     }
 
-    /// The rest of the object from the upstream, from byte `at`: a 206 from there goes on, a
-    /// 200 is read from its start with its first `at` bytes skipped (the digest covers them).
+    /// The rest of the object from the upstream, from byte `at`, into the same fill.
     async fn take_over(&self, mut writer: FillWriter, at: u64) {
-        let mut headers = identity(&self.headers);
-        headers.remove(header::IF_RANGE);
-        let range = HeaderValue::try_from(format!("bytes={at}-")).expect("ASCII");
-        headers.insert(header::RANGE, range);
-        let resp = self.proxy.upstream.follow(&Method::GET, &self.url, headers);
-        let skip = match resp.await {
-            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
-                match range_start(resp.headers()) {
-                    Some(start) if start == at => Some((resp, 0)),
-                    _ => None,
-                }
-            }
-            Ok(resp) if resp.status() == StatusCode::OK => Some((resp, at)),
-            Ok(resp) => {
-                let status = resp.status();
-                (self.proxy).forget_if_refused(&self.cred, &self.registry, &self.repo, status);
-                warn!(url = %redact(&self.url), %status, "the upstream refused the takeover");
-                None
-            }
-            Err(e) => {
-                warn!(url = %redact(&self.url), error = %e, "the upstream failed the takeover");
-                None
-            }
+        let size = match writer.fill().state() {
+            FillState::Writing { size, .. } => size,
+            _ => None,
         };
-        let Some((resp, skip)) = skip else {
-            return writer.fail("the owner stopped and the upstream did not go on".into());
+        let rest = match size == Some(at) {
+            true => Some(Rest::Nothing),
+            false => self.rest(at).await,
+        };
+        let (resp, skip) = match rest {
+            Some(Rest::Body(resp, skip)) => (resp, skip),
+            // The owner sent every byte before its body ended: the digest says if it is whole.
+            Some(Rest::Nothing) => return self.finish(writer, false, true),
+            None => return writer.fail("the owner stopped and the upstream did not go on".into()),
         };
         let mut written = at;
         let copied = copy(
@@ -199,10 +199,69 @@ impl PeerFill {
             &mut written,
         );
         match copied.await {
-            Ok(()) => self.finish(writer, false),
+            Ok(()) => self.finish(writer, false, true),
             Err(Stop::Source(why) | Stop::Local(why)) => writer.fail(why),
         }
     }
+
+    /// Asks the upstream for the object from byte `at` (`Range: bytes=N-`): a 206 from there
+    /// goes on, a 200 is read from its start with its first `at` bytes skipped (the digest
+    /// covers them), a 416 says no byte is left; `None` when it does not go on.
+    async fn rest(&self, at: u64) -> Option<Rest> {
+        let mut headers = identity(&self.headers);
+        headers.remove(header::IF_RANGE);
+        let range = HeaderValue::try_from(format!("bytes={at}-")).expect("ASCII");
+        headers.insert(header::RANGE, range);
+        let resp = self.proxy.upstream.follow(&Method::GET, &self.url, headers);
+        match resp.await {
+            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                let start = range_start(resp.headers());
+                (start == Some(at)).then_some(Rest::Body(resp, 0))
+            }
+            Ok(resp) if resp.status() == StatusCode::OK => Some(Rest::Body(resp, at)),
+            Ok(resp) if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE => Some(Rest::Nothing),
+            Ok(resp) => {
+                let status = resp.status();
+                (self.proxy).forget_if_refused(&self.cred, &self.registry, &self.repo, status);
+                warn!(url = %redact(&self.url), %status, "the upstream refused the takeover");
+                None
+            }
+            Err(e) => {
+                warn!(url = %redact(&self.url), error = %e, "the upstream failed the takeover");
+                None
+            }
+        }
+    }
+}
+
+/// What the upstream has for the rest of an object after byte N.
+enum Rest {
+    /// A body to copy, its first `skip` bytes left out.
+    Body(Response<Incoming>, u64),
+    /// Nothing: the object ends at N.
+    Nothing,
+}
+
+/// Whether the owner's answer says that it stores the object (and so uploads it to the shared
+/// tier, or read it from there): its `X-Cache` for a hit, a fill it leads or joins, or one from
+/// the shared tier. A relayed answer (a pass-through, an object too large for its cache) has
+/// none: the owner keeps nothing.
+fn owner_keeps(headers: &HeaderMap) -> bool {
+    let outcome = headers.get(X_CACHE).and_then(|v| v.to_str().ok());
+    matches!(outcome, Some("HIT" | "MISS" | "JOIN" | "SHARED" | "STALE"))
+}
+
+/// The owner's answers that are its upstream's word on this client and object, relayed as the
+/// answer: its refusals (401, 403) and the object's absence (404). Anything else (a 429 of its
+/// quota, a 5xx, a 421 of a config that drifted) is the owner's own trouble.
+pub(super) fn is_refusal(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 404)
+}
+
+/// Whether an unusable answer means the owner should not be asked for a while: its 5xx (a
+/// 429 is a quota that passes, another 4xx a disagreement about this one request).
+pub(super) fn is_dead(status: StatusCode) -> bool {
+    status.is_server_error()
 }
 
 /// Where a 206's `Content-Range: bytes START-END/TOTAL` starts.
@@ -247,5 +306,46 @@ async fn copy(
             return Err(Stop::Local(e.to_string()));
         }
         *at += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_upstreams_word_is_relayed_and_only_a_5xx_passes_the_owner_over() {
+        for (code, relayed, dead) in [
+            (401, true, false),
+            (403, true, false),
+            (404, true, false),
+            (408, false, false),
+            (421, false, false),
+            (429, false, false),
+            (502, false, true),
+            (503, false, true),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                (is_refusal(status), is_dead(status)),
+                (relayed, dead),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_owner_keeps_what_it_stores_not_what_it_passes_through() {
+        let mut headers = HeaderMap::new();
+        assert!(!owner_keeps(&headers), "a relayed answer");
+        for (outcome, kept) in [
+            ("MISS", true),
+            ("HIT", true),
+            ("JOIN", true),
+            ("BYPASS", false),
+        ] {
+            headers.insert(X_CACHE, HeaderValue::from_static(outcome));
+            assert_eq!(owner_keeps(&headers), kept, "{outcome}");
+        }
     }
 }

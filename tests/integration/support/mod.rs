@@ -122,7 +122,8 @@ impl Appliance {
         Self::start_in_with(tempfile::tempdir().unwrap(), dns_keys, toml, store).await
     }
 
-    async fn start_in_with(
+    /// Like `start_in`, with a shared tier over `store` when there is one.
+    pub async fn start_in_with(
         state: tempfile::TempDir,
         dns_keys: &str,
         toml: &str,

@@ -105,6 +105,21 @@ pub fn big() -> Bytes {
     )
 }
 
+/// The blobs of `library/lingers` (`n` < 16), sent without a length, whose body ends only 10 s
+/// after their last byte; a Range past their end is answered 416.
+pub fn lingering_blob(n: u8) -> Bytes {
+    Bytes::from(
+        (0..50_000u32)
+            .map(|i| (i % 241) as u8 ^ n)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn lingering_at(path: &str) -> Option<Bytes> {
+    let digest = path.strip_prefix("/v2/library/lingers/blobs/")?;
+    (0..16).map(lingering_blob).find(|d| digest_of(d) == digest)
+}
+
 pub fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
@@ -311,7 +326,7 @@ impl From<Response<Full<Bytes>>> for Reply {
 /// A body sent in `pieces` parts, `gap` apart, declaring `declared` bytes (no Content-Length
 /// when `None`).
 fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: Option<usize>) -> Reply {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
     tokio::spawn(async move {
         let step = data.len().div_ceil(pieces);
         for chunk in data.chunks(step) {
@@ -325,6 +340,26 @@ fn slow(data: Bytes, pieces: usize, gap: std::time::Duration, declared: Option<u
             }
         }
     });
+    streamed(rx, declared)
+}
+
+/// `data` in one piece, without a Content-Length, its body ended only `linger` after the last
+/// byte (a source whose connection may break between the two).
+fn lingering(data: Bytes, linger: std::time::Duration) -> Reply {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(Frame::data(data))).await.is_ok() {
+            tokio::time::sleep(linger).await;
+        }
+    });
+    streamed(rx, None)
+}
+
+/// The frames of `rx` as a 200's body, declaring `declared` bytes when there is a number.
+fn streamed(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+    declared: Option<usize>,
+) -> Reply {
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut resp = Response::builder().header("content-type", "application/octet-stream");
     if let Some(declared) = declared {
@@ -444,6 +479,12 @@ async fn route(
         }
         if b("library/unsized", &big()) {
             return slow(big(), 16, std::time::Duration::from_millis(10), None);
+        }
+        if let Some(data) = lingering_at(&path) {
+            if open_range(&headers).is_some_and(|from| from >= data.len()) {
+                return status(StatusCode::RANGE_NOT_SATISFIABLE, &[]).into();
+            }
+            return lingering(data, std::time::Duration::from_secs(10));
         }
         if b("library/small", &blob2()) {
             return ok(blob2(), "application/octet-stream", &[]).into();
