@@ -11,10 +11,13 @@
 //! it arrives with its last byte held until the digest matched (as for the upstream's bytes, and
 //! the same accepted risk: the store holds only what an appliance of this fleet verified from an
 //! upstream), a manifest is read whole and checked before anything is served, its media type
-//! taken from the verified bytes. An object that does not match is refused, counted, never
-//! stored, and deleted from the store (it is not the object; the next upstream fill uploads the
-//! right one); the request then goes on to the upstream (a manifest), or fails before its last
-//! byte (a blob already under way: the client retries, misses the store, gets the upstream's).
+//! taken from the verified bytes. Whether it is read as a manifest or a blob is the endpoint's
+//! kind ([`Outbound::manifest`]), never the URL's text. An object whose whole body was read and
+//! does not match is refused, counted, never stored, and deleted from the store (it is not the
+//! object; the next upstream fill uploads the right one); the request then goes on to the
+//! upstream (a manifest), or fails before its last byte (a blob already under way: the client
+//! retries, misses the store, gets the upstream's). Anything else (a read error or stall, a
+//! blob asked for as a manifest, our own disk failing) is a miss that leaves the store's copy.
 //!
 //! # When the store is slow or down
 //! Its HEAD waits a few seconds at most; a store marked down is not asked (see `tier/`). Either
@@ -34,7 +37,7 @@ use super::outcome::CacheOutcome;
 use super::request::Outbound;
 use super::response::{serve_fill, serve_reader};
 use super::{Body, Error, Proxy};
-use crate::cache::{Digest, FillWriter};
+use crate::cache::{Digest, Error as CacheError, FillWriter};
 use crate::tier::{self, SharedTier};
 
 /// A store whose body yields nothing for this long is abandoned (the fill fails).
@@ -112,37 +115,45 @@ impl Proxy {
             registry: &out.route.host,
             repo,
         };
-        match out.url.contains("/manifests/") {
+        match out.manifest {
             true => self.shared_manifest(found, writer).await,
             false => shared_blob(found, writer),
         }
     }
 
-    /// A manifest from the store, read whole and verified before it is stored and served.
+    /// A manifest from the store, read whole and verified before it is stored and served. Only
+    /// a whole body that does not hash to the digest is deleted from the store; one that could
+    /// not be read, or is not a manifest (a blob asked for as one), is left there: a miss.
     async fn shared_manifest(&self, found: Found<'_>, mut writer: FillWriter) -> Shared {
         let (tier, size, registry, repo) = (found.tier, found.size, found.registry, found.repo);
         let digest = writer.fill().digest.clone();
-        let read = read_manifest(found.body, size).await;
-        let checked = read.and_then(|data| match Digest::of(&data) == digest {
-            true => media_type_of(&data)
-                .map(|media_type| (data, media_type))
-                .ok_or_else(|| "not a manifest".to_owned()),
-            false => Err("does not match its digest".to_owned()),
-        });
-        let (data, media_type) = match checked {
-            Ok(checked) => checked,
+        let data = match read_manifest(found.body, size).await {
+            Ok(data) => data,
             Err(why) => {
-                tier.refused(&digest, &why);
-                let _ = tier.delete(&digest).await;
+                warn!(%digest, %why, "shared store's manifest not read: asking elsewhere");
                 return Shared::Miss(writer);
             }
+        };
+        if Digest::of(&data) != digest {
+            tier.refused(&digest, "does not match its digest");
+            // Not the object: no appliance should read it again.
+            let _ = tier.delete(&digest).await;
+            return Shared::Miss(writer);
+        }
+        let Some(media_type) = media_type_of(&data) else {
+            warn!(%digest, "the shared store's object is not a manifest: asking elsewhere");
+            return Shared::Miss(writer);
         };
         if !writer.reserve(size) {
             return Shared::Miss(writer);
         }
         if let Err(e) = writer.write(&data) {
-            writer.fail(e.to_string());
-            return Shared::Served(Err(Error::Unavailable(e.to_string())));
+            warn!(%digest, error = %e, "shared store's manifest not stored: asking elsewhere");
+            if let Err(e) = writer.rewind() {
+                writer.fail(e.to_string());
+                return Shared::Served(Err(Error::Unavailable(e.to_string())));
+            }
+            return Shared::Miss(writer);
         }
         writer.start(Some(size), &media_type, registry, repo);
         if let Err(e) = writer.finish() {
@@ -179,11 +190,13 @@ fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
                 Ok(()) => {
                     info!(%digest, %registry, %repo, "cached from the shared store, verified")
                 }
-                Err(e) => {
+                Err(e @ (CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. })) => {
                     tier.refused(&digest, &e.to_string());
                     // Not the object: no appliance should read it again.
                     let _ = tier.delete(&digest).await;
                 }
+                // Our side failed (the local disk): the store's copy is not in question.
+                Err(e) => warn!(%digest, error = %e, "shared store's object not cached"),
             },
             Err(why) => {
                 warn!(%digest, %why, "shared store's object not cached");
@@ -220,7 +233,7 @@ async fn read_manifest(mut body: Stream, size: u64) -> Result<Vec<u8>, String> {
             Ok(Some(Ok(chunk))) if data.len() + chunk.len() <= size as usize => {
                 data.extend_from_slice(&chunk)
             }
-            Ok(Some(Ok(_))) => return Err("longer than its size".into()),
+            Ok(Some(Ok(_))) => return Err("longer than its size (changed while read?)".into()),
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => return Ok(data),
             Err(_) => return Err("the store stalled".into()),

@@ -200,6 +200,44 @@ async fn a_corrupt_object_in_the_tier_is_refused_and_never_stored() {
 }
 
 #[tokio::test]
+async fn a_good_object_is_never_deleted_for_what_the_url_looks_like() {
+    let store = Arc::new(InMemory::new());
+    let w = World::start_shared(store.clone()).await;
+    store
+        .put(&key(&blob2()), PutPayload::from(blob2()))
+        .await
+        .unwrap();
+    // A blob whose URL's query says `/manifests/`: a blob all the same.
+    let path = format!(
+        "/v2/library/small/blobs/{}?x=/manifests/",
+        digest_of(&blob2())
+    );
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "SHARED"));
+    assert_eq!(resp.body(), &blob2());
+    assert!(
+        store.head(&key(&blob2())).await.is_ok(),
+        "still in the store"
+    );
+
+    // A blob asked for as a manifest is not one: a miss, and the store keeps it.
+    let other = Arc::new(InMemory::new());
+    let two = second(&w, other.clone()).await;
+    other
+        .put(&key(&blob2()), PutPayload::from(blob2()))
+        .await
+        .unwrap();
+    let manifest = format!("/v2/library/small/manifests/{}", digest_of(&blob2()));
+    let resp = two.get(HUB, &manifest, &[("accept", MANIFEST_TYPE)]).await;
+    assert_ne!(x_cache(&resp), "SHARED");
+    assert!(
+        other.head(&key(&blob2())).await.is_ok(),
+        "still in the store"
+    );
+    two.stop().await;
+}
+
+#[tokio::test]
 async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     let flaky = Arc::new(Flaky::default());
     flaky.down.store(true, Ordering::SeqCst);
