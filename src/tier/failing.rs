@@ -26,6 +26,8 @@ pub struct Flaky {
     pub stalled: AtomicBool,
     /// Puts and gets asked.
     pub calls: AtomicUsize,
+    /// While set, puts are refused as a key without `PutObject` is (a 403); reads work.
+    pub rejecting: AtomicBool,
 }
 
 impl fmt::Display for Flaky {
@@ -35,6 +37,16 @@ impl fmt::Display for Flaky {
 }
 
 impl Flaky {
+    fn check_put(&self, k: &Key) -> object_store::Result<()> {
+        match self.rejecting.load(Ordering::SeqCst) {
+            true => Err(object_store::Error::PermissionDenied {
+                path: k.to_string(),
+                source: "403 Forbidden".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+
     async fn check(&self) -> object_store::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.stalled.load(Ordering::SeqCst) {
@@ -59,6 +71,7 @@ impl ObjectStore for Flaky {
         o: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.check().await?;
+        self.check_put(k)?;
         self.inner.put_opts(k, p, o).await
     }
     async fn put_multipart_opts(
@@ -67,6 +80,7 @@ impl ObjectStore for Flaky {
         o: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check().await?;
+        self.check_put(k)?;
         self.inner.put_multipart_opts(k, o).await
     }
     async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {

@@ -75,6 +75,14 @@ pub enum Error {
     },
     #[error("shared store is marked down (retrying after a backoff)")]
     Down,
+    /// The store answered and said no (a 4xx: a key without `PutObject`, say): the store is
+    /// not down, and asking again will not help much.
+    #[error("shared store refused: {op} {key}: {source}")]
+    Refused {
+        op: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
     #[error("{path}: {source}")]
     Local {
         path: PathBuf,
@@ -98,6 +106,8 @@ pub struct Listed {
 struct Upload {
     digest: Digest,
     path: PathBuf,
+    /// Attempts the store refused so far (dropped after [`upload::MAX_REFUSED`]).
+    refused: u32,
 }
 
 /// The fleet's store, as this appliance uses it.
@@ -294,6 +304,29 @@ impl SharedTier {
         None
     }
 
+    /// A store call that failed: a refusal (a 4xx) is counted and returned, anything else also
+    /// marks the store down.
+    fn failed_call(
+        &self,
+        op: TierOp,
+        what: &'static str,
+        key: &Key,
+        e: object_store::Error,
+    ) -> Error {
+        if !refusal(&e) {
+            return self.failed_err(op, store_err(what, key, e));
+        }
+        self.metrics.tier.error(Tier::Shared, op);
+        let key = key.to_string();
+        let e = Error::Refused {
+            op: what,
+            key,
+            source: e,
+        };
+        tracing::warn!(store = %self.label, error = %e, "shared store refused (not marked down)");
+        e
+    }
+
     fn failed_err(&self, op: TierOp, e: Error) -> Error {
         self.metrics.tier.error(Tier::Shared, op);
         let backoff = self.health.failed();
@@ -301,6 +334,21 @@ impl SharedTier {
         tracing::warn!(store = %self.label, error = %e, ?backoff, "shared store failed: marked down");
         e
     }
+}
+
+/// An answer that says no (a 4xx) rather than that the store is failing.
+fn refusal(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    matches!(
+        e,
+        E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+    )
 }
 
 fn store_err(op: &'static str, key: &Key, source: object_store::Error) -> Error {

@@ -187,3 +187,36 @@ async fn a_stalled_store_costs_a_request_a_few_seconds_once_then_is_skipped() {
     assert!(matches!(tier.get(&digest).await, Err(Error::Down)));
     assert_eq!(began.elapsed(), Duration::ZERO, "skipped while down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_uploads_is_not_down_and_the_upload_is_dropped_after_a_few() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, metrics) = tier_over(flaky.clone());
+    tier.start_uploads();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_path) = object(dir.path(), b"object a");
+    let (b, _) = object(dir.path(), b"object b");
+    flaky
+        .inner
+        .put(&tier.key(&b), b"object b".to_vec().into())
+        .await
+        .unwrap();
+    flaky.rejecting.store(true, Ordering::SeqCst);
+    tier.queue_upload(&a, &a_path);
+    settle().await;
+    assert!(
+        tier.health().up,
+        "a 403 on PUT does not mark the store down"
+    );
+    assert_eq!(tier.head(&b).await, Some(8), "reads go on");
+    assert_eq!(tier.pending(), 0, "dropped, not retried forever");
+    let text = metrics.encode();
+    assert!(
+        text.contains("regcache_tier_uploads_total{result=\"dropped\"} 1"),
+        "{text}"
+    );
+    let puts = flaky.calls.load(Ordering::SeqCst);
+    settle().await;
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), puts, "not asked again");
+    assert_eq!(tier.head(&a).await, None);
+}

@@ -12,7 +12,7 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{store_err, timeout_err, Error, SharedTier, Upload};
+use super::{timeout_err, Error, SharedTier, Upload};
 use super::{HEAD_TIMEOUT, MAX_PENDING, MULTIPART_OVER};
 use crate::cache::{Digest, Hasher};
 use crate::metrics::{TierOp, UploadResult};
@@ -22,6 +22,8 @@ use crate::sync::Locked;
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Parts of a multipart upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Attempts of one upload that the store refuses (a 4xx) before it is dropped (counted).
+pub(super) const MAX_REFUSED: u32 = 3;
 
 impl SharedTier {
     /// Queues a verified local object for upload; never waits. When the queue is full the
@@ -30,6 +32,7 @@ impl SharedTier {
         let upload = Upload {
             digest: digest.clone(),
             path: path.to_owned(),
+            refused: 0,
         };
         if let Err(e) = self.queue.try_send(upload) {
             let upload = match e {
@@ -72,7 +75,7 @@ impl SharedTier {
 
     /// Uploads one object, or parks it while the store is down. Whether the store took it (or
     /// the object needs nothing more).
-    async fn send(&self, upload: Upload) -> bool {
+    async fn send(&self, mut upload: Upload) -> bool {
         if self.health.is_down() {
             self.park(upload);
             return false;
@@ -88,8 +91,15 @@ impl SharedTier {
                 tracing::warn!(digest = %upload.digest, error = %e, "not uploaded to the shared store");
                 true
             }
-            Err(_) => {
+            Err(Error::Refused { .. }) if upload.refused + 1 >= MAX_REFUSED => {
                 self.metrics.tier.upload(UploadResult::Failed);
+                self.metrics.tier.upload(UploadResult::Dropped);
+                tracing::warn!(digest = %upload.digest, "the shared store refused it {MAX_REFUSED} times: dropped");
+                true
+            }
+            Err(e) => {
+                self.metrics.tier.upload(UploadResult::Failed);
+                upload.refused += matches!(e, Error::Refused { .. }) as u32;
                 self.park(upload);
                 false
             }
@@ -113,9 +123,7 @@ impl SharedTier {
         match tokio::time::timeout(HEAD_TIMEOUT, self.store.head(&key)).await {
             Ok(Ok(_)) => return Ok(UploadResult::Present),
             Ok(Err(object_store::Error::NotFound { .. })) => {}
-            Ok(Err(source)) => {
-                return Err(self.failed_err(TierOp::Head, store_err("HEAD", &key, source)));
-            }
+            Ok(Err(source)) => return Err(self.failed_call(TierOp::Head, "HEAD", &key, source)),
             Err(_) => {
                 let e = timeout_err("HEAD", &key, HEAD_TIMEOUT);
                 return Err(self.failed_err(TierOp::Head, e));
@@ -167,7 +175,7 @@ impl SharedTier {
         let put = self.store.put(&key, PutPayload::from(Bytes::from(data)));
         match put.await {
             Ok(_) => Ok(()),
-            Err(source) => Err(self.failed_err(TierOp::Put, store_err("PUT", &key, source))),
+            Err(source) => Err(self.failed_call(TierOp::Put, "PUT", &key, source)),
         }
     }
 
@@ -180,7 +188,7 @@ impl SharedTier {
         file: &mut tokio::fs::File,
     ) -> Result<(), Error> {
         let key = self.key(digest);
-        let fail = |source| self.failed_err(TierOp::Put, store_err("PUT", &key, source));
+        let fail = |source| self.failed_call(TierOp::Put, "PUT", &key, source);
         let upload = self.store.put_multipart(&key).await.map_err(fail)?;
         let mut parts = WriteMultipart::new_with_chunk_size(upload, MULTIPART_OVER as usize);
         let mut hasher = Hasher::new();
