@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -11,7 +12,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as Key;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
 /// An `InMemory` store that fails every put and get while `down` is set, and never answers
@@ -28,6 +29,35 @@ pub struct Flaky {
     pub calls: AtomicUsize,
     /// While set, puts are refused as a key without `PutObject` is (a 403); reads work.
     pub rejecting: AtomicBool,
+    /// While set, the parts of a multipart upload never finish.
+    pub parts_stalled: Arc<AtomicBool>,
+    /// Multipart uploads aborted.
+    pub aborts: Arc<AtomicUsize>,
+}
+
+/// A multipart upload of [`Flaky`]'s: its parts stall on demand, its aborts are counted.
+#[derive(Debug)]
+struct FlakyUpload {
+    inner: Box<dyn MultipartUpload>,
+    stalled: Arc<AtomicBool>,
+    aborts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl MultipartUpload for FlakyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        match self.stalled.load(Ordering::SeqCst) {
+            true => Box::pin(std::future::pending()),
+            false => self.inner.put_part(data),
+        }
+    }
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+        self.inner.abort().await
+    }
 }
 
 impl fmt::Display for Flaky {
@@ -81,7 +111,12 @@ impl ObjectStore for Flaky {
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check().await?;
         self.check_put(k)?;
-        self.inner.put_multipart_opts(k, o).await
+        let inner = self.inner.put_multipart_opts(k, o).await?;
+        Ok(Box::new(FlakyUpload {
+            inner,
+            stalled: self.parts_stalled.clone(),
+            aborts: self.aborts.clone(),
+        }))
     }
     async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
         self.check().await?;

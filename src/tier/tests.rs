@@ -220,3 +220,27 @@ async fn a_store_that_refuses_uploads_is_not_down_and_the_upload_is_dropped_afte
     assert_eq!(flaky.calls.load(Ordering::SeqCst), puts, "not asked again");
     assert_eq!(tier.head(&a).await, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_multipart_upload_that_outlasts_its_deadline_is_aborted_and_holds_back_no_other() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, _) = tier_over(flaky.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..(MULTIPART_OVER as usize + 4321))
+        .map(|i| (i % 249) as u8)
+        .collect();
+    let (big, big_path) = object(dir.path(), &data);
+    flaky.parts_stalled.store(true, Ordering::SeqCst);
+    let err = tier.upload(&big, &big_path).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert_eq!(flaky.aborts.load(Ordering::SeqCst), 1, "aborted");
+
+    // One stalled huge upload in flight: a small one still goes through.
+    tier.health.succeeded();
+    tier.start_uploads();
+    let (small, small_path) = object(dir.path(), b"a small one");
+    tier.queue_upload(&big, &big_path);
+    tier.queue_upload(&small, &small_path);
+    settle().await;
+    assert!(flaky.inner.head(&tier.key(&small)).await.is_ok());
+}
