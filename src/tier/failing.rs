@@ -31,6 +31,8 @@ pub struct Flaky {
     pub rejecting: AtomicBool,
     /// While set, the parts of a multipart upload never finish.
     pub parts_stalled: Arc<AtomicBool>,
+    /// While set, puts and gets answer after 2 s.
+    pub slow: AtomicBool,
     /// Multipart uploads aborted.
     pub aborts: Arc<AtomicUsize>,
 }
@@ -81,6 +83,9 @@ impl Flaky {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.stalled.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
         match self.down.load(Ordering::SeqCst) {
             true => Err(object_store::Error::Generic {

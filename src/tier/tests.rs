@@ -244,3 +244,24 @@ async fn a_multipart_upload_that_outlasts_its_deadline_is_aborted_and_holds_back
     settle().await;
     assert!(flaky.inner.head(&tier.key(&small)).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_is_a_miss_and_marks_the_store_down() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, _) = tier_over(flaky.clone());
+    let digest = Digest::of(b"x");
+    flaky
+        .inner
+        .put(&tier.key(&digest), b"x".to_vec().into())
+        .await
+        .unwrap();
+    flaky.slow.store(true, Ordering::SeqCst);
+    assert_eq!(tier.head(&digest).await, None);
+    assert!(!tier.health().up, "marked down");
+    let began = tokio::time::Instant::now();
+    assert_eq!(tier.head(&digest).await, None);
+    assert_eq!(began.elapsed(), Duration::ZERO, "skipped while down");
+    flaky.slow.store(false, Ordering::SeqCst);
+    tokio::time::sleep(health::MIN_BACKOFF).await;
+    assert_eq!(tier.head(&digest).await, Some(1), "the trial");
+}

@@ -85,7 +85,7 @@ impl SharedTier {
     /// Uploads one object, or parks it while the store is down. Whether the store took it (or
     /// the object needs nothing more).
     async fn send(&self, mut upload: Upload) -> bool {
-        if self.health.is_down() {
+        if !self.health.may_ask() {
             self.park(upload);
             return false;
         }
