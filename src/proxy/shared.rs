@@ -99,7 +99,7 @@ impl Proxy {
             size: Some(size),
             ..Expect::default()
         };
-        let confirmed = self.repo_holds(&out.route.host, repo, &digest).await;
+        let confirmed = self.shared_confirmed(out, repo, &digest).await;
         if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
             writer.decline();
             return Shared::Served(Ok(refused));
@@ -119,6 +119,25 @@ impl Proxy {
             true => self.shared_manifest(found, writer).await,
             false => shared_blob(found, writer),
         }
+    }
+
+    /// Whether the upstream already confirmed that `repo` holds `digest`, as
+    /// [`Proxy::authorize`] uses it: only together with a grant remembered for this client
+    /// (within `auth_ttl`, or with `offline` within `offline_auth_window`). Without one it
+    /// cannot count, and the repository's stored manifests are not scanned for it.
+    async fn shared_confirmed(&self, out: &Outbound<'_>, repo: &str, digest: &Digest) -> bool {
+        let registry = &out.route.host;
+        if self.cache.has_ref(digest, registry, repo) {
+            return true;
+        }
+        let policy = self.policy();
+        let remembered = |within| {
+            self.auth.public(registry, repo, within)
+                || self.auth.granted(&out.cred, registry, repo, within)
+        };
+        let window = policy.offline_auth_window.max(policy.auth_ttl);
+        let counts = remembered(policy.auth_ttl) || (policy.offline && remembered(window));
+        counts && self.repo_holds(registry, repo, digest).await
     }
 
     /// A manifest from the store, read whole and verified before it is stored and served. Only
