@@ -27,6 +27,8 @@ pub struct Flaky {
     pub stalled: AtomicBool,
     /// Puts and gets asked.
     pub calls: AtomicUsize,
+    /// HEADs asked.
+    pub heads: AtomicUsize,
     /// While set, puts are refused as a key without `PutObject` is (a 403); reads work.
     pub rejecting: AtomicBool,
     /// While set, the parts of a multipart upload never finish.
@@ -124,6 +126,7 @@ impl ObjectStore for Flaky {
         }))
     }
     async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
+        self.heads.fetch_add(o.head as usize, Ordering::SeqCst);
         self.check().await?;
         self.inner.get_opts(k, o).await
     }

@@ -309,3 +309,21 @@ async fn with_the_upstream_down_the_tier_serves_clients_whose_access_was_establi
     assert_ne!(refused.status(), StatusCode::OK);
     two.stop().await;
 }
+
+#[tokio::test]
+async fn with_mirrors_first_the_store_is_asked_once_per_request() {
+    let flaky = Arc::new(Flaky::default());
+    let mirrors = crate::fallback::mirrors(true);
+    let (w, mirror) = World::start_mirrored_shared(mirrors, flaky.clone()).await;
+    // The mirror cannot answer: the store, the mirror, then the upstream.
+    mirror
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/small/blobs/{}", digest_of(&blob2()));
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "MISS"));
+    uploaded(&flaky.inner, &blob2()).await;
+    // One HEAD for the request, one for the upload.
+    assert_eq!(flaky.heads.load(Ordering::SeqCst), 2);
+}
