@@ -190,17 +190,17 @@ impl Proxy {
 }
 
 /// A blob from the store: the fill starts at once and the client follows it as it grows; the
-/// last byte is held until the digest matched.
+/// last byte is held until the digest matched. One larger than the cache's room is relayed.
 fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
     let (tier, size, body) = (found.tier, found.size, found.body);
     let (registry, repo) = (found.registry, found.repo);
-    if !writer.reserve(size) {
-        // Larger than the cache can hold now: the upstream path relays it.
-        return Shared::Miss(writer);
-    }
+    // Larger than the cache can hold now: of unknown length to the fill, which relays it to
+    // its readers once it outgrows the room (verified, the last chunk held), uncached.
+    let room = writer.reserve(size);
     let fill = writer.fill().clone();
     let stream = fill.clone().stream();
-    writer.start(Some(size), "application/octet-stream", registry, repo);
+    let size = room.then_some(size);
+    writer.start(size, "application/octet-stream", registry, repo);
     let (tier, registry, repo) = (tier.clone(), registry.to_owned(), repo.to_owned());
     tokio::spawn(async move {
         let digest = writer.fill().digest.clone();
@@ -213,6 +213,9 @@ fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
                     tier.refused(&digest, &e.to_string());
                     // Not the object: no appliance should read it again.
                     let _ = tier.delete(&digest).await;
+                }
+                Err(CacheError::NoRoom { .. }) => {
+                    info!(%digest, %registry, %repo, "relayed from the shared store, verified, not cached")
                 }
                 // Our side failed (the local disk): the store's copy is not in question.
                 Err(e) => warn!(%digest, error = %e, "shared store's object not cached"),
@@ -236,7 +239,10 @@ async fn copy(mut body: Stream, writer: &mut FillWriter) -> Result<(), String> {
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Err(_) => return Err(format!("no data from the store for {BODY_IDLE_TIMEOUT:?}")),
         };
-        writer.write(&data).map_err(|e| e.to_string())?;
+        writer
+            .write_or_relay(data)
+            .await
+            .map_err(|e| e.to_string())?;
     }
 }
 

@@ -15,7 +15,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use regcache::cache::Digest;
 use regcache::tier::failing::Flaky;
 
-use crate::support::registry::{blob, blob2, digest_of, mutable, secret, MANIFEST_TYPE, TOKEN};
+use crate::support::registry::{
+    big, blob, blob2, digest_of, mutable, secret, MANIFEST_TYPE, TOKEN,
+};
 use crate::support::{Appliance, World};
 
 const HUB: &str = "registry-1.docker.io";
@@ -326,4 +328,27 @@ async fn with_mirrors_first_the_store_is_asked_once_per_request() {
     uploaded(&flaky.inner, &blob2()).await;
     // One HEAD for the request, one for the upload.
     assert_eq!(flaky.heads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_shared_blob_larger_than_the_room_is_relayed_from_the_store_verified() {
+    let store = Arc::new(InMemory::new());
+    let w = World::start_shared(store.clone()).await;
+    store
+        .put(&key(&big()), PutPayload::from(big()))
+        .await
+        .unwrap();
+    let toml = format!("{}\n[cache]\nmax_size = \"1MB\"\n", w.toml);
+    let small = Appliance::start_with_store(&w.dns_keys, &toml, Some(store.clone())).await;
+    let path = format!("/v2/library/big/blobs/{}", digest_of(&big()));
+    let resp = small.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "SHARED"));
+    assert_eq!(
+        crate::support::sha256_hex(resp.body()),
+        crate::support::sha256_hex(&big())
+    );
+    assert_eq!(w.registry.count("GET", &path), 0, "not from the upstream");
+    assert_eq!(small.cache.usage(), (0, 0), "not cached");
+    assert!(store.head(&key(&big())).await.is_ok());
+    small.stop().await;
 }
