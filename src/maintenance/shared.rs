@@ -81,7 +81,7 @@ impl SharedStore {
 
     /// Reads and hashes every object; deletes those whose whole bytes do not match their
     /// digest. One that cannot be read is reported and kept; while the store is marked down
-    /// (after an error) its backoff is waited out, and after [`DOWN_TRIES`] objects in a row
+    /// (after an error) its backoff is waited out, and after `DOWN_TRIES` (3) objects in a row
     /// that could not be read the check stops and says so.
     pub fn verify(&self, progress: bool) -> anyhow::Result<Verified> {
         let listed = self.list()?;
