@@ -72,7 +72,7 @@ pub fn run_with(
             Some(shared) => {
                 let verified = shared.verify(format.allows_progress())?;
                 Outcome {
-                    found_bad: verified.summary.bad > 0,
+                    found_bad: verified.found_bad(),
                     text: format.render(&verified, report::verified_text),
                 }
             }

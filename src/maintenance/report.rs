@@ -228,7 +228,8 @@ pub struct Verdict {
     pub digest: String,
     pub size: u64,
     pub media_type: String,
-    /// `"ok"`, or `"bad"` (size or hash wrong, or unreadable; dropped).
+    /// `"ok"`, `"bad"` (size or hash wrong; dropped), or `"unreadable"` (the shared store's
+    /// object could not be read whole: kept, not judged).
     pub verdict: &'static str,
     /// Why it is bad; null when ok.
     pub reason: Option<String>,
@@ -240,6 +241,10 @@ pub struct Summary {
     pub bytes: u64,
     pub ok: usize,
     pub bad: usize,
+    /// The shared store's objects that could not be read (kept).
+    pub unreadable: usize,
+    /// Why the check stopped before the end (the shared store down); null when it did not.
+    pub stopped: Option<String>,
 }
 
 impl Verified {
@@ -259,6 +264,24 @@ impl Verified {
             reason: problem.map(str::to_owned),
         });
     }
+
+    /// One more object that could not be read whole (a shared store's read error): kept.
+    pub fn unreadable(&mut self, o: &ObjectInfo, why: &str) {
+        self.summary.unreadable += 1;
+        self.objects.push(Verdict {
+            digest: o.digest.to_string(),
+            size: o.size,
+            media_type: o.media_type.clone(),
+            verdict: "unreadable",
+            reason: Some(why.to_owned()),
+        });
+    }
+
+    /// Whether something was wrong: a bad or unreadable object, or a check cut short.
+    pub fn found_bad(&self) -> bool {
+        let s = &self.summary;
+        s.bad > 0 || s.unreadable > 0 || s.stopped.is_some()
+    }
 }
 
 /// A line per bad object, then the summary.
@@ -266,15 +289,25 @@ pub fn verified_text(v: &Verified) -> String {
     let mut out = String::new();
     for o in v.objects.iter().filter(|o| o.reason.is_some()) {
         let why = o.reason.as_deref().unwrap_or_default();
-        out.push_str(&format!("bad {}: {why}; dropped\n", o.digest));
+        match o.verdict {
+            "unreadable" => out.push_str(&format!("unreadable {}: {why}; kept\n", o.digest)),
+            _ => out.push_str(&format!("bad {}: {why}; dropped\n", o.digest)),
+        }
     }
     let s = &v.summary;
     out.push_str(&format!(
-        "verified {} objects, {}: {} bad, dropped\n",
+        "verified {} objects, {}: {} bad, dropped",
         s.checked,
         human(s.bytes),
         s.bad
     ));
+    if s.unreadable > 0 {
+        out.push_str(&format!("; {} unreadable, kept", s.unreadable));
+    }
+    out.push('\n');
+    if let Some(why) = &s.stopped {
+        out.push_str(&format!("stopped before the end: {why}\n"));
+    }
     out
 }
 

@@ -1,5 +1,5 @@
 //! The shared tier for `regcache cache …`: the `[storage]` store listed, counted, purged and
-//! verified (each object read whole and hashed; a bad one is deleted) from a command that has no
+//! verified (each object read whole and hashed; a bad one is deleted, an unreadable one kept) from a command that has no
 //! runtime of its own, so it brings a small one. Objects there carry no media type and no refs
 //! (the store keeps bytes by digest only): filters by registry or repository select from the
 //! local tier's refs.
@@ -15,10 +15,13 @@ use crate::cache::{Digest, Hasher, ObjectInfo};
 use crate::config::{Config, StorageConfig};
 use crate::metrics::Metrics;
 use crate::progress::Progress;
-use crate::tier::{open_s3, SharedTier};
+use crate::tier::{open_s3, Error, SharedTier};
 
 /// A stored object's body that yields nothing for this long is unreadable.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Checks of one object that found the store down (its backoff waited out between them), and
+/// objects in a row that could not be read, before verify stops.
+const DOWN_TRIES: usize = 3;
 
 /// The shared store, with the runtime its client needs.
 pub struct SharedStore {
@@ -76,28 +79,63 @@ impl SharedStore {
         Ok((chosen.len(), chosen.iter().map(|o| o.size).sum()))
     }
 
-    /// Reads and hashes every object; deletes those whose bytes do not match their digest.
+    /// Reads and hashes every object; deletes those whose whole bytes do not match their
+    /// digest. One that cannot be read is reported and kept; while the store is marked down
+    /// (after an error) its backoff is waited out, and after `DOWN_TRIES` (3) objects in a row
+    /// that could not be read the check stops and says so.
     pub fn verify(&self, progress: bool) -> anyhow::Result<Verified> {
         let listed = self.list()?;
         let bytes = listed.iter().map(|o| o.size).sum();
         let mut progress = Progress::stderr("verify", listed.len() as u64, bytes, progress);
         let mut verified = Verified::default();
+        let mut failing = 0;
         for o in &listed {
-            let problem = self.runtime.block_on(self.check(&o.digest, o.size));
-            if problem.is_some() {
-                self.delete(std::slice::from_ref(o))?;
+            let check = self.runtime.block_on(self.check_waiting(&o.digest, o.size));
+            failing = if matches!(check, Check::Good | Check::Bad(_)) {
+                0
+            } else {
+                failing + 1
+            };
+            match check {
+                Check::Good => verified.add(o, None),
+                Check::Bad(why) => {
+                    self.delete(std::slice::from_ref(o))?;
+                    verified.add(o, Some(&why));
+                }
+                Check::Unreadable(why) => verified.unreadable(o, &why),
+                Check::Down => {}
             }
-            verified.add(o, problem.as_deref());
             progress.advance(1, o.size);
+            if failing >= DOWN_TRIES {
+                let label = self.label();
+                let why = format!("{label} failed {failing} objects in a row; the rest unchecked");
+                verified.summary.stopped = Some(why);
+                break;
+            }
         }
         Ok(verified)
     }
 
-    /// Why the stored object is not `digest` of `size` bytes; `None` when it is.
-    async fn check(&self, digest: &Digest, size: u64) -> Option<String> {
+    /// [`SharedStore::check`], waiting out the store's backoff while it is marked down.
+    async fn check_waiting(&self, digest: &Digest, size: u64) -> Check {
+        for _ in 0..DOWN_TRIES {
+            if let Some(wait) = self.tier.health().retry_in {
+                tokio::time::sleep(wait).await;
+            }
+            match self.check(digest, size).await {
+                Check::Down => continue,
+                done => return done,
+            }
+        }
+        Check::Down
+    }
+
+    /// Whether the stored object is `digest` of `size` bytes, read whole.
+    async fn check(&self, digest: &Digest, size: u64) -> Check {
         let (_, mut body) = match self.tier.get(digest).await {
             Ok(got) => got,
-            Err(e) => return Some(e.to_string()),
+            Err(Error::Down) => return Check::Down,
+            Err(e) => return Check::Unreadable(e.to_string()),
         };
         let (mut hasher, mut read) = (Hasher::new(), 0u64);
         loop {
@@ -107,15 +145,31 @@ impl SharedStore {
                     hasher.update(&chunk);
                     read += chunk.len() as u64;
                 }
-                Ok(Some(Err(e))) => return Some(e.to_string()),
-                Err(_) => return Some(format!("no data from the store for {BODY_IDLE:?}")),
+                Ok(Some(Err(e))) => return Check::Unreadable(e.to_string()),
+                Err(_) => {
+                    return Check::Unreadable(format!("no data from the store for {BODY_IDLE:?}"))
+                }
             }
         }
         if read != size {
-            return Some(format!("{read} bytes, listed as {size}"));
+            return Check::Bad(format!("{read} bytes, listed as {size}"));
         }
-        (hasher.finish() != *digest).then(|| "content does not match its digest".to_owned())
+        match hasher.finish() == *digest {
+            true => Check::Good,
+            false => Check::Bad("content does not match its digest".to_owned()),
+        }
     }
+}
+
+/// One object's check.
+enum Check {
+    Good,
+    /// Read whole, and not the object: deleted.
+    Bad(String),
+    /// Not read whole (an error, a stall): kept.
+    Unreadable(String),
+    /// The store is marked down: not asked.
+    Down,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -237,5 +291,35 @@ mod tests {
         drop(store);
         let err = run(&config, &command(&["ls", "--tier", "shared"])).unwrap_err();
         assert!(err.to_string().contains("no shared tier"), "{err}");
+    }
+
+    #[test]
+    fn a_store_that_fails_reads_loses_nothing_and_verify_says_so() {
+        let (_dir, config, store, _, _) = fixture();
+        let flaky = Arc::new(crate::tier::failing::Flaky::default());
+        let tier = SharedTier::new(flaky.clone(), "fleet", "flaky", Arc::new(Metrics::new()));
+        let shared = SharedStore::over(tier.clone()).unwrap();
+        for data in [
+            b"object a".as_slice(),
+            b"object c",
+            b"object d",
+            b"object e",
+        ] {
+            let key = tier.key(&Digest::of(data));
+            let put = flaky.inner.put(&key, data.to_vec().into());
+            shared.runtime.block_on(put).unwrap();
+        }
+        flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let verify = command(&["verify", "--tier", "shared"]);
+        let out = run_with(&config, &verify, &store, Some(&shared)).unwrap();
+        assert!(out.found_bad, "{}", out.text);
+        assert!(out.text.contains("stopped before the end"), "{}", out.text);
+        assert!(
+            out.text.contains("0 bad, dropped; 3 unreadable, kept"),
+            "{}",
+            out.text
+        );
+        flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(shared.list().unwrap().len(), 4, "nothing deleted");
     }
 }

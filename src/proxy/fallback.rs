@@ -131,7 +131,8 @@ impl Proxy {
         let asked = self.mirror_answer(mirrors, &path, &out.headers, repo, &digest);
         let Some((at, answer)) = asked.await else {
             return match primary {
-                None => self.lead(out, repo, writer).await,
+                // `mirrors_first`: the shared tier was asked before the mirrors.
+                None => self.lead_past_shared(out, repo, writer).await,
                 Some(primary) => {
                     writer.decline();
                     answer_of(primary, out)

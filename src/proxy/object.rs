@@ -133,10 +133,20 @@ impl Proxy {
         repo: &str,
         writer: FillWriter,
     ) -> Result<Response<Body>, Error> {
-        let writer = match self.from_shared(out, repo, writer).await {
-            Shared::Served(answer) => return answer,
-            Shared::Miss(writer) => writer,
-        };
+        match self.from_shared(out, repo, writer).await {
+            Shared::Served(answer) => answer,
+            Shared::Miss(writer) => self.lead_past_shared(out, repo, writer).await,
+        }
+    }
+
+    /// [`Proxy::lead`] once the shared tier missed (asked once per request, also with
+    /// `mirrors_first`, whose mirrors come between).
+    pub(super) async fn lead_past_shared(
+        self: &Arc<Self>,
+        out: &Outbound<'_>,
+        repo: &str,
+        writer: FillWriter,
+    ) -> Result<Response<Body>, Error> {
         // The object's owner in the fleet, when that is another appliance ([`super::peer`]).
         let writer = match self.via_owner(out, repo, writer).await {
             Owner::Answered(answer) => return answer,

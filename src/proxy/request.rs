@@ -43,6 +43,9 @@ pub(super) struct Outbound<'a> {
     /// The request came from another appliance of the fleet (`X-Regcache-Peer`, removed from
     /// `headers`): it is never forwarded to a peer again.
     pub from_peer: bool,
+    /// The endpoint is a manifest by digest (not a blob): how an object read from elsewhere
+    /// than the upstream (the shared tier) is checked. Never guessed from the URL.
+    pub manifest: bool,
 }
 
 /// Headers about a request body, dropped from the bodiless GETs and HEADs sent upstream.
@@ -173,6 +176,7 @@ impl Proxy {
             headers,
             cred,
             from_peer,
+            manifest: matches!(endpoint, Endpoint::ManifestByDigest { .. }),
         };
         self.read(out, endpoint).await
     }

@@ -11,10 +11,13 @@
 //! it arrives with its last byte held until the digest matched (as for the upstream's bytes, and
 //! the same accepted risk: the store holds only what an appliance of this fleet verified from an
 //! upstream), a manifest is read whole and checked before anything is served, its media type
-//! taken from the verified bytes. An object that does not match is refused, counted, never
-//! stored, and deleted from the store (it is not the object; the next upstream fill uploads the
-//! right one); the request then goes on to the upstream (a manifest), or fails before its last
-//! byte (a blob already under way: the client retries, misses the store, gets the upstream's).
+//! taken from the verified bytes. Whether it is read as a manifest or a blob is the endpoint's
+//! kind ([`Outbound::manifest`]), never the URL's text. An object whose whole body was read and
+//! does not match is refused, counted, never stored, and deleted from the store (it is not the
+//! object; the next upstream fill uploads the right one); the request then goes on to the
+//! upstream (a manifest), or fails before its last byte (a blob already under way: the client
+//! retries, misses the store, gets the upstream's). Anything else (a read error or stall, a
+//! blob asked for as a manifest, our own disk failing) is a miss that leaves the store's copy.
 //!
 //! # When the store is slow or down
 //! Its HEAD waits a few seconds at most; a store marked down is not asked (see `tier/`). Either
@@ -34,7 +37,7 @@ use super::outcome::CacheOutcome;
 use super::request::Outbound;
 use super::response::{serve_fill, serve_reader};
 use super::{Body, Error, Proxy};
-use crate::cache::{Digest, FillWriter};
+use crate::cache::{Digest, Error as CacheError, FillWriter};
 use crate::tier::{self, SharedTier};
 
 /// A store whose body yields nothing for this long is abandoned (the fill fails).
@@ -96,7 +99,7 @@ impl Proxy {
             size: Some(size),
             ..Expect::default()
         };
-        let confirmed = self.repo_holds(&out.route.host, repo, &digest).await;
+        let confirmed = self.shared_confirmed(out, repo, &digest).await;
         if let Err(refused) = self.authorize(out, repo, &expect, confirmed).await {
             writer.decline();
             return Shared::Served(Ok(refused));
@@ -112,37 +115,64 @@ impl Proxy {
             registry: &out.route.host,
             repo,
         };
-        match out.url.contains("/manifests/") {
+        match out.manifest {
             true => self.shared_manifest(found, writer).await,
             false => shared_blob(found, writer),
         }
     }
 
-    /// A manifest from the store, read whole and verified before it is stored and served.
+    /// Whether the upstream already confirmed that `repo` holds `digest`, as
+    /// [`Proxy::authorize`] uses it: only together with a grant remembered for this client
+    /// (within `auth_ttl`, or with `offline` within `offline_auth_window`). Without one it
+    /// cannot count, and the repository's stored manifests are not scanned for it.
+    async fn shared_confirmed(&self, out: &Outbound<'_>, repo: &str, digest: &Digest) -> bool {
+        let registry = &out.route.host;
+        if self.cache.has_ref(digest, registry, repo) {
+            return true;
+        }
+        let policy = self.policy();
+        let remembered = |within| {
+            self.auth.public(registry, repo, within)
+                || self.auth.granted(&out.cred, registry, repo, within)
+        };
+        let window = policy.offline_auth_window.max(policy.auth_ttl);
+        let counts = remembered(policy.auth_ttl) || (policy.offline && remembered(window));
+        counts && self.repo_holds(registry, repo, digest).await
+    }
+
+    /// A manifest from the store, read whole and verified before it is stored and served. Only
+    /// a whole body that does not hash to the digest is deleted from the store; one that could
+    /// not be read, or is not a manifest (a blob asked for as one), is left there: a miss.
     async fn shared_manifest(&self, found: Found<'_>, mut writer: FillWriter) -> Shared {
         let (tier, size, registry, repo) = (found.tier, found.size, found.registry, found.repo);
         let digest = writer.fill().digest.clone();
-        let read = read_manifest(found.body, size).await;
-        let checked = read.and_then(|data| match Digest::of(&data) == digest {
-            true => media_type_of(&data)
-                .map(|media_type| (data, media_type))
-                .ok_or_else(|| "not a manifest".to_owned()),
-            false => Err("does not match its digest".to_owned()),
-        });
-        let (data, media_type) = match checked {
-            Ok(checked) => checked,
+        let data = match read_manifest(found.body, size).await {
+            Ok(data) => data,
             Err(why) => {
-                tier.refused(&digest, &why);
-                let _ = tier.delete(&digest).await;
+                warn!(%digest, %why, "shared store's manifest not read: asking elsewhere");
                 return Shared::Miss(writer);
             }
+        };
+        if Digest::of(&data) != digest {
+            tier.refused(&digest, "does not match its digest");
+            // Not the object: no appliance should read it again.
+            let _ = tier.delete(&digest).await;
+            return Shared::Miss(writer);
+        }
+        let Some(media_type) = media_type_of(&data) else {
+            warn!(%digest, "the shared store's object is not a manifest: asking elsewhere");
+            return Shared::Miss(writer);
         };
         if !writer.reserve(size) {
             return Shared::Miss(writer);
         }
         if let Err(e) = writer.write(&data) {
-            writer.fail(e.to_string());
-            return Shared::Served(Err(Error::Unavailable(e.to_string())));
+            warn!(%digest, error = %e, "shared store's manifest not stored: asking elsewhere");
+            if let Err(e) = writer.rewind() {
+                writer.fail(e.to_string());
+                return Shared::Served(Err(Error::Unavailable(e.to_string())));
+            }
+            return Shared::Miss(writer);
         }
         writer.start(Some(size), &media_type, registry, repo);
         if let Err(e) = writer.finish() {
@@ -160,17 +190,17 @@ impl Proxy {
 }
 
 /// A blob from the store: the fill starts at once and the client follows it as it grows; the
-/// last byte is held until the digest matched.
+/// last byte is held until the digest matched. One larger than the cache's room is relayed.
 fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
     let (tier, size, body) = (found.tier, found.size, found.body);
     let (registry, repo) = (found.registry, found.repo);
-    if !writer.reserve(size) {
-        // Larger than the cache can hold now: the upstream path relays it.
-        return Shared::Miss(writer);
-    }
+    // Larger than the cache can hold now: of unknown length to the fill, which relays it to
+    // its readers once it outgrows the room (verified, the last chunk held), uncached.
+    let room = writer.reserve(size);
     let fill = writer.fill().clone();
     let stream = fill.clone().stream();
-    writer.start(Some(size), "application/octet-stream", registry, repo);
+    let size = room.then_some(size);
+    writer.start(size, "application/octet-stream", registry, repo);
     let (tier, registry, repo) = (tier.clone(), registry.to_owned(), repo.to_owned());
     tokio::spawn(async move {
         let digest = writer.fill().digest.clone();
@@ -179,11 +209,16 @@ fn shared_blob(found: Found<'_>, mut writer: FillWriter) -> Shared {
                 Ok(()) => {
                     info!(%digest, %registry, %repo, "cached from the shared store, verified")
                 }
-                Err(e) => {
+                Err(e @ (CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. })) => {
                     tier.refused(&digest, &e.to_string());
                     // Not the object: no appliance should read it again.
                     let _ = tier.delete(&digest).await;
                 }
+                Err(CacheError::NoRoom { .. }) => {
+                    info!(%digest, %registry, %repo, "relayed from the shared store, verified, not cached")
+                }
+                // Our side failed (the local disk): the store's copy is not in question.
+                Err(e) => warn!(%digest, error = %e, "shared store's object not cached"),
             },
             Err(why) => {
                 warn!(%digest, %why, "shared store's object not cached");
@@ -204,7 +239,10 @@ async fn copy(mut body: Stream, writer: &mut FillWriter) -> Result<(), String> {
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Err(_) => return Err(format!("no data from the store for {BODY_IDLE_TIMEOUT:?}")),
         };
-        writer.write(&data).map_err(|e| e.to_string())?;
+        writer
+            .write_or_relay(data)
+            .await
+            .map_err(|e| e.to_string())?;
     }
 }
 
@@ -220,7 +258,7 @@ async fn read_manifest(mut body: Stream, size: u64) -> Result<Vec<u8>, String> {
             Ok(Some(Ok(chunk))) if data.len() + chunk.len() <= size as usize => {
                 data.extend_from_slice(&chunk)
             }
-            Ok(Some(Ok(_))) => return Err("longer than its size".into()),
+            Ok(Some(Ok(_))) => return Err("longer than its size (changed while read?)".into()),
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => return Ok(data),
             Err(_) => return Err("the store stalled".into()),

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -11,7 +12,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as Key;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
 /// An `InMemory` store that fails every put and get while `down` is set, and never answers
@@ -26,6 +27,41 @@ pub struct Flaky {
     pub stalled: AtomicBool,
     /// Puts and gets asked.
     pub calls: AtomicUsize,
+    /// HEADs asked.
+    pub heads: AtomicUsize,
+    /// While set, puts are refused as a key without `PutObject` is (a 403); reads work.
+    pub rejecting: AtomicBool,
+    /// While set, the parts of a multipart upload never finish.
+    pub parts_stalled: Arc<AtomicBool>,
+    /// While set, puts and gets answer after 2 s.
+    pub slow: AtomicBool,
+    /// Multipart uploads aborted.
+    pub aborts: Arc<AtomicUsize>,
+}
+
+/// A multipart upload of [`Flaky`]'s: its parts stall on demand, its aborts are counted.
+#[derive(Debug)]
+struct FlakyUpload {
+    inner: Box<dyn MultipartUpload>,
+    stalled: Arc<AtomicBool>,
+    aborts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl MultipartUpload for FlakyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        match self.stalled.load(Ordering::SeqCst) {
+            true => Box::pin(std::future::pending()),
+            false => self.inner.put_part(data),
+        }
+    }
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+        self.inner.abort().await
+    }
 }
 
 impl fmt::Display for Flaky {
@@ -35,10 +71,23 @@ impl fmt::Display for Flaky {
 }
 
 impl Flaky {
+    fn check_put(&self, k: &Key) -> object_store::Result<()> {
+        match self.rejecting.load(Ordering::SeqCst) {
+            true => Err(object_store::Error::PermissionDenied {
+                path: k.to_string(),
+                source: "403 Forbidden".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+
     async fn check(&self) -> object_store::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.stalled.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
         match self.down.load(Ordering::SeqCst) {
             true => Err(object_store::Error::Generic {
@@ -59,6 +108,7 @@ impl ObjectStore for Flaky {
         o: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.check().await?;
+        self.check_put(k)?;
         self.inner.put_opts(k, p, o).await
     }
     async fn put_multipart_opts(
@@ -67,9 +117,16 @@ impl ObjectStore for Flaky {
         o: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check().await?;
-        self.inner.put_multipart_opts(k, o).await
+        self.check_put(k)?;
+        let inner = self.inner.put_multipart_opts(k, o).await?;
+        Ok(Box::new(FlakyUpload {
+            inner,
+            stalled: self.parts_stalled.clone(),
+            aborts: self.aborts.clone(),
+        }))
     }
     async fn get_opts(&self, k: &Key, o: GetOptions) -> object_store::Result<GetResult> {
+        self.heads.fetch_add(o.head as usize, Ordering::SeqCst);
         self.check().await?;
         self.inner.get_opts(k, o).await
     }

@@ -1,6 +1,7 @@
 //! The shared store's health: marked down after a failure for a backoff that doubles with each
-//! consecutive failure (1 s … 1 min); reads skip it and uploads wait while it is down; the first
-//! operation after the backoff is the trial, and its success marks the store up again.
+//! consecutive failure (1 s … 1 min); reads skip it and uploads wait while it is down; after the
+//! backoff one caller makes the trial while the others go on skipping it, and the trial's
+//! success marks the store up again (its failure starts the next backoff).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use crate::sync::Locked;
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest backoff.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A trial that reported nothing for this long is forgotten (another caller may try).
+const TRIAL_STALE: Duration = Duration::from_secs(15);
 
 /// Whether the store may be asked now.
 #[derive(Debug, Default)]
@@ -29,6 +32,8 @@ struct State {
     backoff: Duration,
     /// Failures since the store last answered.
     failures: u64,
+    /// When the trial after the backoff began; `None` while none is under way.
+    trial: Option<Instant>,
 }
 
 /// What the status page shows.
@@ -40,15 +45,37 @@ pub struct HealthView {
     pub retry_in: Option<Duration>,
 }
 
+impl State {
+    fn trying(&self, now: Instant) -> bool {
+        self.trial.is_some_and(|t| now < t + TRIAL_STALE)
+    }
+}
+
 impl Health {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Whether the store is within a backoff (skip it).
+    /// Whether the store is within a backoff, or another caller makes the trial (skip it).
     pub fn is_down(&self) -> bool {
         let state = self.state.locked();
-        state.down_until.is_some_and(|t| Instant::now() < t)
+        let now = Instant::now();
+        state.down_until.is_some_and(|t| now < t) || state.trying(now)
+    }
+
+    /// Whether this caller may ask the store now: it answers, or the backoff is over and no one
+    /// else makes the trial (this caller makes it, and must report it as a success or failure).
+    pub fn may_ask(&self) -> bool {
+        let mut state = self.state.locked();
+        let now = Instant::now();
+        let Some(until) = state.down_until else {
+            return true;
+        };
+        if now < until || state.trying(now) {
+            return false;
+        }
+        state.trial = Some(now);
+        true
     }
 
     /// An operation failed: the store is down for the next backoff, which is returned.
@@ -60,6 +87,7 @@ impl Health {
         };
         state.failures += 1;
         state.down_until = Some(Instant::now() + state.backoff);
+        state.trial = None;
         state.backoff
     }
 

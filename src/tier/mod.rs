@@ -17,9 +17,10 @@
 //! # When the store fails
 //! Every failed operation is counted (`regcache_tier_errors_total{tier="shared",op}`) and logged,
 //! and marks the store down for a backoff (1 s doubling to 1 min, `health.rs`): while down, reads
-//! skip it (straight to the upstream) and uploads wait in a bounded pending set; the first
-//! operation after the backoff is the trial, and once one succeeds the pending uploads are sent
-//! (catching up). Uploads run in one background task fed by a bounded queue: a client never
+//! skip it (straight to the upstream) and uploads wait in a bounded pending set; after the
+//! backoff one operation is the trial (the others still skip the store), and once one succeeds
+//! the pending uploads are sent (catching up). A HEAD slower than a second counts as a failure:
+//! a slow store is skipped rather than slowing every miss. Uploads run in one background task fed by a bounded queue: a client never
 //! waits for one.
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub use s3::open_s3;
 
 /// A HEAD that takes longer is a miss (the upstream is asked instead).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// A HEAD that takes longer (yet answers) is a miss too, and marks the store down.
+const SLOW_HEAD: Duration = Duration::from_secs(1);
 /// A GET whose response head takes longer fails (the body has its own idle timeout); so does
 /// a DELETE, or a page of a listing.
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +78,14 @@ pub enum Error {
     },
     #[error("shared store is marked down (retrying after a backoff)")]
     Down,
+    /// The store answered and said no (a 4xx: a key without `PutObject`, say): the store is
+    /// not down, and asking again will not help much.
+    #[error("shared store refused: {op} {key}: {source}")]
+    Refused {
+        op: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
     #[error("{path}: {source}")]
     Local {
         path: PathBuf,
@@ -98,6 +109,8 @@ pub struct Listed {
 struct Upload {
     digest: Digest,
     path: PathBuf,
+    /// Attempts the store refused so far (dropped after [`upload::MAX_REFUSED`]).
+    refused: u32,
 }
 
 /// The fleet's store, as this appliance uses it.
@@ -174,12 +187,17 @@ impl SharedTier {
     /// The object's size when the store has it; `None` when it does not, is down, or does not
     /// answer within a few seconds (the failure counted, the store marked down).
     pub async fn head(&self, digest: &Digest) -> Option<u64> {
-        if self.health.is_down() {
+        if !self.health.may_ask() {
             return None;
         }
         let key = self.key(digest);
+        let began = tokio::time::Instant::now();
         let head = tokio::time::timeout(HEAD_TIMEOUT, self.store.head(&key)).await;
         match head {
+            // A store this slow costs every miss more than it saves: marked down.
+            Ok(_) if began.elapsed() > SLOW_HEAD => {
+                self.failed(TierOp::Head, timeout_err("HEAD", &key, SLOW_HEAD))
+            }
             Ok(Ok(meta)) => {
                 self.ok();
                 Some(meta.size)
@@ -199,7 +217,7 @@ impl SharedTier {
         &self,
         digest: &Digest,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, Error>>), Error> {
-        if self.health.is_down() {
+        if !self.health.may_ask() {
             return Err(Error::Down);
         }
         let key = self.key(digest);
@@ -207,6 +225,7 @@ impl SharedTier {
             Ok(Ok(got)) => got,
             // Gone since the HEAD (purged): not the store's failure.
             Ok(Err(source @ object_store::Error::NotFound { .. })) => {
+                self.ok();
                 return Err(store_err("GET", &key, source));
             }
             Ok(Err(source)) => {
@@ -294,6 +313,29 @@ impl SharedTier {
         None
     }
 
+    /// A store call that failed: a refusal (a 4xx) is counted and returned, anything else also
+    /// marks the store down.
+    fn failed_call(
+        &self,
+        op: TierOp,
+        what: &'static str,
+        key: &Key,
+        e: object_store::Error,
+    ) -> Error {
+        if !refusal(&e) {
+            return self.failed_err(op, store_err(what, key, e));
+        }
+        self.metrics.tier.error(Tier::Shared, op);
+        let key = key.to_string();
+        let e = Error::Refused {
+            op: what,
+            key,
+            source: e,
+        };
+        tracing::warn!(store = %self.label, error = %e, "shared store refused (not marked down)");
+        e
+    }
+
     fn failed_err(&self, op: TierOp, e: Error) -> Error {
         self.metrics.tier.error(Tier::Shared, op);
         let backoff = self.health.failed();
@@ -301,6 +343,21 @@ impl SharedTier {
         tracing::warn!(store = %self.label, error = %e, ?backoff, "shared store failed: marked down");
         e
     }
+}
+
+/// An answer that says no (a 4xx) rather than that the store is failing.
+fn refusal(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    matches!(
+        e,
+        E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+    )
 }
 
 fn store_err(op: &'static str, key: &Key, source: object_store::Error) -> Error {

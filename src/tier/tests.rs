@@ -187,3 +187,81 @@ async fn a_stalled_store_costs_a_request_a_few_seconds_once_then_is_skipped() {
     assert!(matches!(tier.get(&digest).await, Err(Error::Down)));
     assert_eq!(began.elapsed(), Duration::ZERO, "skipped while down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_uploads_is_not_down_and_the_upload_is_dropped_after_a_few() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, metrics) = tier_over(flaky.clone());
+    tier.start_uploads();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_path) = object(dir.path(), b"object a");
+    let (b, _) = object(dir.path(), b"object b");
+    flaky
+        .inner
+        .put(&tier.key(&b), b"object b".to_vec().into())
+        .await
+        .unwrap();
+    flaky.rejecting.store(true, Ordering::SeqCst);
+    tier.queue_upload(&a, &a_path);
+    settle().await;
+    assert!(
+        tier.health().up,
+        "a 403 on PUT does not mark the store down"
+    );
+    assert_eq!(tier.head(&b).await, Some(8), "reads go on");
+    assert_eq!(tier.pending(), 0, "dropped, not retried forever");
+    let text = metrics.encode();
+    assert!(
+        text.contains("regcache_tier_uploads_total{result=\"dropped\"} 1"),
+        "{text}"
+    );
+    let puts = flaky.calls.load(Ordering::SeqCst);
+    settle().await;
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), puts, "not asked again");
+    assert_eq!(tier.head(&a).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multipart_upload_that_outlasts_its_deadline_is_aborted_and_holds_back_no_other() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, _) = tier_over(flaky.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..(MULTIPART_OVER as usize + 4321))
+        .map(|i| (i % 249) as u8)
+        .collect();
+    let (big, big_path) = object(dir.path(), &data);
+    flaky.parts_stalled.store(true, Ordering::SeqCst);
+    let err = tier.upload(&big, &big_path).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert_eq!(flaky.aborts.load(Ordering::SeqCst), 1, "aborted");
+
+    // One stalled huge upload in flight: a small one still goes through.
+    tier.health.succeeded();
+    tier.start_uploads();
+    let (small, small_path) = object(dir.path(), b"a small one");
+    tier.queue_upload(&big, &big_path);
+    tier.queue_upload(&small, &small_path);
+    settle().await;
+    assert!(flaky.inner.head(&tier.key(&small)).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_is_a_miss_and_marks_the_store_down() {
+    let flaky = Arc::new(Flaky::default());
+    let (tier, _) = tier_over(flaky.clone());
+    let digest = Digest::of(b"x");
+    flaky
+        .inner
+        .put(&tier.key(&digest), b"x".to_vec().into())
+        .await
+        .unwrap();
+    flaky.slow.store(true, Ordering::SeqCst);
+    assert_eq!(tier.head(&digest).await, None);
+    assert!(!tier.health().up, "marked down");
+    let began = tokio::time::Instant::now();
+    assert_eq!(tier.head(&digest).await, None);
+    assert_eq!(began.elapsed(), Duration::ZERO, "skipped while down");
+    flaky.slow.store(false, Ordering::SeqCst);
+    tokio::time::sleep(health::MIN_BACKOFF).await;
+    assert_eq!(tier.head(&digest).await, Some(1), "the trial");
+}

@@ -15,7 +15,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use regcache::cache::Digest;
 use regcache::tier::failing::Flaky;
 
-use crate::support::registry::{blob, blob2, digest_of, mutable, secret, MANIFEST_TYPE, TOKEN};
+use crate::support::registry::{
+    big, blob, blob2, digest_of, mutable, secret, MANIFEST_TYPE, TOKEN,
+};
 use crate::support::{Appliance, World};
 
 const HUB: &str = "registry-1.docker.io";
@@ -200,6 +202,44 @@ async fn a_corrupt_object_in_the_tier_is_refused_and_never_stored() {
 }
 
 #[tokio::test]
+async fn a_good_object_is_never_deleted_for_what_the_url_looks_like() {
+    let store = Arc::new(InMemory::new());
+    let w = World::start_shared(store.clone()).await;
+    store
+        .put(&key(&blob2()), PutPayload::from(blob2()))
+        .await
+        .unwrap();
+    // A blob whose URL's query says `/manifests/`: a blob all the same.
+    let path = format!(
+        "/v2/library/small/blobs/{}?x=/manifests/",
+        digest_of(&blob2())
+    );
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "SHARED"));
+    assert_eq!(resp.body(), &blob2());
+    assert!(
+        store.head(&key(&blob2())).await.is_ok(),
+        "still in the store"
+    );
+
+    // A blob asked for as a manifest is not one: a miss, and the store keeps it.
+    let other = Arc::new(InMemory::new());
+    let two = second(&w, other.clone()).await;
+    other
+        .put(&key(&blob2()), PutPayload::from(blob2()))
+        .await
+        .unwrap();
+    let manifest = format!("/v2/library/small/manifests/{}", digest_of(&blob2()));
+    let resp = two.get(HUB, &manifest, &[("accept", MANIFEST_TYPE)]).await;
+    assert_ne!(x_cache(&resp), "SHARED");
+    assert!(
+        other.head(&key(&blob2())).await.is_ok(),
+        "still in the store"
+    );
+    two.stop().await;
+}
+
+#[tokio::test]
 async fn with_the_store_failing_pulls_work_and_uploads_catch_up_after() {
     let flaky = Arc::new(Flaky::default());
     flaky.down.store(true, Ordering::SeqCst);
@@ -270,4 +310,45 @@ async fn with_the_upstream_down_the_tier_serves_clients_whose_access_was_establi
     let refused = two.get(HUB, &other, &[]).await;
     assert_ne!(refused.status(), StatusCode::OK);
     two.stop().await;
+}
+
+#[tokio::test]
+async fn with_mirrors_first_the_store_is_asked_once_per_request() {
+    let flaky = Arc::new(Flaky::default());
+    let mirrors = crate::fallback::mirrors(true);
+    let (w, mirror) = World::start_mirrored_shared(mirrors, flaky.clone()).await;
+    // The mirror cannot answer: the store, the mirror, then the upstream.
+    mirror
+        .faults
+        .throttle_blob_gets
+        .store(true, Ordering::SeqCst);
+    let path = format!("/v2/library/small/blobs/{}", digest_of(&blob2()));
+    let resp = w.app.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "MISS"));
+    uploaded(&flaky.inner, &blob2()).await;
+    // One HEAD for the request, one for the upload.
+    assert_eq!(flaky.heads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_shared_blob_larger_than_the_room_is_relayed_from_the_store_verified() {
+    let store = Arc::new(InMemory::new());
+    let w = World::start_shared(store.clone()).await;
+    store
+        .put(&key(&big()), PutPayload::from(big()))
+        .await
+        .unwrap();
+    let toml = format!("{}\n[cache]\nmax_size = \"1MB\"\n", w.toml);
+    let small = Appliance::start_with_store(&w.dns_keys, &toml, Some(store.clone())).await;
+    let path = format!("/v2/library/big/blobs/{}", digest_of(&big()));
+    let resp = small.get(HUB, &path, &[]).await;
+    assert_eq!((resp.status(), x_cache(&resp)), (StatusCode::OK, "SHARED"));
+    assert_eq!(
+        crate::support::sha256_hex(resp.body()),
+        crate::support::sha256_hex(&big())
+    );
+    assert_eq!(w.registry.count("GET", &path), 0, "not from the upstream");
+    assert_eq!(small.cache.usage(), (0, 0), "not cached");
+    assert!(store.head(&key(&big())).await.is_ok());
+    small.stop().await;
 }

@@ -159,7 +159,7 @@ impl MirrorFill {
         }
         // The mirror's Content-Type is not taken on trust (clients pick their parser by the type
         // the cache stores): a blob is octet-stream, a manifest what its verified bytes say.
-        let mut kept = self.path.contains("/manifests/").then(Vec::new);
+        let mut kept = (self.path.rsplit('/').nth(1) == Some("manifests")).then(Vec::new);
         self.copy(resp, writer, size, done, &mut kept).await?;
         writer.check(size)?;
         let media_type = match kept {

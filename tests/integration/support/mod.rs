@@ -384,6 +384,16 @@ impl World {
         (world, mirrors.remove(0))
     }
 
+    /// With one mirror and a shared tier over `store`.
+    pub async fn start_mirrored_shared(
+        hub_keys: impl FnOnce(u16) -> String,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> (Self, registry::Registry) {
+        let (world, mut mirrors) =
+            Self::start_fixture("", |p| hub_keys(p[0]), 1, Some(store)).await;
+        (world, mirrors.remove(0))
+    }
+
     /// With two mirrors (fake registries like the first): `hub_keys` gets their ports.
     pub async fn start_two_mirrors(
         extra: &str,

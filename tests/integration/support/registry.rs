@@ -457,7 +457,9 @@ async fn route(
         };
     }
     if registry_host(&host) && get_or_head {
-        let b = |name: &str, data: &Bytes| path == format!("/v2/{name}/blobs/{}", digest_of(data));
+        // A query does not change which blob a path names.
+        let bare = path.split('?').next().unwrap_or_default();
+        let b = |name: &str, data: &Bytes| bare == format!("/v2/{name}/blobs/{}", digest_of(data));
         if b("library/big", &big()) {
             if let Some(from) = open_range(&headers).filter(|from| *from < big().len()) {
                 // The rest from `from`, as a takeover asks for it (`bytes=N-`).
