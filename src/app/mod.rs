@@ -82,8 +82,7 @@ pub fn open_cache(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<
 /// Binds every listener, loads the CA and builds the handlers. Logs each bound address.
 pub async fn build(config: Config, log: AccessLog) -> anyhow::Result<Bound> {
     let provider = provider();
-    let metrics = Arc::new(Metrics::new());
-    let status = Arc::new(Status::default());
+    let (metrics, status) = (Arc::new(Metrics::new()), Arc::new(Status::default()));
     let ca = Arc::new(load_ca(&config)?);
     info!("CA fingerprint (SHA-256): {}", ca.fingerprint());
     let sockets = Sockets::bind(&config).await?;
