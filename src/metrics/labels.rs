@@ -276,7 +276,8 @@ pub struct WarmJobLabels {
 pub enum PeerResult {
     /// The owner served the object, verified here.
     Served,
-    /// The owner failed (unreachable, a 5xx, a body cut short): this appliance went to the upstream.
+    /// The owner could not serve it (unreachable, silent, a 5xx, a 429 or another answer that is
+    /// not a refusal, a body cut short): this appliance went to the upstream.
     TakenOver,
     /// The owner's answer was a refusal (its upstream's 401, 403, 404…), relayed to the client.
     Refused,
