@@ -10,6 +10,9 @@
 #   both     the same connections plus MEM_STREAMS (8) concurrent curl --http1.1 GETs of the layer,
 #            each --limit-rate MEM_RATE (100M) so that they last several seconds
 #   streams  the 8 GETs alone (connections closed)
+# BENCH_MEM_ORDER=streams measures "streams" right after "idle" instead of last: run 1 of each order, on
+# fresh processes, then gives what the connections alone and the streams alone add (memory an allocator
+# took is seldom given back, so later phases and runs start from a higher floor).
 # Prints per phase and server the median and peak RSS and PSS in MiB, the medians over runs and the
 # ratios regcache / nginx, and the load average before and after. Every GET must answer 200 with the
 # full size and a cache HIT; every idle connection must still be open when the streams end (regcache
@@ -21,6 +24,8 @@ MEM_RATE=${BENCH_MEM_RATE:-100M}
 MEM_RUNS=${BENCH_MEM_RUNS:-3}
 [[ $MEM_RUNS =~ ^[1-9]$ ]] || die "BENCH_MEM_RUNS must be 1..9"
 MEM_PY=$HERE/memory.py
+MEM_ORDER=${BENCH_MEM_ORDER:-conns}
+[[ $MEM_ORDER == conns || $MEM_ORDER == streams ]] || die "BENCH_MEM_ORDER must be conns or streams"
 
 mem_target() { # SERVER: "host port sni cafile url-resolve-args"
     case $1 in
@@ -82,6 +87,7 @@ mem_run() {
     local s=$1 r=$2 host port sni ca n held
     read -r host port sni ca <<<"$(mem_target "$s")"
     mem_sample "$s" "$s.$r.idle" 2
+    [[ $MEM_ORDER == streams ]] && mem_streams_only "$s" "$r"
     rm -f "$W/mem.ready" "$W/mem.hold.stop"
     cli "$PY" "$MEM_PY" hold "$host" "$port" "$sni" "$ca" "$MEM_CONNS" 120 "$W/mem.ready" "$W/mem.hold.stop" \
         >"$W/mem.held" 2>"$LOGS/mem-hold.$s.$r.log" &
@@ -97,11 +103,23 @@ mem_run() {
     wait "$holder" || die "the connection holder for $s failed (logs/mem-hold.$s.$r.log)"
     read -r held n <"$W/mem.held"
     [[ $held == "$n" ]] || die "$s closed $((n - held)) of the $n idle connections during the streams"
-    mem_sample "$s" "$s.$r.streams" -
-    mem_streams "$s" "mem-get.$s.$r.streams"
+    [[ $MEM_ORDER == streams ]] || mem_streams_only "$s" "$r"
+}
+mem_streams_only() { # SERVER RUN
+    mem_sample "$1" "$1.$2.streams" -
+    mem_streams "$1" "mem-get.$1.$2.streams"
     mem_sample_stop
 }
 
+# mem_breakdown PID: RSS of PID and its children split into anonymous (heap, stacks) and file-backed
+# (the binary and libraries) pages, from smaps_rollup, and the number of processes and threads
+mem_breakdown() {
+    local pids p
+    pids=("$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null))
+    for p in "${pids[@]}"; do cat "/proc/$p/smaps_rollup"; grep '^Threads:' "/proc/$p/status"; done |
+        awk -v n="${#pids[@]}" '$1 == "Rss:" { r += $2 } $1 == "Anonymous:" { a += $2 } $1 == "Threads:" { t += $2 }
+            END { printf "RSS %.1f MiB = anonymous %.1f + file-backed %.1f; %d processes, %d threads", r / 1024, a / 1024, (r - a) / 1024, n, t }'
+}
 mem_summary() { "$PY" "$MEM_PY" summary "$1"; } # FILE: median_rss peak_rss median_pss peak_pss samples
 
 memory_section() {
@@ -131,5 +149,6 @@ memory_section() {
         say "memory: $p: RSS median $(printf '%s / %s' "${med[regcache.1]}" "${med[nginx.1]}") ($(stats ratio "${med[regcache.1]}" "${med[nginx.1]}")), peak ${med[regcache.2]} / ${med[nginx.2]} ($(stats ratio "${med[regcache.2]}" "${med[nginx.2]}")); PSS median ${med[regcache.3]} / ${med[nginx.3]}, peak ${med[regcache.4]} / ${med[nginx.4]} ($(stats ratio "${med[regcache.4]}" "${med[nginx.4]}"))"
         unset med
     done
+    for s in regcache nginx; do say "memory: $s after the runs: $(mem_breakdown "$(mem_pids "$s")")"; done
     say "memory: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
