@@ -38,6 +38,9 @@
 #      server CPU per request, ratios and the load average before and after (needs hey, wrk and nginx:
 #      apt-get install hey wrk nginx-light). BENCH_CALLGRIND=N also counts regcache's instructions per
 #      request under valgrind (apt-get install valgrind).
+#   5. memory (bench/memory.sh, only with BENCH_ONLY=memory): RSS and PSS of regcache and of nginx
+#      (master + workers) sampled every 0.2 s while idle, with 1,000 idle TLS connections, with those
+#      and 8 concurrent GETs of a warm 512 MiB layer, and with the GETs alone; interleaved runs.
 #
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
