@@ -27,7 +27,7 @@ MEM_PY=$HERE/memory.py
 MEM_ORDER=${BENCH_MEM_ORDER:-conns}
 [[ $MEM_ORDER == conns || $MEM_ORDER == streams ]] || die "BENCH_MEM_ORDER must be conns or streams"
 
-mem_target() { # SERVER: "host port sni cafile url-resolve-args"
+mem_target() { # SERVER: "address port sni cafile" of its TLS listener
     case $1 in
     regcache) echo "$APP_IP 443 $UP_HOST $W/regcache-ca.crt" ;;
     nginx) echo "$APP_IP $NGINX_PORT $NGINX_HOST $PKI/ca.crt" ;;
