@@ -38,6 +38,9 @@
 #      server CPU per request, ratios and the load average before and after (needs hey, wrk and nginx:
 #      apt-get install hey wrk nginx-light). BENCH_CALLGRIND=N also counts regcache's instructions per
 #      request under valgrind (apt-get install valgrind).
+#   5. memory (bench/memory.sh, only with BENCH_ONLY=memory): RSS and PSS of regcache and of nginx
+#      (master + workers) sampled every 0.2 s while idle, with 1,000 idle TLS connections, with those
+#      and 8 concurrent GETs of a warm 512 MiB layer, and with the GETs alone; interleaved runs.
 #
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
@@ -63,7 +66,8 @@
 # small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
 # (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_ONLY=fleet
 # (only the fleet section: no image; FLEET_WARM_MIB, FLEET_COLD_MIB, FLEET_CLIENTS, see bench/fleet.sh),
-# BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
+# BENCH_ONLY=memory (only the memory section, bench/memory.sh: a one-layer 512 MiB image; BENCH_MEM_RUNS,
+# default 3, BENCH_MEM_RATE, default 100M), BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
 # BENCH_NS (namespace prefix, default rcbench), PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
@@ -132,13 +136,15 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY == dns || $BENCH_ONLY == small || $BENCH_ONLY == fleet ]] ||
-    die "BENCH_ONLY must be empty, dns, small or fleet"
+[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory)$ ]] ||
+    die "BENCH_ONLY must be empty, dns, small, fleet or memory"
 [[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
+[[ $BENCH_ONLY == memory ]] && LAYERS_MIB=(512)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
 case $BENCH_ONLY in
 dns) tools+=(dnsperf) ;;
 small) tools+=(hey wrk docker-registry) ;;
+memory) tools+=(docker-registry) ;;
 *) tools+=(skopeo docker-registry) ;;
 esac
 [[ -n ${BENCH_CALLGRIND:-} ]] && tools+=(valgrind callgrind_control)
@@ -146,7 +152,7 @@ for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DNS=1
-[[ $BENCH_ONLY == small ]] && BENCH_DNS=0
+[[ $BENCH_ONLY == small || $BENCH_ONLY == memory ]] && BENCH_DNS=0
 command -v dnsperf >/dev/null || { info "no dnsperf (apt-get install dnsperf): no DNS section"; BENCH_DNS=0; }
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
@@ -305,6 +311,17 @@ if [[ $BENCH_ONLY == small ]]; then
     stop_forget "$NGINX_PID"
     [[ -n ${BENCH_CALLGRIND:-} ]] && small_callgrind "$BENCH_CALLGRIND"
     info "finished after $((SECONDS - T0)) s (BENCH_ONLY=small)"
+    OK=1
+    exit 0
+fi
+# shellcheck source=memory.sh
+. "$HERE/memory.sh"
+if [[ $BENCH_ONLY == memory ]]; then
+    [[ $BENCH_NGINX == 1 ]] || die "BENCH_ONLY=memory needs nginx (apt-get install nginx-light)"
+    start_nginx
+    memory_section
+    stop_forget "$NGINX_PID"
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=memory)"
     OK=1
     exit 0
 fi
