@@ -84,7 +84,9 @@ blob_warm() {
         out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "$NGINX_RESOLVE")
         [[ ${out##* } == HIT ]] || die "nginx did not serve the blob from its cache after one GET (x-cache-status ${out##* })"
         info "nginx cache after warm-up: $(du -sh "$NG/cache" | cut -f1)"
-        BLOB_TLS+=", nginx $(blob_tls "$(nginx_url)" "$PKI/ca.crt" "$NGINX_RESOLVE")"
+        BLOB_TLS+=", nginx $(blob_tls "$(nginx_url)" "$PKI/ca.crt" "$NGINX_RESOLVE") ($(tree_pids "$NGINX_PID" | wc -l) processes:"
+        BLOB_TLS+=" $(for p in $(tree_pids "$NGINX_PID"); do ps -o args= -p "$p"; done | sed 's/^nginx: //; s/ process.*//' | sort | uniq -c |
+            awk '{ c = $1; $1 = ""; printf "%s%s%s", (NR > 1 ? ", " : ""), c, $0 }'))"
     fi
 }
 
@@ -226,7 +228,7 @@ blob_cpu_report() {
         both=$(stats pairsum "$tot" "$cl")
         # shellcheck disable=SC2086
         T[$path]=$(stats pergb "$BIG_SIZE" $tot) M[$path]=$(stats pergb "$BIG_SIZE" $mach) B[$path]=$(stats pergb "$BIG_SIZE" $both)
-        # shellcheck disable=SC2086
+        # shellcheck disable=SC2086,SC2046
         printf '  %-8s %-9s %-17s %-17s %-17s %-17s %-17s %-17s %s\n' "" "$(path_label "$path")" \
             "$(stats msp ${U[$path]})" "$(stats msp ${S[$path]})" "$(stats msp ${T[$path]})" \
             "$(stats msp $(stats pergb "$BIG_SIZE" $cl))" "$(stats msp ${B[$path]})" "$(stats msp ${M[$path]})" \

@@ -106,7 +106,7 @@ cl_run() {
 
 declare -A CL_MBS=() CL_WALL=()
 clients_section() {
-    local paths=(direct via) path r mbs wall gets load0 load1
+    local paths=(direct via) path r mbs wall gets load0 load1 line
     ((CLIENTS > 0)) || return 0
     [[ $BENCH_NGINX == 1 ]] && paths+=(nginx)
     cl_dest
@@ -135,7 +135,7 @@ clients_section() {
             "$(stats msp ${CL_MBS[$path]})" "$(stats msp ${CL_WALL[$path]})")"
     done
     # shellcheck disable=SC2086
-    local line="  $CLIENTS clients: regcache / direct = $(ratio "$(median ${CL_MBS[via]})" "$(median ${CL_MBS[direct]})")"
+    line="  $CLIENTS clients: regcache / direct = $(ratio "$(median ${CL_MBS[via]})" "$(median ${CL_MBS[direct]})")"
     # shellcheck disable=SC2086
     [[ $BENCH_NGINX == 1 ]] && line+="; regcache / nginx = $(ratio "$(median ${CL_MBS[via]})" "$(median ${CL_MBS[nginx]})") (target >= 1.3)"
     say "$line"
