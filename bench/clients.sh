@@ -84,29 +84,33 @@ cl_dest() {
     fi
 }
 
-# cl_run PATH N LOG-PREFIX: N copies through PATH at once; prints "aggregate-MB/s wall-s upstream-blob-GETs"
+cl_pid() { case $1 in direct) echo "$UP_PID" ;; via) echo "$REGCACHE_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+# cl_run PATH N LOG-PREFIX: N copies through PATH at once; prints "aggregate-MB/s wall-s upstream-blob-GETs
+# server-CPU-s skopeo-CPU-s machine-busy-%" (server: the process tree serving PATH; skopeo: all N copies)
 cl_run() {
-    local path=$1 n=$2 log=$LOGS/$3 g0 g1 t0 t1 j bytes
+    local path=$1 n=$2 log=$LOGS/$3 g0 g1 t0 t1 j bytes c0 c1 s0 s1 TIMEFORMAT='%U %S'
     rm -rf "$CL_DIR"
     mkdir -p "$CL_DIR"
-    g0=$(cl_blob_gets)
+    g0=$(cl_blob_gets) c0=$(tree_cpu_secs "$(cl_pid "$path")") s0=$(stat_cpu)
     # shellcheck disable=SC2016
-    ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && exec "$@"' sh bash -c "$CL_SH" clients "$n" "$CL_DIR" "$CL_MIB" \
-        "$(cl_ref "$path")" "$(cl_certs "$path")" "$log" >"$log.wall" 2>"$log.err" \
+    { time ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && exec "$@"' sh bash -c "$CL_SH" clients "$n" "$CL_DIR" \
+        "$CL_MIB" "$(cl_ref "$path")" "$(cl_certs "$path")" "$log" >"$log.wall" 2>"$log.err"; } 2>"$log.time" \
         || die "$n skopeo copies through $path: $(cat "$log.err") (logs/${3}.*.log)"
-    g1=$(cl_blob_gets)
+    g1=$(cl_blob_gets) c1=$(tree_cpu_secs "$(cl_pid "$path")") s1=$(stat_cpu)
     rm -rf "$CL_DIR"
     for ((j = 1; j <= n; j++)); do
         bytes=$(<"$log.$j.bytes")
         ((${bytes:-0} >= IMAGE_BYTES)) || die "skopeo copy $j of $n through $path wrote ${bytes:-0} blob bytes (want >= $IMAGE_BYTES)"
     done
     read -r t0 t1 <"$log.wall"
-    echo "$(stats par "$n" "$IMAGE_BYTES" "$t0" "$t1" 0 0 0 "0 1" "0 1" | cut -d' ' -f1,5) $((g1 - g0))"
+    # shellcheck disable=SC2046
+    echo "$(stats par "$n" "$IMAGE_BYTES" "$t0" "$t1" 0 0 0 "0 1" "0 1" | cut -d' ' -f1,5) $((g1 - g0))" \
+        "$(stats elapsed "$c0" "$c1") $(stats sum $(<"$log.time")) $(stats busy "$s0" "$s1")"
 }
 
-declare -A CL_MBS=() CL_WALL=()
+declare -A CL_MBS=() CL_WALL=() CL_SCPU=() CL_CCPU=() CL_BUSY=()
 clients_section() {
-    local paths=(direct via) path r mbs wall gets load0 load1 line
+    local paths=(direct via) path r mbs wall gets scpu ccpu busy load0 load1 line
     ((CLIENTS > 0)) || return 0
     [[ $BENCH_NGINX == 1 ]] && paths+=(nginx)
     cl_dest
@@ -118,10 +122,10 @@ clients_section() {
     done
     for ((r = 1; r <= CLIENT_RUNS; r++)); do
         for path in "${paths[@]}"; do
-            read -r mbs wall gets <<<"$(cl_run "$path" "$CLIENTS" "clients-$path-$r")"
+            read -r mbs wall gets scpu ccpu busy <<<"$(cl_run "$path" "$CLIENTS" "clients-$path-$r")"
             [[ $path == direct || $gets == 0 ]] || die "clients: the upstream answered $gets blob GETs during the run through $path"
-            CL_MBS[$path]+=" $mbs" CL_WALL[$path]+=" $wall"
-            info "clients run $r $path: $CLIENTS copies in $wall s, $mbs MB/s aggregate (upstream blob GETs $gets)"
+            CL_MBS[$path]+=" $mbs" CL_WALL[$path]+=" $wall" CL_SCPU[$path]+=" $scpu" CL_CCPU[$path]+=" $ccpu" CL_BUSY[$path]+=" $busy"
+            info "clients run $r $path: $CLIENTS copies in $wall s, $mbs MB/s aggregate (upstream blob GETs $gets), server CPU $scpu s, skopeo CPU $ccpu s, machine busy $busy %"
         done
     done
     load1=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -131,8 +135,9 @@ clients_section() {
     say "  load before $load0, after $load1)"
     for path in "${paths[@]}"; do
         # shellcheck disable=SC2086
-        say "$(printf '  %-8s %-38s MB/s %-20s wall s %s' "$(path_label "$path")" "$(cl_ref "$path")" \
-            "$(stats msp ${CL_MBS[$path]})" "$(stats msp ${CL_WALL[$path]})")"
+        say "$(printf '  %-8s %-38s MB/s %-16s wall s %-20s server CPU s %-20s skopeo CPU s %-20s busy %% %s' \
+            "$(path_label "$path")" "$(cl_ref "$path")" "$(stats msp ${CL_MBS[$path]})" "$(stats msp ${CL_WALL[$path]})" \
+            "$(stats msp ${CL_SCPU[$path]})" "$(stats msp ${CL_CCPU[$path]})" "$(stats msp ${CL_BUSY[$path]})")"
     done
     # shellcheck disable=SC2086
     line="  $CLIENTS clients: regcache / direct = $(ratio "$(median ${CL_MBS[via]})" "$(median ${CL_MBS[direct]})")"

@@ -51,8 +51,8 @@
 #      while idle, with 1,000 idle TLS connections, with those and 8 concurrent GETs of a warm 512 MiB
 #      layer, and with the GETs alone; interleaved runs.
 # Every section prints its elapsed time and the load average before and after it when it ends, and the
-# report ends with a table of them. Order of the full run: DNS, pulls, memory, blob, streams, clients,
-# small, fleet. A full run with the defaults takes about 30 min (see BENCHMARKS.md).
+# report ends with a table of them. Order of the full run: DNS, pulls, memory, blob, streams, small,
+# clients, fleet. A full run with the defaults takes about 30 min (see BENCHMARKS.md).
 #
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
@@ -140,23 +140,26 @@ info() { say "bench: $*" >&2; }
 die() { say "bench: failed: $*" >&2; exit 1; }
 stats() { "$PY" "$LIB/stats.py" "$@"; }
 
-# section_begin NAME / section_end NAME: the load average before and after a section and its elapsed
+# section_begin NAME / section_end NAME: the load average before and after a section (1, 5, 15 min, and
+# the tasks runnable at that moment: the averages lag, e.g. after the 16 skopeo clients) and its elapsed
 # time, printed when it ends and again in the table sections_report prints at the end
 SECTION_T0=0 SECTION_LOAD0='' SECTION_LINES=()
+loadavg() { awk '{ print $1, $2, $3, "(" $4 - 1 ")" }' /proc/loadavg; } # minus the awk itself
 section_begin() {
-    SECTION_T0=$SECONDS SECTION_LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+    SECTION_T0=$SECONDS SECTION_LOAD0=$(loadavg)
     info "section $1: starts, load average $SECTION_LOAD0"
 }
 section_end() {
     local line
-    line=$(printf '  %-8s %5d s   load average before %-15s after %s' "$1" $((SECONDS - SECTION_T0)) "$SECTION_LOAD0" \
-        "$(cut -d' ' -f1-3 /proc/loadavg)")
+    line=$(printf '  %-8s %5d s   load average before %-20s after %s' "$1" $((SECONDS - SECTION_T0)) "$SECTION_LOAD0" \
+        "$(loadavg)")
     SECTION_LINES+=("$line")
     say "section ${line#  }"
 }
 sections_report() {
     say ""
-    say "sections (elapsed; load average, 1/5/15 min, before and after; the bench alone keeps the 1-min figure near 1-2)"
+    say "sections (elapsed; load average 1/5/15 min and (runnable tasks at that moment), before and after;"
+    say "  the bench alone keeps the 1-min figure near 1-2, except right after the clients section's 16 skopeos)"
     printf '%s\n' "${SECTION_LINES[@]}"
     say "  total    $((SECONDS - T0)) s"
 }
@@ -478,15 +481,16 @@ fi
 section_begin blob; blob_section; section_end blob
 if ((STREAMS > 0)); then section_begin streams; streams_section; section_end streams; fi
 
-# BENCH_CLIENTS skopeo clients at once (bench/clients.sh)
-if ((CLIENTS > 0)); then section_begin clients; clients_section; section_end clients; fi
-
 # 4. small requests (bench/small.sh), while nginx is still up
 if [[ $BENCH_NGINX == 1 ]] && command -v hey >/dev/null && command -v wrk >/dev/null; then
     section_begin small; small_section; section_end small
 else
     info "no small-request section (needs nginx, hey and wrk)"
 fi
+
+# BENCH_CLIENTS skopeo clients at once (bench/clients.sh), after the small requests: 16 skopeos leave
+# a load average that takes a minute to decay
+if ((CLIENTS > 0)); then section_begin clients; clients_section; section_end clients; fi
 
 NGINX_VERSION=''
 if [[ $BENCH_NGINX == 1 ]]; then
