@@ -144,4 +144,11 @@ clients_section() {
     # shellcheck disable=SC2086
     [[ $BENCH_NGINX == 1 ]] && line+="; regcache / nginx = $(ratio "$(median ${CL_MBS[via]})" "$(median ${CL_MBS[nginx]})") (target >= 1.3)"
     say "$line"
+    [[ $BENCH_NGINX == 1 ]] || return 0
+    # the CPUs are saturated by the clients: what regcache / nginx could reach if regcache cost nothing
+    local sn cn
+    # shellcheck disable=SC2086
+    sn=$(median ${CL_SCPU[nginx]}) cn=$(median ${CL_CCPU[nginx]})
+    say "  CPU ceiling: with nginx the skopeos used $cn core-s and nginx $sn per run; a server costing nothing would"
+    say "  reach at most (skopeo + nginx) / skopeo = $(ratio "$(stats sum "$cn" "$sn")" "$cn") x nginx on these $(nproc) CPUs"
 }
