@@ -17,7 +17,11 @@
 #      (nginx: master and workers) and curl used per run. Per protocol also a "client ceiling" line: for
 #      each path, blob size / median curl CPU seconds (what curl alone would allow on these CPUs) and the
 #      measured median as a percentage of it; and a "server capacity" line: blob size / median server
-#      CPU seconds, what one core of each server moves when the clients run elsewhere.
+#      CPU seconds, what one core of each server moves when the clients run elsewhere. Then the CPU per
+#      GB table (issue 12's row): per server and protocol, user, system and user + system core-s/GB of
+#      every server process (nginx: master and all descendants), the machine-accounted figure (both
+#      CPUs' busy time during the GET minus curl's), curl's, and the ratios to nginx (bench/blob.sh says
+#      why both figures are printed; BENCH_PIN=split|same pins servers and curl to CPUs).
 #   3. unless BENCH_STREAMS=0, the same warm layer fetched by BENCH_STREAMS concurrent
 #      `curl --http1.1 -o /dev/null` GETs started together (one shell in the client namespace starts them
 #      all): aggregate MB/s = streams x size / wall time from the start of the first to the end of the
@@ -26,6 +30,10 @@
 #      stream must answer 200 with the full size, and through regcache x-cache: HIT, through nginx
 #      x-cache-status: HIT.
 #
+#   3b. unless BENCH_CLIENTS=0, many clients (bench/clients.sh): BENCH_CLIENTS (default 16) skopeo copies of
+#      the warm image started together, direct, through regcache and through nginx (which then serves the
+#      registry API: manifests keyed by URI and Accept), interleaved BENCH_CLIENT_RUNS (default 3) runs;
+#      aggregate MB/s = clients x image bytes / wall time, medians with their range, ratios.
 #   5. unless BENCH_FLEET=0, the fleet (bench/fleet.sh; needs Garage, /opt/garage/bin/garage, else skipped):
 #      three appliances sharing a three-node Garage bucket; a warm blob from the shared tier vs the local
 #      disk vs direct, and the cold fleet fill (upstream GETs, wall time) for N = 1, 2, 3 appliances.
@@ -38,9 +46,14 @@
 #      server CPU per request, ratios and the load average before and after (needs hey, wrk and nginx:
 #      apt-get install hey wrk nginx-light). BENCH_CALLGRIND=N also counts regcache's instructions per
 #      request under valgrind (apt-get install valgrind).
-#   5. memory (bench/memory.sh, only with BENCH_ONLY=memory): RSS and PSS of regcache and of nginx
-#      (master + workers) sampled every 0.2 s while idle, with 1,000 idle TLS connections, with those
-#      and 8 concurrent GETs of a warm 512 MiB layer, and with the GETs alone; interleaved runs.
+#   6. unless BENCH_MEMORY=0, memory (bench/memory.sh; right after the pulls, on a restarted regcache
+#      and a fresh nginx): RSS and PSS of regcache and of nginx (master + workers) sampled every 0.2 s
+#      while idle, with 1,000 idle TLS connections, with those and 8 concurrent GETs of a warm 512 MiB
+#      layer, and with the GETs alone; interleaved runs.
+# Every section prints its elapsed time and the load average before and after it when it ends, and the
+# report ends with a table of them. Order of the full run: DNS, pulls, memory, blob, streams, small,
+# clients, fleet. A full run with the defaults took 20 min on the 2-vCPU machine (2026-11-30, shared:
+# DNS 232 s, pulls 90, memory 114, blob 28, streams 32, small 218, clients 310 (16 x 3 x 3 copies), fleet 151).
 #
 # Built on scripts/lib (processes, namespaces, PKI, upstreams, stats.py), shared with scripts/e2e.sh.
 # World (its own namespace names and addresses, so it never collides with scripts/e2e.sh):
@@ -67,7 +80,9 @@
 # (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_ONLY=fleet
 # (only the fleet section: no image; FLEET_WARM_MIB, FLEET_COLD_MIB, FLEET_CLIENTS, see bench/fleet.sh),
 # BENCH_ONLY=memory (only the memory section, bench/memory.sh: a one-layer 512 MiB image; BENCH_MEM_RUNS,
-# default 3, BENCH_MEM_RATE, default 100M), BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
+# default 3, BENCH_MEM_RATE, default 100M), BENCH_MEMORY (default 1), BENCH_ONLY=blob (only sections 2
+# and 3, a one-layer 512 MiB image; BENCH_PIN), BENCH_ONLY=clients (only the many-clients section;
+# BENCH_CLIENTS, BENCH_CLIENT_RUNS, BENCH_CLIENTS_DEST=tmpfs|disk), BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
 # BENCH_NS (namespace prefix, default rcbench), PYTHON (default /usr/bin/python3). Run it on an otherwise idle machine: it prints the load average.
 set -Eeuo pipefail
@@ -126,6 +141,30 @@ info() { say "bench: $*" >&2; }
 die() { say "bench: failed: $*" >&2; exit 1; }
 stats() { "$PY" "$LIB/stats.py" "$@"; }
 
+# section_begin NAME / section_end NAME: the load average before and after a section (1, 5, 15 min, and
+# the tasks runnable at that moment: the averages lag, e.g. after the 16 skopeo clients) and its elapsed
+# time, printed when it ends and again in the table sections_report prints at the end
+SECTION_T0=0 SECTION_LOAD0='' SECTION_LINES=()
+loadavg() { awk '{ print $1, $2, $3, "(" $4 - 1 ")" }' /proc/loadavg; } # minus the awk itself
+section_begin() {
+    SECTION_T0=$SECONDS SECTION_LOAD0=$(loadavg)
+    info "section $1: starts, load average $SECTION_LOAD0"
+}
+section_end() {
+    local line
+    line=$(printf '  %-8s %5d s   load average before %-20s after %s' "$1" $((SECONDS - SECTION_T0)) "$SECTION_LOAD0" \
+        "$(loadavg)")
+    SECTION_LINES+=("$line")
+    say "section ${line#  }"
+}
+sections_report() {
+    say ""
+    say "sections (elapsed; load average 1/5/15 min and (runnable tasks at that moment), before and after;"
+    say "  the bench alone keeps the 1-min figure near 1-2, except right after the clients section's 16 skopeos)"
+    printf '%s\n' "${SECTION_LINES[@]}"
+    say "  total    $((SECONDS - T0)) s"
+}
+
 app() { ip netns exec "$APP_NS" "$@"; }
 cli() { ip netns exec "$CLI_NS" "$@"; }
 
@@ -136,15 +175,15 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory)$ ]] ||
-    die "BENCH_ONLY must be empty, dns, small, fleet or memory"
+[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory|blob|clients)$ ]] ||
+    die "BENCH_ONLY must be empty, dns, small, fleet, memory, blob or clients"
 [[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
-[[ $BENCH_ONLY == memory ]] && LAYERS_MIB=(512)
+[[ $BENCH_ONLY == memory || $BENCH_ONLY == blob ]] && LAYERS_MIB=(512)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
 case $BENCH_ONLY in
 dns) tools+=(dnsperf) ;;
 small) tools+=(hey wrk docker-registry) ;;
-memory) tools+=(docker-registry) ;;
+memory | blob) tools+=(docker-registry) ;;
 *) tools+=(skopeo docker-registry) ;;
 esac
 [[ -n ${BENCH_CALLGRIND:-} ]] && tools+=(valgrind callgrind_control)
@@ -152,7 +191,7 @@ for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DNS=1
-[[ $BENCH_ONLY == small || $BENCH_ONLY == memory ]] && BENCH_DNS=0
+[[ -z $BENCH_ONLY || $BENCH_ONLY == dns ]] || BENCH_DNS=0
 command -v dnsperf >/dev/null || { info "no dnsperf (apt-get install dnsperf): no DNS section"; BENCH_DNS=0; }
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
@@ -213,6 +252,7 @@ echo "nameserver 127.0.0.9" >"/etc/netns/$APP_NS/resolv.conf"
 echo "nameserver $APP_IP" >"/etc/netns/$CLI_NS/resolv.conf"
 
 start_dnsmasq "$APP_NS" "$DNSMASQ_PORT" --host-record="$UP_HOST,$UP_IP" --host-record="$DIRECT_HOST,$UP_IP" \
+    --host-record="$NGINX_HOST,$APP_IP" \
     || die "dnsmasq (logs/dnsmasq.log)"
 # shellcheck source=dns.sh
 . "$HERE/dns.sh"
@@ -226,8 +266,8 @@ wait_for upstream "$UP_PID" 100 0.1 http_code_in 200 app_curl --max-time 2 "http
 # shellcheck source=fleet.sh
 . "$HERE/fleet.sh"
 if [[ $BENCH_ONLY == fleet ]]; then
-    fleet_section
-    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=fleet)"
+    section_begin fleet; fleet_section; section_end fleet
+    sections_report
     OK=1
     exit 0
 fi
@@ -296,9 +336,9 @@ start_nginx() {
 # ---------------------------------------------------------------------------------------------------
 # 0. DNS
 
-if [[ $BENCH_DNS == 1 ]]; then dns_section; fi
+if [[ $BENCH_DNS == 1 ]]; then section_begin dns; dns_section; section_end dns; fi
 if [[ $BENCH_ONLY == dns ]]; then
-    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=dns)"
+    sections_report
     OK=1
     exit 0
 fi
@@ -307,10 +347,10 @@ fi
 if [[ $BENCH_ONLY == small ]]; then
     [[ $BENCH_NGINX == 1 ]] || die "BENCH_ONLY=small needs nginx (apt-get install nginx-light)"
     start_nginx
-    small_section
+    section_begin small; small_section; section_end small
     stop_forget "$NGINX_PID"
     [[ -n ${BENCH_CALLGRIND:-} ]] && small_callgrind "$BENCH_CALLGRIND"
-    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=small)"
+    sections_report
     OK=1
     exit 0
 fi
@@ -319,9 +359,9 @@ fi
 if [[ $BENCH_ONLY == memory ]]; then
     [[ $BENCH_NGINX == 1 ]] || die "BENCH_ONLY=memory needs nginx (apt-get install nginx-light)"
     start_nginx
-    memory_section
+    section_begin memory; memory_section; section_end memory
     stop_forget "$NGINX_PID"
-    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=memory)"
+    sections_report
     OK=1
     exit 0
 fi
@@ -346,27 +386,34 @@ now() { date +%s.%N; }
 secs() { stats elapsed "$1" "$2"; }
 median() { stats median "$@"; }
 ratio() { stats ratio "$1" "$2"; }
-path_label() { case $1 in via) echo regcache ;; *) echo "$1" ;; esac; }
-# capacity_line PREFIX CPU-ARRAY-NAME KEY-SUFFIX: what each server moves per second of its own CPU
-# (blob size / median server CPU per GET), the serving capacity of one core when the clients run
-# elsewhere, and regcache's against nginx's
-capacity_line() {
-    local -n cpus=$2
-    local line="$1 server capacity (size / server CPU, MB/s per core):" sep='' path c
-    declare -A cap=()
-    for path in "${PATHS[@]}"; do
-        # shellcheck disable=SC2086
-        c=$(median ${cpus[$path$3]})
-        cap[$path]=$(stats per-core "$BIG_SIZE" "$c")
-        line+="$sep $(path_label "$path") ${cap[$path]}"
-        sep=','
-    done
-    [[ -n ${cap[nginx]:-} ]] && line+="; regcache / nginx = $(ratio "${cap[via]}" "${cap[nginx]}")"
-    echo "$line"
-}
+# shellcheck source=blob.sh
+. "$HERE/blob.sh"
+# shellcheck source=clients.sh
+. "$HERE/clients.sh"
+if [[ $BENCH_ONLY == blob ]]; then
+    [[ $BENCH_NGINX == 1 ]] && start_nginx
+    section_begin blob; blob_section; section_end blob
+    if ((STREAMS > 0)); then section_begin streams; streams_section; section_end streams; fi
+    blob_report
+    streams_report
+    [[ $BENCH_NGINX == 1 ]] && stop_forget "$NGINX_PID"
+    sections_report
+    OK=1
+    exit 0
+fi
+if [[ $BENCH_ONLY == clients ]]; then
+    [[ $BENCH_NGINX == 1 ]] && start_nginx
+    section_begin clients; clients_section; section_end clients
+    [[ $BENCH_NGINX == 1 ]] && stop_forget "$NGINX_PID"
+    sections_report
+    OK=1
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # 1. image pulls
+
+section_begin pull
 
 # skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec)
 skopeo_pull() { # REF LOGNAME: prints seconds
@@ -418,137 +465,33 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
     stop_forget "$DOCKERD_PID"
     rm -rf "$D/data"
 fi
-
-# ---------------------------------------------------------------------------------------------------
-# 2. warm 512 MiB blob, one curl stream, interleaved
+section_end pull
 
 [[ $BENCH_NGINX == 1 ]] && start_nginx
-# nginx proxy_cache in front of the same upstream, in the appliance namespace; stopped by PID (cleanup)
-nginx_url() { echo "https://$NGINX_HOST:$NGINX_PORT/v2/$REPO_NAME/blobs/$BIG_BLOB"; }
-NGINX_RESOLVE="--resolve $NGINX_HOST:$NGINX_PORT:$APP_IP"
-
-stat_cpu() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6; exit }' /proc/stat; }   # busy idle (jiffies)
-# blob_get URL CA SERVER-PID [CURL-OPTS]: one GET; prints "MB/s server-CPU-s client-CPU-s machine-busy-% x-cache x-cache-status"
-# (machine busy: share of both CPUs not idle during the GET, everything included; "-" for a header not sent)
-blob_get() {
-    local out c0 c1 code speed size xc xcs s0 s1 ct TIMEFORMAT='%U %S'
-    c0=$(tree_cpu_secs "$3") s0=$(stat_cpu)
-    # shellcheck disable=SC2086
-    { time cli curl -sS --max-time 120 ${4:-} --cacert "$2" -o /dev/null \
-        -w '%{http_code} %{speed_download} %{size_download} x%header{x-cache} x%header{x-cache-status}' "$1" \
-        >"$W/curl.out" 2>"$W/curl.err"; } 2>"$W/curl.time" \
-        || die "curl $1: $(cat "$W/curl.err")"
-    c1=$(tree_cpu_secs "$3") s1=$(stat_cpu)
-    read -r code speed size xc xcs <"$W/curl.out"
-    xc=${xc#x} xcs=${xcs#x}
-    ct=$(stats sum $(<"$W/curl.time"))
-    [[ $code == 200 && $size == "$BIG_SIZE" ]] || die "curl $1: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
-    stats get "$speed" "$c0" "$c1" "$ct" "$s0" "$s1" "${xc:--}" "${xcs:--}"
-}
-# make sure every copy is in the page cache and each cached copy is complete; nginx: the first GET fills
-# its cache (MISS), the second must come from it (HIT)
-out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID")
-out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID")
-PATHS=(direct via)
-if [[ $BENCH_NGINX == 1 ]]; then
-    PATHS+=(nginx)
-    out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "$NGINX_RESOLVE")
-    info "nginx warm-up GET: x-cache-status ${out##* }"
-    out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "$NGINX_RESOLVE")
-    [[ ${out##* } == HIT ]] || die "nginx did not serve the blob from its cache after one GET (x-cache-status ${out##* })"
-    info "nginx cache after warm-up: $(du -sh "$NG/cache" | cut -f1)"
+# memory first (bench/memory.sh), on fresh processes of both servers as with BENCH_ONLY=memory: regcache
+# restarted (its cache kept), nginx just started
+if [[ $BENCH_NGINX == 1 && ${BENCH_MEMORY:-1} == 1 ]]; then
+    stop_regcache
+    start_regcache
+    section_begin memory; memory_section; section_end memory
+elif [[ ${BENCH_MEMORY:-1} == 1 ]]; then
+    info "no memory section (needs nginx)"
 fi
-# HTTP/1.1 and HTTP/2 (all servers offer h2 in ALPN; curl's default picks it), each run: direct, regcache, nginx
-declare -A MBS=() CPU=() CCPU=() BUSY=()
-for ((i = 1; i <= BLOB_RUNS; i++)); do
-    for proto in http1.1 http2; do
-        for path in "${PATHS[@]}"; do
-            case $path in
-            direct) out=$(blob_get "$(direct_url)" "$PKI/ca.crt" "$UP_PID" "--$proto") ;;
-            via) out=$(blob_get "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" "--$proto") ;;
-            nginx) out=$(blob_get "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" "--$proto $NGINX_RESOLVE") ;;
-            esac
-            read -r mbs cpu ccpu busy xc xcs <<<"$out"
-            [[ $path != via || $xc == HIT ]] || die "the warm blob GET through regcache answered x-cache: $xc"
-            [[ $path != nginx || $xcs == HIT ]] || die "the warm blob GET through nginx answered x-cache-status: $xcs"
-            k=${path}_$proto
-            MBS[$k]+=" $mbs" CPU[$k]+=" $cpu" CCPU[$k]+=" $ccpu" BUSY[$k]+=" $busy"
-            info "blob run $i $proto $path: $mbs MB/s, server CPU $cpu s, curl CPU $ccpu s, machine busy $busy % (x-cache $xc, x-cache-status $xcs)"
-        done
-    done
-done
-# ---------------------------------------------------------------------------------------------------
-# 3. warm 512 MiB blob, BENCH_STREAMS parallel curl --http1.1 streams, interleaved
 
-# run in the client namespace by one shell, so that no per-stream `ip netns exec` sits between the starts:
-# PAR_SH STREAMS OUT-PREFIX CURL-ARGS...; starts STREAMS curls at once, waits for all (each bounded by
-# --max-time), prints "start end" (epoch seconds: before the first start, after the last end); exits 1
-# if any curl failed. Stream J writes OUT-PREFIX.J.out (-w) and OUT-PREFIX.J.err.
-# shellcheck disable=SC2016
-PAR_SH='n=$1 out=$2; shift 2
-pids=()
-t0=$(date +%s.%N)
-for ((j = 1; j <= n; j++)); do
-    curl -sS --max-time 120 -o /dev/null \
-        -w "%{http_code} %{size_download} x%header{x-cache} x%header{x-cache-status}" "$@" >"$out.$j.out" 2>"$out.$j.err" &
-    pids+=("$!")
-done
-rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=1; done
-t1=$(date +%s.%N)
-echo "$t0 $t1"
-exit "$rc"'
-# blob_par URL CA SERVER-PID CHECK [CURL-OPTS]: STREAMS concurrent GETs of URL; every stream must answer
-# 200 with the full size and, when CHECK is x-cache or x-cache-status (not "-"), that header HIT. Prints
-# "aggregate-MB/s server-CPU-s-per-GET curl-CPU-s-per-GET machine-busy-% wall-s"
-blob_par() {
-    local url=$1 ca=$2 spid=$3 check=$4 c0 c1 s0 s1 ct j code size xc xcs TIMEFORMAT='%U %S'
-    local -a opts=()
-    # shellcheck disable=SC2206
-    [[ -n ${5:-} ]] && opts=($5)
-    rm -f "$W"/par.*
-    c0=$(tree_cpu_secs "$spid") s0=$(stat_cpu)
-    { time cli bash -c "$PAR_SH" par-streams "$STREAMS" "$W/par" "${opts[@]}" --cacert "$ca" "$url" \
-        >"$W/par.wall" 2>"$W/par.err"; } 2>"$W/par.time" \
-        || die "parallel GETs of $url: $(cat "$W/par.err" "$W"/par.*.err 2>/dev/null)"
-    c1=$(tree_cpu_secs "$spid") s1=$(stat_cpu)
-    for ((j = 1; j <= STREAMS; j++)); do
-        code='' size='' xc='' xcs=''
-        read -r code size xc xcs <"$W/par.$j.out" || true
-        xc=${xc#x} xcs=${xcs#x}
-        [[ $code == 200 && $size == "$BIG_SIZE" ]] \
-            || die "parallel GET $j of $STREAMS, $url: HTTP $code, $size bytes (want 200, $BIG_SIZE)"
-        case $check in
-        x-cache) [[ $xc == HIT ]] || die "parallel GET $j of $STREAMS through regcache answered x-cache: ${xc:--}" ;;
-        x-cache-status) [[ $xcs == HIT ]] || die "parallel GET $j of $STREAMS through nginx answered x-cache-status: ${xcs:--}" ;;
-        esac
-    done
-    ct=$(stats sum $(<"$W/par.time"))
-    read -r t0 t1 <"$W/par.wall" || true
-    stats par "$STREAMS" "$BIG_SIZE" "$t0" "$t1" "$c0" "$c1" "$ct" "$s0" "$s1"
-}
-declare -A PMBS=() PCPU=() PCCPU=() PBUSY=()
-if ((STREAMS > 0)); then
-    for ((i = 1; i <= BLOB_RUNS; i++)); do
-        for path in "${PATHS[@]}"; do
-            case $path in
-            direct) out=$(blob_par "$(direct_url)" "$PKI/ca.crt" "$UP_PID" - --http1.1) ;;
-            via) out=$(blob_par "$(via_url)" "$W/regcache-ca.crt" "$REGCACHE_PID" x-cache --http1.1) ;;
-            nginx) out=$(blob_par "$(nginx_url)" "$PKI/ca.crt" "$NGINX_PID" x-cache-status "--http1.1 $NGINX_RESOLVE") ;;
-            esac
-            read -r mbs cpu ccpu busy wall <<<"$out"
-            PMBS[$path]+=" $mbs" PCPU[$path]+=" $cpu" PCCPU[$path]+=" $ccpu" PBUSY[$path]+=" $busy"
-            info "parallel run $i $path: $STREAMS streams, $mbs MB/s aggregate in $wall s, server CPU $cpu s/GET, curl CPU $ccpu s/GET, machine busy $busy %"
-        done
-    done
-fi
+# 2. and 3. the warm 512 MiB blob: one curl stream, then BENCH_STREAMS parallel streams (bench/blob.sh)
+section_begin blob; blob_section; section_end blob
+if ((STREAMS > 0)); then section_begin streams; streams_section; section_end streams; fi
 
 # 4. small requests (bench/small.sh), while nginx is still up
 if [[ $BENCH_NGINX == 1 ]] && command -v hey >/dev/null && command -v wrk >/dev/null; then
-    small_section
+    section_begin small; small_section; section_end small
 else
     info "no small-request section (needs nginx, hey and wrk)"
 fi
+
+# BENCH_CLIENTS skopeo clients at once (bench/clients.sh), after the small requests: 16 skopeos leave
+# a load average that takes a minute to decay
+if ((CLIENTS > 0)); then section_begin clients; clients_section; section_end clients; fi
 
 NGINX_VERSION=''
 if [[ $BENCH_NGINX == 1 ]]; then
@@ -579,83 +522,15 @@ for client in skopeo dockerd; do
         printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
     done
 done
-say ""
-say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, one curl stream, MB/s (median of $BLOB_RUNS; runs interleaved)"
-cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values (at least its header's)
-((cw >= 13)) || cw=13
-printf "  %-9s %-33s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" protocol server median "runs (MB/s)" "server CPU s" "curl CPU s" "machine busy %"
-for proto in http1.1 http2; do
-    for path in "${PATHS[@]}"; do
-        k=${path}_$proto
-        case $path in
-        direct) name="direct from docker-registry" ;;
-        via) name="through regcache (x-cache HIT)" ;;
-        nginx) name="through nginx (cache-status HIT)" ;;
-        esac
-        # shellcheck disable=SC2086
-        printf "  %-9s %-33s %6s  %-${cw}s %-${cw}s %-${cw}s %s\n" "$proto" "$name" "$(median ${MBS[$k]})" "${MBS[$k]# }" \
-            "${CPU[$k]# }" "${CCPU[$k]# }" "${BUSY[$k]# }"
-    done
-    # shellcheck disable=SC2086
-    line="  $proto: regcache / direct = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[direct_$proto]})")"
-    if [[ $BENCH_NGINX == 1 ]]; then
-        # shellcheck disable=SC2086
-        line+="; regcache / nginx = $(ratio "$(median ${MBS[via_$proto]})" "$(median ${MBS[nginx_$proto]})")"
-        # shellcheck disable=SC2086
-        line+="; nginx / direct = $(ratio "$(median ${MBS[nginx_$proto]})" "$(median ${MBS[direct_$proto]})") (all measured in this run)"
-    else
-        line+=" (no nginx in this run: BENCH_NGINX=0 or nginx not installed)"
-    fi
-    say "$line"
-    # what curl alone would allow: blob size / median curl CPU seconds, and the measured median against it
-    line="  $proto client ceiling (size / curl CPU):" sep=''
-    for path in "${PATHS[@]}"; do
-        k=${path}_$proto
-        # shellcheck disable=SC2086
-        line+="$sep $(path_label "$path") $(stats ceiling "$BIG_SIZE" "$(median ${CCPU[$k]})" "$(median ${MBS[$k]})")"
-        sep=','
-    done
-    say "$line"
-    say "$(capacity_line "  $proto" CPU "_$proto")"
-done
-if ((STREAMS > 0)); then
-    say ""
-    say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, $STREAMS parallel curl --http1.1 streams started together, aggregate MB/s"
-    say "  ($STREAMS x size / wall time from the start of the first stream to the end of the last; median of $BLOB_RUNS; runs"
-    say "  interleaved; CPU per GET = CPU delta over the run / $STREAMS)"
-    pw=$((cw >= 17 ? cw : 17))
-    printf "  %-33s %6s  %-${cw}s %-${pw}s %-${pw}s %s\n" server median "runs (MB/s)" "server CPU s/GET" "curl CPU s/GET" "machine busy %"
-    for path in "${PATHS[@]}"; do
-        case $path in
-        direct) name="direct from docker-registry" ;;
-        via) name="through regcache (x-cache HIT)" ;;
-        nginx) name="through nginx (cache-status HIT)" ;;
-        esac
-        # shellcheck disable=SC2086
-        printf "  %-33s %6s  %-${cw}s %-${pw}s %-${pw}s %s\n" "$name" "$(median ${PMBS[$path]})" "${PMBS[$path]# }" \
-            "${PCPU[$path]# }" "${PCCPU[$path]# }" "${PBUSY[$path]# }"
-    done
-    say "$(capacity_line "  $STREAMS streams" PCPU '')"
-    line="  $STREAMS streams:"
-    if [[ $BENCH_NGINX == 1 ]]; then
-        # shellcheck disable=SC2086
-        line+=" regcache / nginx = $(ratio "$(median ${PMBS[via]})" "$(median ${PMBS[nginx]})");"
-    fi
-    # shellcheck disable=SC2086
-    line+=" regcache / direct = $(ratio "$(median ${PMBS[via]})" "$(median ${PMBS[direct]})")"
-    if [[ $BENCH_NGINX == 1 ]]; then
-        line+=" (all measured in this run)"
-    else
-        line+=" (all measured in this run; no nginx: BENCH_NGINX=0 or nginx not installed)"
-    fi
-    say "$line"
-fi
+blob_report
+streams_report
 say ""
 if [[ ${BENCH_FLEET:-1} == 1 ]]; then
     stop_regcache
-    fleet_section
+    section_begin fleet; fleet_section; section_end fleet
     say ""
 fi
+sections_report
 ng_disk=''
 [[ $BENCH_NGINX == 1 ]] && ng_disk=", nginx cache $(du -sh "$NG/cache" | cut -f1)"
 info "finished after $((SECONDS - T0)) s; disk at the end: upstream $(du -sh "$UP/storage" | cut -f1), cache $(du -sh "$RC/cache" | cut -f1)$ng_disk"

@@ -63,9 +63,25 @@ single_run() {
 cpu_secs() { # PID: user+system CPU seconds so far
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
-tree_cpu_secs() { # PID: CPU seconds of PID and its children (nginx's workers)
-    local p all
-    all=("$(cpu_secs "$1")")
-    for p in $(pgrep -P "$1" 2>/dev/null || true); do all+=("$(cpu_secs "$p" 2>/dev/null || echo 0)"); done
-    "$PY" "$LIB/stats.py" sum "${all[@]}"
+tree_pids() { # PID: PID and all its descendants (nginx: master, workers, cache manager and loader)
+    local todo=("$1") p
+    while ((${#todo[@]})); do
+        p=${todo[0]} todo=("${todo[@]:1}")
+        echo "$p"
+        # shellcheck disable=SC2207
+        todo+=($(pgrep -P "$p" 2>/dev/null || true))
+    done
+}
+# tree_cpu_us_sy PID: "user system" CPU seconds of PID and its descendants, with the time of children
+# they reaped (cutime, cstime: an nginx cache loader that exits between two samples still counts)
+tree_cpu_us_sy() {
+    local files=() p
+    for p in $(tree_pids "$1"); do files+=("/proc/$p/stat"); done
+    cat "${files[@]}" 2>/dev/null | awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); u += $12 + $14; s += $13 + $15 }
+        END { printf "%.2f %.2f\n", u / hz, s / hz }' || true
+}
+tree_cpu_secs() { # PID: user + system CPU seconds of PID and its descendants (nginx's workers)
+    local u s
+    read -r u s < <(tree_cpu_us_sy "$1")
+    "$PY" "$LIB/stats.py" sum "$u" "$s"
 }
