@@ -16,7 +16,8 @@
 # Prints per phase and server the median and peak RSS and PSS in MiB, the medians over runs and the
 # ratios regcache / nginx, and the load average before and after. Every GET must answer 200 with the
 # full size and a cache HIT; every idle connection must still be open when the streams end (regcache
-# closes a connection without a request after header_read_timeout, 30 s; nginx after 60 s).
+# closes a connection without a request after first_byte_timeout, 10 s by default, which
+# bench/regcache.toml.in raises to 120 s for this; nginx after 60 s).
 
 MEM_CONNS=1000
 MEM_STREAMS=8
