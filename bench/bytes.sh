@@ -8,7 +8,8 @@
 # nginx (BYTES_NGINX=1, bench/nginx.conf.in). Then BYTES_RUNS interleaved rounds of one curl GET per
 # server, for --http1.1 and --http2: per GET the server's user and system CPU seconds (from
 # /proc/PID/stat; nginx: master and workers) and curl's (from /usr/bin/time), printed one line per
-# GET and as medians with min..max. BYTES_HOLD=1 then waits (up to an hour) until $W/stop exists, for
+# GET and as medians with min..max (srv_ns: exact on-CPU seconds, schedstat of every thread).
+# BYTES_HOLD=1 then waits (up to an hour) until $W/stop exists, for
 # perf/strace against the printed PIDs. BENCH_NS names the namespaces (default rcbytes).
 # BYTES_ENV_A and BYTES_ENV_B: VAR=VALUE words for each instance's environment.
 set -Eeuo pipefail
