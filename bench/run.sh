@@ -136,8 +136,8 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory)$ ]] ||
-    die "BENCH_ONLY must be empty, dns, small, fleet or memory"
+[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory|pull)$ ]] ||
+    die "BENCH_ONLY must be empty, dns, small, fleet, memory or pull"
 [[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
 [[ $BENCH_ONLY == memory ]] && LAYERS_MIB=(512)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
@@ -152,7 +152,7 @@ for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 BENCH_DNS=1
-[[ $BENCH_ONLY == small || $BENCH_ONLY == memory ]] && BENCH_DNS=0
+[[ $BENCH_ONLY == small || $BENCH_ONLY == memory || $BENCH_ONLY == pull ]] && BENCH_DNS=0
 command -v dnsperf >/dev/null || { info "no dnsperf (apt-get install dnsperf): no DNS section"; BENCH_DNS=0; }
 BENCH_DOCKERD=${BENCH_DOCKERD:-1}
 if [[ $BENCH_DOCKERD == 1 ]] && ! command -v dockerd >/dev/null; then info "no dockerd: skopeo only"; BENCH_DOCKERD=0; fi
@@ -368,27 +368,50 @@ capacity_line() {
 # ---------------------------------------------------------------------------------------------------
 # 1. image pulls
 
-# skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec)
+# shellcheck source=pull.sh
+. "$HERE/pull.sh"
+# skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec); its
+# user and system CPU seconds into $W/client.cpu
 skopeo_pull() { # REF LOGNAME: prints seconds
-    local t0 t1
+    local t0 t1 TIMEFORMAT='%U %S'
     t0=$(now)
     # shellcheck disable=SC2016
-    ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
-        sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1 \
+    { time ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
+        sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1; } 2>"$W/client.cpu" \
         || die "skopeo copy docker://$1 (logs/$2.log)"
     t1=$(now)
+    pull_stat >"$W/pull.end"
     secs "$t0" "$t1"
 }
 declare -A T=()   # "client kind" -> space-separated seconds
+pull_table() {
+    say ""
+    say "image pull, seconds (median of $ROUNDS; each round: direct, cold, warm)"
+    printf '  %-8s %-10s %8s  %-7s  %s\n' client path median "/direct" runs
+    for client in skopeo dockerd; do
+        [[ $client == dockerd && $DOCKER_DONE != 1 ]] && continue
+        # shellcheck disable=SC2086
+        dmed=$(median ${T[${client}_direct]})
+        for kind in direct $(pull_kinds); do
+            # shellcheck disable=SC2086
+            med=$(median ${T[${client}_$kind]})
+            printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
+        done
+    done
+}
 # pull_rounds CLIENT PULL-FUNC LOG-PREFIX: ROUNDS rounds of direct, cold (empty cache), warm into T[CLIENT_kind]
 pull_rounds() {
     local c=$1 pull=$2 pfx=$3 r
     for ((r = 1; r <= ROUNDS; r++)); do
-        T[${c}_direct]+=" $("$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r")"
-        empty_cache
-        T[${c}_cold]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold-$r")"
-        T[${c}_warm]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm-$r")"
+        measured_pull "$c" direct "$r" "$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r"
+        for ab in $PULL_AB; do
+            pull_bin "$ab"
+            empty_cache
+            measured_pull "$c" "cold${ab#-}" "$r" "$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold${ab#-}-$r"
+            measured_pull "$c" "warm${ab#-}" "$r" "$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm${ab#-}-$r"
+        done
         info "$c round $r: direct${T[${c}_direct]##* } s, cold${T[${c}_cold]##* } s, warm${T[${c}_warm]##* } s"
+        [[ $c != skopeo ]] || for ab in $PULL_AB; do pull_bin "$ab"; cold_blob_round "$r" "$ab"; done
     done
 }
 pull_rounds skopeo skopeo_pull skopeo
@@ -401,11 +424,15 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
     bg dockerd "$CLI_NS" sh -c "$(dockerd_sh "$D")"
     DOCKERD_PID=$!
     if wait_for dockerd "$DOCKERD_PID" 120 0.5 docker info; then
-        docker_pull() { # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing)
-            local t0 t1
+        # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing and the CPU figures)
+        docker_pull() {
+            local t0 t1 c0
+            c0=$(tree_us "$DOCKERD_PID")
             t0=$(now)
             timeout 600 docker pull "$1" >"$LOGS/$2.log" 2>&1 || die "docker pull $1 (logs/$2.log)"
             t1=$(now)
+            pull_stat >"$W/pull.end"
+            pull_delta "$c0" "$(tree_us "$DOCKERD_PID")" >"$W/client.cpu"
             docker image inspect --format '{{join .RepoDigests " "}}' "$1" >>"$LOGS/$2.log"
             docker rmi -f "$1" >/dev/null 2>&1 || true
             secs "$t0" "$t1"
@@ -417,6 +444,16 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
     fi
     stop_forget "$DOCKERD_PID"
     rm -rf "$D/data"
+fi
+if [[ $BENCH_ONLY == pull ]]; then
+    say ""
+    say "regcache benchmark, BENCH_ONLY=pull  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) CPUs  binary: $BIN_DESC"
+    say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    pull_table
+    pull_costs_report
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=pull)"
+    OK=1
+    exit 0
 fi
 
 # ---------------------------------------------------------------------------------------------------
@@ -566,19 +603,8 @@ say "binary: $BIN_DESC"
 say "image: $UP_HOST/$REPO_NAME:$TAG, $((IMAGE_BYTES >> 20)) MiB of blobs (layers ${LAYERS_MIB[*]} MiB, random, gzip)"
 say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the bench alone keeps it near 1-2;"
 say "  higher means something else shared the CPUs)"
-say ""
-say "image pull, seconds (median of $ROUNDS; each round: direct, cold, warm)"
-printf '  %-8s %-10s %8s  %-7s  %s\n' client path median "/direct" runs
-for client in skopeo dockerd; do
-    [[ $client == dockerd && $DOCKER_DONE != 1 ]] && continue
-    # shellcheck disable=SC2086
-    dmed=$(median ${T[${client}_direct]})
-    for kind in direct cold warm; do
-        # shellcheck disable=SC2086
-        med=$(median ${T[${client}_$kind]})
-        printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
-    done
-done
+pull_table
+pull_costs_report
 say ""
 say "warm blob, $((BIG_SIZE >> 20)) MiB over HTTPS, one curl stream, MB/s (median of $BLOB_RUNS; runs interleaved)"
 cw=$((BLOB_RUNS * 5 + 2))   # width of a column of per-run values (at least its header's)
