@@ -66,6 +66,9 @@
 # small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
 # (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_ONLY=fleet
 # (only the fleet section: no image; FLEET_WARM_MIB, FLEET_COLD_MIB, FLEET_CLIENTS, see bench/fleet.sh),
+# BENCH_ONLY=pull (only the image pulls of section 1, with their CPU, busy % and upstream requests per pull
+# and a cold curl GET of the largest layer per round; bench/pull.sh; BENCH_BIN_B=PATH interleaves a second
+# build, BENCH_PERF=DIR records regcache under perf during the cold pulls),
 # BENCH_ONLY=memory (only the memory section, bench/memory.sh: a one-layer 512 MiB image; BENCH_MEM_RUNS,
 # default 3, BENCH_MEM_RATE, default 100M), BENCH_FLEET (default 1), BENCH_DNS_RUNS (default 5),
 # BENCH_DNS_SECS (default 10), BENCH_KEEP=1, BENCH_WORKDIR (parent of the work dir, default /tmp),
