@@ -79,6 +79,9 @@
 # small-request section, with a one-layer 1 MiB image), BENCH_SMALL_RUNS (default 5), BENCH_SMALL_SECS
 # (default 10), BENCH_CALLGRIND (requests per method under callgrind, BENCH_ONLY=small), BENCH_ONLY=fleet
 # (only the fleet section: no image; FLEET_WARM_MIB, FLEET_COLD_MIB, FLEET_CLIENTS, see bench/fleet.sh),
+# BENCH_ONLY=pull (only the image pulls of section 1, with their CPU, busy % and upstream requests per pull
+# and a cold curl GET of the largest layer per round; bench/pull.sh; BENCH_BIN_B=PATH interleaves a second
+# build, BENCH_PERF=DIR records regcache under perf during the cold pulls),
 # BENCH_ONLY=memory (only the memory section, bench/memory.sh: a one-layer 512 MiB image; BENCH_MEM_RUNS,
 # default 3, BENCH_MEM_RATE, default 100M), BENCH_MEMORY (default 1), BENCH_ONLY=blob (only sections 2
 # and 3, a one-layer 512 MiB image; BENCH_PIN), BENCH_ONLY=clients (only the many-clients section;
@@ -175,8 +178,8 @@ keep_workdir() { [[ ${BENCH_KEEP:-0} == 1 || $OK != 1 ]]; } # RC: for on_exit
 
 [[ $(id -u) == 0 ]] || die "must run as root"
 BENCH_ONLY=${BENCH_ONLY:-}
-[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory|blob|clients)$ ]] ||
-    die "BENCH_ONLY must be empty, dns, small, fleet, memory, blob or clients"
+[[ -z $BENCH_ONLY || $BENCH_ONLY =~ ^(dns|small|fleet|memory|blob|clients|pull)$ ]] ||
+    die "BENCH_ONLY must be empty, dns, small, fleet, memory, blob, clients or pull"
 [[ $BENCH_ONLY == small ]] && LAYERS_MIB=(1)
 [[ $BENCH_ONLY == memory || $BENCH_ONLY == blob ]] && LAYERS_MIB=(512)
 tools=(ip dig curl openssl dnsmasq flock sha256sum pgrep "$PY")
@@ -415,27 +418,50 @@ fi
 
 section_begin pull
 
-# skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec)
+# shellcheck source=pull.sh
+. "$HERE/pull.sh"
+# skopeo copy into a tmpfs that exists only for this command (mount namespace of ip netns exec); its
+# user and system CPU seconds into $W/client.cpu
 skopeo_pull() { # REF LOGNAME: prints seconds
-    local t0 t1
+    local t0 t1 TIMEFORMAT='%U %S'
     t0=$(now)
     # shellcheck disable=SC2016
-    ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
-        sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1 \
+    { time ip netns exec "$CLI_NS" sh -c "$HERMETIC_MOUNTS"' && mount -n -t tmpfs -o size=1200m rcbench-oci "$1" && shift && exec "$@"' \
+        sh "$W/oci" timeout 600 skopeo copy "docker://$1" "oci:$W/oci/img:x" >"$LOGS/$2.log" 2>&1; } 2>"$W/client.cpu" \
         || die "skopeo copy docker://$1 (logs/$2.log)"
     t1=$(now)
+    pull_stat >"$W/pull.end"
     secs "$t0" "$t1"
 }
 declare -A T=()   # "client kind" -> space-separated seconds
+pull_table() {
+    say ""
+    say "image pull, seconds (median of $ROUNDS; each round: direct, cold, warm)"
+    printf '  %-8s %-10s %8s  %-7s  %s\n' client path median "/direct" runs
+    for client in skopeo dockerd; do
+        [[ $client == dockerd && $DOCKER_DONE != 1 ]] && continue
+        # shellcheck disable=SC2086
+        dmed=$(median ${T[${client}_direct]})
+        for kind in direct $(pull_kinds); do
+            # shellcheck disable=SC2086
+            med=$(median ${T[${client}_$kind]})
+            printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
+        done
+    done
+}
 # pull_rounds CLIENT PULL-FUNC LOG-PREFIX: ROUNDS rounds of direct, cold (empty cache), warm into T[CLIENT_kind]
 pull_rounds() {
     local c=$1 pull=$2 pfx=$3 r
     for ((r = 1; r <= ROUNDS; r++)); do
-        T[${c}_direct]+=" $("$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r")"
-        empty_cache
-        T[${c}_cold]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold-$r")"
-        T[${c}_warm]+=" $("$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm-$r")"
+        measured_pull "$c" direct "$r" "$pull" "$DIRECT_HOST/$REPO_NAME:$TAG" "$pfx-direct-$r"
+        for ab in $PULL_AB; do
+            pull_bin "$ab"
+            empty_cache
+            measured_pull "$c" "cold${ab#-}" "$r" "$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-cold${ab#-}-$r"
+            measured_pull "$c" "warm${ab#-}" "$r" "$pull" "$UP_HOST/$REPO_NAME:$TAG" "$pfx-warm${ab#-}-$r"
+        done
         info "$c round $r: direct${T[${c}_direct]##* } s, cold${T[${c}_cold]##* } s, warm${T[${c}_warm]##* } s"
+        [[ $c != skopeo ]] || for ab in $PULL_AB; do pull_bin "$ab"; cold_blob_round "$r" "$ab"; done
     done
 }
 pull_rounds skopeo skopeo_pull skopeo
@@ -448,11 +474,15 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
     bg dockerd "$CLI_NS" sh -c "$(dockerd_sh "$D")"
     DOCKERD_PID=$!
     if wait_for dockerd "$DOCKERD_PID" 120 0.5 docker info; then
-        docker_pull() { # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing)
-            local t0 t1
+        # REF LOGNAME: prints seconds; removes the image afterwards (outside the timing and the CPU figures)
+        docker_pull() {
+            local t0 t1 c0
+            c0=$(tree_us "$DOCKERD_PID")
             t0=$(now)
             timeout 600 docker pull "$1" >"$LOGS/$2.log" 2>&1 || die "docker pull $1 (logs/$2.log)"
             t1=$(now)
+            pull_stat >"$W/pull.end"
+            pull_delta "$c0" "$(tree_us "$DOCKERD_PID")" >"$W/client.cpu"
             docker image inspect --format '{{join .RepoDigests " "}}' "$1" >>"$LOGS/$2.log"
             docker rmi -f "$1" >/dev/null 2>&1 || true
             secs "$t0" "$t1"
@@ -466,6 +496,16 @@ if [[ $BENCH_DOCKERD == 1 ]]; then
     rm -rf "$D/data"
 fi
 section_end pull
+if [[ $BENCH_ONLY == pull ]]; then
+    say ""
+    say "regcache benchmark, BENCH_ONLY=pull  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) CPUs  binary: $BIN_DESC"
+    say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    pull_table
+    pull_costs_report
+    info "finished after $((SECONDS - T0)) s (BENCH_ONLY=pull)"
+    OK=1
+    exit 0
+fi
 
 [[ $BENCH_NGINX == 1 ]] && start_nginx
 # memory first (bench/memory.sh), on fresh processes of both servers as with BENCH_ONLY=memory: regcache
@@ -510,18 +550,8 @@ say "image: $UP_HOST/$REPO_NAME:$TAG, $((IMAGE_BYTES >> 20)) MiB of blobs (layer
 say "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the bench alone keeps it near 1-2;"
 say "  higher means something else shared the CPUs)"
 say ""
-say "image pull, seconds (median of $ROUNDS; each round: direct, cold, warm)"
-printf '  %-8s %-10s %8s  %-7s  %s\n' client path median "/direct" runs
-for client in skopeo dockerd; do
-    [[ $client == dockerd && $DOCKER_DONE != 1 ]] && continue
-    # shellcheck disable=SC2086
-    dmed=$(median ${T[${client}_direct]})
-    for kind in direct cold warm; do
-        # shellcheck disable=SC2086
-        med=$(median ${T[${client}_$kind]})
-        printf '  %-8s %-10s %8s  %-7s %s\n' "$client" "$kind" "$med" "$(ratio "$med" "$dmed")" "${T[${client}_$kind]}"
-    done
-done
+pull_table
+pull_costs_report
 blob_report
 streams_report
 say ""

@@ -1,15 +1,22 @@
 //! A fill's shared side and its readers: one upstream download written to a temp file (by
 //! [`FillWriter`](super::FillWriter), in `writer.rs`), which every concurrent reader streams from
-//! as it grows. The last byte is released only after the digest matched and the object was
-//! committed, so a reader can never receive a complete-looking body with wrong content.
+//! as it grows. The last byte is released only after the digest matched, so a reader can never
+//! receive a complete-looking body with wrong content. It is released before the object is made
+//! durable and committed (fsync, rename): the readers do not wait for the disk, and a commit that
+//! fails after that loses only the cached copy, never the readers' verified bytes.
+//!
+//! The newest bytes written also stay in memory for a while ([`Recent`]): a reader close behind
+//! the writer takes them from there, without a read of the file (a syscall, a buffer and a copy
+//! per chunk).
 //!
 //! A body of unknown length that outgrows the cache's room stops going to disk: the readers
 //! already following it read the file up to there, then get the rest from the writer through a
 //! small channel each (a *seat*, taken when the reader started), at the pace of the slowest;
 //! nothing is committed, and the last chunk is again held back until the digest matched.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -21,6 +28,8 @@ use crate::sync::Locked;
 
 /// Chunks a relayed reader may have waiting for it.
 const SEAT_DEPTH: usize = 8;
+/// How many of the newest bytes written a fill keeps in memory for the readers following it.
+const RECENT_MAX: usize = 1 << 20;
 
 /// What a relayed reader receives after the file's part.
 #[derive(Clone)]
@@ -72,6 +81,45 @@ pub struct Fill {
     /// The bytes come from another appliance of the fleet (which stores the object in the
     /// shared tier itself); set by [`FillWriter::set_from_peer`](super::FillWriter::set_from_peer).
     pub(super) from_peer: std::sync::atomic::AtomicBool,
+    /// The object's size, set once its bytes matched the digest (before the commit): readers
+    /// may then read to the end, whatever becomes of the commit.
+    pub(super) verified: OnceLock<u64>,
+    /// The newest bytes written. std Mutex, never held across .await.
+    pub(super) recent: std::sync::Mutex<Recent>,
+}
+
+/// The newest bytes of a fill's file (about [`RECENT_MAX`]), as the writer wrote them: chunks
+/// that follow each other, each with its offset in the file.
+#[derive(Default)]
+pub(super) struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// `chunk` was written at `at` (right after the previous one).
+    pub(super) fn push(&mut self, at: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((at, chunk));
+        while self.bytes > RECENT_MAX && self.chunks.len() > 1 {
+            let (_, old) = self.chunks.pop_front().expect("more than one");
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The file was truncated.
+    pub(super) fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// The bytes from `offset` to the end of the chunk that holds it, at most to `end`; `None`
+    /// when they are no longer (or not yet) in memory.
+    fn get(&self, offset: u64, end: u64) -> Option<Bytes> {
+        let (at, chunk) = (self.chunks.iter())
+            .find(|(at, chunk)| (*at..*at + chunk.len() as u64).contains(&offset))?;
+        let to = (at + chunk.len() as u64).min(end);
+        (offset < to).then(|| chunk.slice((offset - at) as usize..(to - at) as usize))
+    }
 }
 
 impl Fill {
@@ -85,6 +133,8 @@ impl Fill {
             origin: std::sync::Mutex::default(),
             seats: std::sync::Mutex::new(Seats::Open(Vec::new())),
             from_peer: std::sync::atomic::AtomicBool::new(false),
+            verified: OnceLock::new(),
+            recent: std::sync::Mutex::default(),
         })
     }
 
@@ -169,7 +219,13 @@ impl Follow {
             if let Some(at) = self.fill.relayed_from() {
                 return self.relayed(at).await;
             }
-            // While writing, the last byte written stays back until the commit.
+            if let Some(&size) = self.fill.verified.get() {
+                return match self.offset < size {
+                    true => self.read(size).await,
+                    false => None,
+                };
+            }
+            // While writing, the last byte written stays back until the digest matched.
             let readable = match state {
                 FillState::Writing { written, .. } => written.saturating_sub(1),
                 FillState::Done { size, .. } => size,
@@ -189,8 +245,13 @@ impl Follow {
         }
     }
 
-    /// The next chunk of the file, up to `end`.
+    /// The next chunk of the file, up to `end`: from memory while the writer still has it.
     async fn read(mut self, end: u64) -> Step {
+        let recent = self.fill.recent.locked().get(self.offset, end);
+        if let Some(chunk) = recent {
+            self.offset += chunk.len() as u64;
+            return Some((Ok(chunk), Some(self)));
+        }
         let len = (end - self.offset).min(CHUNK as u64) as usize;
         match chunk::read(self.fill.file.clone(), self.offset, len).await {
             Ok(chunk) => {

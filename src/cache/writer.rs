@@ -156,6 +156,12 @@ impl FillWriter {
 
     /// Appends downloaded bytes. A write error pauses caching (the caller should then fail).
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.put(data, None)
+    }
+
+    /// [`write`](Self::write), and `kept` (the same bytes) goes to the fill's memory of its
+    /// newest bytes, for the readers following closely.
+    fn put(&mut self, data: &[u8], kept: Option<&Bytes>) -> Result<(), Error> {
         if data.is_empty() {
             return Ok(());
         }
@@ -183,6 +189,9 @@ impl FillWriter {
             return Err(error);
         }
         self.hasher.update(data);
+        if let Some(kept) = kept {
+            self.fill.recent.locked().push(self.written, kept.clone());
+        }
         let before = self.written;
         self.written += data.len() as u64;
         let written = self.written;
@@ -203,7 +212,7 @@ impl FillWriter {
     /// An error when no reader is left to relay to.
     pub async fn write_or_relay(&mut self, data: Bytes) -> Result<(), Error> {
         if self.relay.is_none() {
-            match self.write(&data) {
+            match self.put(&data, Some(&data)) {
                 Err(Error::NoRoom { .. }) => self.start_relay().await?,
                 done => return done,
             }
@@ -298,6 +307,7 @@ impl FillWriter {
     /// file, hash, room set aside), so that another source may fill it anew.
     pub fn rewind(&mut self) -> Result<(), Error> {
         self.fill.file.set_len(0).map_err(io_err(&self.tmp))?;
+        self.fill.recent.locked().clear();
         self.store.release_reservation(&self.fill.digest);
         (self.hasher, self.written, self.size) = (Hasher::new(), 0, None);
         Ok(())
@@ -322,8 +332,14 @@ impl FillWriter {
         Ok(())
     }
 
+    /// Verifies, releases the last bytes to the readers, then makes the object durable and
+    /// commits it.
     fn commit(&mut self) -> Result<(), Error> {
         self.verify()?;
+        if self.fill.verified.set(self.written).is_ok() {
+            // Wakes the readers: the verified bytes are theirs while the disk catches up.
+            self.fill.state.send_modify(|_| {});
+        }
         let expected = self.fill.digest.clone();
         let target = self.store.object_path(&expected);
         let write = || -> std::io::Result<()> {

@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -24,6 +27,8 @@ use crate::cache::FillWriter;
 pub(super) const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 /// A download that yields no data for this long is abandoned.
 pub(super) const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The upstream's bytes go into the fill in batches of up to this many (see [`Download::copy`]).
+const BATCH: usize = 256 << 10;
 
 /// What the download tells the client that started it, once the upstream has answered.
 pub(super) enum Started {
@@ -86,6 +91,7 @@ impl Download {
             return;
         };
         let digest = writer.fill().digest.clone();
+        // The readers get the last bytes once the digest matched, before the commit's fsync.
         match writer.finish() {
             Ok(()) => {
                 info!(%digest, registry = %self.registry, repo = %self.repo, "cached");
@@ -156,54 +162,115 @@ impl Download {
     }
 
     /// Copies the body into the store; `None` (and the fill failed) when it cannot be completed.
+    /// The upstream's frames (often 16 KiB) are gathered while more are ready, up to [`BATCH`]:
+    /// one write, one hash update and one wake-up of the readers per batch, not per frame; a
+    /// batch goes out as soon as the upstream makes the download wait.
     async fn copy(
         &self,
         resp: Response<Incoming>,
         mut writer: FillWriter,
         seen: &mut Seen,
     ) -> Option<FillWriter> {
-        let digest = writer.fill().digest.clone();
         let mut body = resp.into_body();
+        let mut batch = BytesMut::new();
         let mut alone_since: Option<Instant> = None;
         loop {
-            // Every client left and none came back: the uplink is not spent for nobody.
-            match (writer.fill().readers(), alone_since) {
-                (0, None) => alone_since = Some(Instant::now()),
-                (0, Some(t)) if t.elapsed() > ABANDONED_AFTER => {
-                    info!(%digest, "every client left the download: not cached");
-                    writer.fail("every client left".into());
-                    return None;
-                }
-                (0, Some(_)) => {}
-                _ => alone_since = None,
-            }
-            // A stalled upstream must not hold the fill (and every reader joined to it) forever.
-            let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Some(writer),
-                Err(_) => {
-                    warn!(%digest, url = %redact(&self.url), "upstream body stalled: not cached");
-                    writer.fail(format!(
-                        "no data from the upstream for {BODY_IDLE_TIMEOUT:?}"
-                    ));
-                    return None;
-                }
-            };
-            let data = match frame {
-                Ok(frame) => frame.into_data().unwrap_or_default(),
-                Err(e) => {
-                    warn!(%digest, url = %self.url, error = %e, "upstream body ended early: not cached");
-                    writer.fail(format!("upstream body: {e}"));
-                    return None;
-                }
-            };
-            seen.note(&data);
-            if let Err(e) = writer.write_or_relay(data).await {
-                writer.fail(e.to_string());
+            if self.abandoned(&writer, &mut alone_since) {
+                writer.fail("every client left".into());
                 return None;
+            }
+            let ready = match batch.len() {
+                0 | BATCH.. => None,
+                _ => body.frame().now_or_never(),
+            };
+            let frame = match ready {
+                Some(frame) => Ok(frame),
+                None => {
+                    if let Err(e) = put(&mut writer, &mut batch, seen).await {
+                        writer.fail(e.to_string());
+                        return None;
+                    }
+                    tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await
+                }
+            };
+            match self.data(frame) {
+                Ok(Some(data)) => batch.extend_from_slice(&data),
+                Ok(None) => break,
+                Err(why) => {
+                    writer.fail(why);
+                    return None;
+                }
+            }
+        }
+        match put(&mut writer, &mut batch, seen).await {
+            Ok(()) => Some(writer),
+            Err(e) => {
+                writer.fail(e.to_string());
+                None
             }
         }
     }
+
+    /// Whether every client left and none came back for [`ABANDONED_AFTER`]: the uplink is
+    /// not spent for nobody.
+    fn abandoned(&self, writer: &FillWriter, alone_since: &mut Option<Instant>) -> bool {
+        match (writer.fill().readers(), *alone_since) {
+            (0, None) => *alone_since = Some(Instant::now()),
+            (0, Some(t)) if t.elapsed() > ABANDONED_AFTER => {
+                info!(digest = %writer.fill().digest, "every client left the download: not cached");
+                return true;
+            }
+            (0, Some(_)) => {}
+            _ => *alone_since = None,
+        }
+        false
+    }
+
+    /// The data of the body's next frame (empty for a frame without data), `None` at its end;
+    /// why the download cannot go on: a stalled upstream must not hold the fill (and every
+    /// reader joined to it) forever.
+    fn data(&self, frame: Result<Option<FrameResult>, Elapsed>) -> Result<Option<Bytes>, String> {
+        match frame {
+            Ok(Some(Ok(frame))) => Ok(Some(frame.into_data().unwrap_or_default())),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => {
+                warn!(url = %redact(&self.url), error = %e, "upstream body ended early: not cached");
+                Err(format!("upstream body: {e}"))
+            }
+            Err(_) => {
+                warn!(url = %redact(&self.url), "upstream body stalled: not cached");
+                Err(format!(
+                    "no data from the upstream for {BODY_IDLE_TIMEOUT:?}"
+                ))
+            }
+        }
+    }
+}
+
+type FrameResult = Result<hyper::body::Frame<Bytes>, hyper::Error>;
+
+/// Writes the batch gathered so far into the fill (nothing for an empty one) and starts the next.
+async fn put(
+    writer: &mut FillWriter,
+    batch: &mut BytesMut,
+    seen: &mut Seen,
+) -> Result<(), crate::cache::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    // The fill keeps its newest bytes in memory a while: a small batch (a slow upstream) gets a
+    // buffer of its own size, and the large one is reused; a full batch is handed over whole.
+    let data = match batch.len() < BATCH / 4 {
+        true => {
+            let data = Bytes::copy_from_slice(batch);
+            batch.clear();
+            data
+        }
+        // Room for the frame that takes it past BATCH, so that the next never grows by copying.
+        false => std::mem::replace(batch, BytesMut::with_capacity(BATCH + (64 << 10))).freeze(),
+    };
+    seen.note(&data);
+    writer.write_or_relay(data).await
 }
 
 impl Seen {

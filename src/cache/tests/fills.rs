@@ -119,6 +119,42 @@ async fn concurrent_askers_join_one_fill_and_never_see_the_last_byte_early() {
     }
 }
 
+/// The last byte goes to the readers once the digest matched, before the commit (fsync,
+/// rename): a commit that fails then costs the cached copy, not the readers' verified bytes; a
+/// digest that fails gives them an error and never the last byte.
+#[tokio::test]
+async fn verified_bytes_reach_the_readers_even_when_the_commit_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let follow = |store: Arc<Store>, content: Vec<u8>, d: Digest| async move {
+        let mut w = lead(&store, &d);
+        let reader = tokio::spawn(w.fill().clone().stream().try_collect::<Vec<bytes::Bytes>>());
+        w.start(Some(content.len() as u64), "t", "reg", "lib/a");
+        w.write(&content).unwrap();
+        let finished = w.finish();
+        (finished, reader.await.unwrap().map(|c| c.concat()))
+    };
+    let content = data(300_000, 5);
+    let d = Digest::of(&content);
+    // The object's folder cannot be made: the commit fails after the verification.
+    let hex = d.hex();
+    let objects = dir.path().join("objects/sha256");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join(&hex[..2]), b"in the way").unwrap();
+    let (finished, got) = follow(store.clone(), content.clone(), d.clone()).await;
+    assert!(matches!(finished, Err(Error::Io { .. })), "{finished:?}");
+    assert_eq!(got.unwrap(), content, "the reader got the verified bytes");
+    assert!(!store.contains(&d), "not cached");
+    assert_eq!(tmp_files(dir.path()), 0);
+
+    // (A write error pauses caching: the mismatch in a store of its own.)
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let (finished, got) = follow(store, data(300_000, 6), Digest::of(b"other")).await;
+    assert!(matches!(finished, Err(Error::DigestMismatch { .. })));
+    assert!(got.is_err(), "a reader of a mismatch gets an error");
+}
+
 #[tokio::test]
 async fn a_failed_fill_ends_its_readers_with_an_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::buffered::Buffered;
 use super::client::HickoryDns;
 use super::tunnel::{handshake, TunnelError};
 use crate::config::ProxyUrl;
@@ -105,10 +106,10 @@ fn basic(user: &str, pass: &str) -> HeaderValue {
     value
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Buffered, BoxError>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = Buffered;
     type Error = BoxError;
     type Future = Connecting;
 
@@ -137,7 +138,10 @@ impl tower_service::Service<Uri> for Connector {
             }
             _ => {
                 let direct = self.direct.call(dst);
-                Box::pin(async move { direct.await.map_err(Into::into) })
+                Box::pin(async move {
+                    let tcp = direct.await?;
+                    Ok(Buffered::new(tcp.into_inner()))
+                })
             }
         }
     }
@@ -148,7 +152,7 @@ async fn tunnel(
     to_proxy: impl Future<Output = Result<TokioIo<TcpStream>, impl Into<BoxError>>>,
     dst: &Uri,
     via: &Via,
-) -> Result<TokioIo<TcpStream>, TunnelError> {
+) -> Result<Buffered, TunnelError> {
     let tcp = to_proxy.await.map_err(|e| TunnelError::Connect(e.into()))?;
     let host = dst.host().unwrap_or_default();
     let target = format!("{host}:{}", dst.port_u16().unwrap_or(443));
@@ -156,7 +160,7 @@ async fn tunnel(
     let secs = HANDSHAKE_TIMEOUT.as_secs();
     let tcp = (tokio::time::timeout(HANDSHAKE_TIMEOUT, shaken).await)
         .map_err(|_| TunnelError::Timeout(secs))??;
-    Ok(TokioIo::new(tcp))
+    Ok(Buffered::new(tcp))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! Each request is counted by registry in the metrics and on the status page. Under them:
 //! `client` (the pooled hyper client and its TLS), `connector` (direct, or through
 //! `upstream.proxy` for the hosts not in `upstream.no_proxy`), `tunnel` (the CONNECT handshake),
-//! `redirect` (Location handling).
+//! `buffered` (reads from the socket in large pieces), `redirect` (Location handling).
 
+mod buffered;
 pub mod client;
 mod connector;
 mod redirect;
