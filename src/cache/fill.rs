@@ -28,8 +28,11 @@ use crate::sync::Locked;
 
 /// Chunks a relayed reader may have waiting for it.
 const SEAT_DEPTH: usize = 8;
-/// How many of the newest bytes written a fill keeps in memory for the readers following it.
+/// How many of the newest bytes written a fill keeps in memory for the readers following it,
+/// in at most [`RECENT_CHUNKS`] chunks (a chunk may pin a larger buffer it is a slice of: the
+/// count bounds that too, and a trickle of tiny chunks).
 const RECENT_MAX: usize = 1 << 20;
+const RECENT_CHUNKS: usize = 16;
 
 /// What a relayed reader receives after the file's part.
 #[derive(Clone)]
@@ -84,6 +87,9 @@ pub struct Fill {
     /// The object's size, set once its bytes matched the digest (before the commit): readers
     /// may then read to the end, whatever becomes of the commit.
     pub(super) verified: OnceLock<u64>,
+    /// The commit's fsync of the file failed after the bytes were verified: what the page cache
+    /// gives back may no longer be the bytes that were hashed, so readers still reading stop.
+    pub(super) unsynced: std::sync::atomic::AtomicBool,
     /// The newest bytes written. std Mutex, never held across .await.
     pub(super) recent: std::sync::Mutex<Recent>,
 }
@@ -101,7 +107,9 @@ impl Recent {
     pub(super) fn push(&mut self, at: u64, chunk: Bytes) {
         self.bytes += chunk.len();
         self.chunks.push_back((at, chunk));
-        while self.bytes > RECENT_MAX && self.chunks.len() > 1 {
+        while (self.bytes > RECENT_MAX || self.chunks.len() > RECENT_CHUNKS)
+            && self.chunks.len() > 1
+        {
             let (_, old) = self.chunks.pop_front().expect("more than one");
             self.bytes -= old.len();
         }
@@ -115,7 +123,8 @@ impl Recent {
     /// The bytes from `offset` to the end of the chunk that holds it, at most to `end`; `None`
     /// when they are no longer (or not yet) in memory.
     fn get(&self, offset: u64, end: u64) -> Option<Bytes> {
-        let (at, chunk) = (self.chunks.iter())
+        // Readers follow close behind the writer: search from the newest.
+        let (at, chunk) = (self.chunks.iter().rev())
             .find(|(at, chunk)| (*at..*at + chunk.len() as u64).contains(&offset))?;
         let to = (at + chunk.len() as u64).min(end);
         (offset < to).then(|| chunk.slice((offset - at) as usize..(to - at) as usize))
@@ -134,6 +143,7 @@ impl Fill {
             seats: std::sync::Mutex::new(Seats::Open(Vec::new())),
             from_peer: std::sync::atomic::AtomicBool::new(false),
             verified: OnceLock::new(),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
             recent: std::sync::Mutex::default(),
         })
     }
@@ -220,6 +230,13 @@ impl Follow {
                 return self.relayed(at).await;
             }
             if let Some(&size) = self.fill.verified.get() {
+                if self
+                    .fill
+                    .unsynced
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return failed("the file failed to reach the disk".into());
+                }
                 return match self.offset < size {
                     true => self.read(size).await,
                     false => None,
@@ -281,4 +298,31 @@ impl Follow {
 
 fn failed(why: String) -> Step {
     Some((Err(Error::Upstream(why)), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_the_newest_bytes_within_its_size_and_chunk_count() {
+        let mut recent = Recent::default();
+        // A trickle of tiny chunks: only the newest RECENT_CHUNKS stay.
+        for i in 0..100u64 {
+            recent.push(i, Bytes::from(vec![i as u8]));
+        }
+        assert_eq!(recent.chunks.len(), RECENT_CHUNKS);
+        assert_eq!(recent.get(99, 100).as_deref(), Some(&[99u8][..]));
+        assert_eq!(recent.get(100 - RECENT_CHUNKS as u64 - 1, 100), None);
+        // Large chunks: at most about RECENT_MAX bytes, each served from its offset, up to `end`.
+        let mut recent = Recent::default();
+        let chunk = |at: u64| Bytes::from(vec![(at >> 18) as u8; 256 << 10]);
+        for k in 0..8u64 {
+            recent.push(k << 18, chunk(k << 18));
+        }
+        assert!(recent.bytes <= RECENT_MAX);
+        let got = recent.get((7 << 18) + 10, (7 << 18) + 20).unwrap();
+        assert_eq!(&got[..], &[7u8; 10][..]);
+        assert_eq!(recent.get(0, 8 << 18), None, "the oldest are gone");
+    }
 }

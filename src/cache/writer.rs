@@ -343,7 +343,10 @@ impl FillWriter {
         let expected = self.fill.digest.clone();
         let target = self.store.object_path(&expected);
         let write = || -> std::io::Result<()> {
-            self.fill.file.sync_data()?;
+            // A write-back error: the readers still reading stop (see `Fill::unsynced`).
+            (self.fill.file.sync_data()).inspect_err(|_| {
+                (self.fill.unsynced).store(true, std::sync::atomic::Ordering::Release)
+            })?;
             create_private_dirs(target.parent().expect("object paths have a parent"))?;
             write_atomic(
                 &meta_path(&target),

@@ -258,9 +258,10 @@ async fn put(
     if batch.is_empty() {
         return Ok(());
     }
-    // The fill keeps its newest bytes in memory a while: a small batch (a slow upstream) gets a
-    // buffer of its own size, and the large one is reused; a full batch is handed over whole.
-    let data = match batch.len() < BATCH / 4 {
+    // The fill keeps its newest bytes in memory a while, and a slice pins its whole buffer: a
+    // batch under three quarters full (a slow upstream) gets a buffer of its own size, and the
+    // large one is reused; a fuller batch is handed over whole.
+    let data = match batch.len() < BATCH * 3 / 4 {
         true => {
             let data = Bytes::copy_from_slice(batch);
             batch.clear();

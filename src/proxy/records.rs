@@ -15,7 +15,11 @@
 //! writes next fill the batch (sending the whole records at every flush made one `writev` per
 //! record, 65 per MiB). The next flush that follows no new write sends everything held: h2 ends
 //! every poll of its connection with a flush, so that flush comes at once when h2 has nothing more
-//! to write, and a partial batch never waits for more data that may not come.
+//! to write, and a partial batch never waits for more data that may not come. A connection
+//! that closes goes through `poll_shutdown`, which sends what is held first; only when the
+//! client's side ends abruptly (EOF without close_notify) does h2 drop the connection without a
+//! shutdown, and what is held (at most [`BATCH`]; before batching, less than a record) is not
+//! sent: that matters only to a client that half-closes its side and still awaits responses.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -303,3 +303,41 @@ async fn a_fill_of_unknown_length_that_outgrows_the_room_is_relayed_uncached() {
     assert!(matches!(finished, Err(Error::DigestMismatch { .. })));
     assert!(got.iter().all(|body| body.is_err()));
 }
+
+/// Verified bytes go to the readers before the commit's fsync; when that fsync fails, the page
+/// cache may no longer hold the bytes that were hashed, so a reader still reading stops with an
+/// error rather than finishing a body that looks whole.
+#[tokio::test]
+async fn a_reader_stops_when_the_verified_bytes_failed_to_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 30).unwrap();
+    let content = data(300_000, 9);
+    let d = Digest::of(&content);
+    let mut w = lead(&store, &d);
+    w.start(Some(content.len() as u64), "t", "reg", "lib/a");
+    w.write(&content).unwrap();
+    let fill = w.fill().clone();
+    // What `commit` does between the digest check and a failed fsync.
+    fill.verified.set(content.len() as u64).unwrap();
+    let whole = fill
+        .clone()
+        .stream()
+        .try_collect::<Vec<bytes::Bytes>>()
+        .await;
+    assert_eq!(
+        whole.unwrap().concat(),
+        content,
+        "verified: read to the end"
+    );
+    (fill.unsynced).store(true, std::sync::atomic::Ordering::Release);
+    let after = fill
+        .clone()
+        .stream()
+        .try_collect::<Vec<bytes::Bytes>>()
+        .await;
+    assert!(
+        after.is_err(),
+        "after a failed fsync a reader gets an error"
+    );
+    w.fail("test over".into());
+}
